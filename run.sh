@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Set up heldout in ./.venv (once; again when pyproject.toml or constraints.txt change), then
+#   ./run.sh flagship [args]   run the grokking comparison and write its HTML report
+#   ./run.sh test [args]       run lint and the test suite (what CI runs)
+#   ./run.sh heldout ARGS      any heldout command
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PYTHON=${PYTHON:-python3}
+VENV=.venv
+
+setup() {
+  if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    echo "heldout needs Python >= 3.11 (set PYTHON=/path/to/python3.11)" >&2
+    exit 1
+  fi
+  [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+  local stamp
+  stamp=$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
+  if [ "$(cat "$VENV/.heldout-setup" 2>/dev/null)" != "$stamp" ]; then
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    # torch first and pinned, so nothing else can pull a multi-GB CUDA build
+    "$VENV/bin/python" -m pip install --quiet -c constraints.txt "torch==2.13.0"
+    "$VENV/bin/python" -m pip install --quiet -c constraints.txt -e ".[test]"
+    echo "$stamp" > "$VENV/.heldout-setup"
+  fi
+}
+
+cmd=${1:-flagship}
+shift || true
+setup
+case "$cmd" in
+  flagship) exec "$VENV/bin/heldout" flagship "$@" ;;
+  test)
+    "$VENV/bin/ruff" check src tests bench
+    exec "$VENV/bin/python" -m pytest -n 2 "$@" ;;
+  heldout) exec "$VENV/bin/heldout" "$@" ;;
+  setup) ;;
+  *) echo "usage: ./run.sh [flagship|test|heldout ARGS|setup]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,278 @@
+"""``heldout`` — the command line.
+
+    heldout run [CONFIG.yaml] [--task T] [--model M] [--technique T ...] [--measure M ...]
+                [--steps N] [--seed S] [--restart] [key=value ...]
+    heldout resume RUN
+    heldout list [techniques|measures|tasks|models|claims|papers]
+    heldout runs ls|show|export ...
+    heldout claims list | run [NAME ...] [--seeds N] [--scale ci|full]
+    heldout flagship [--steps N] [--out DIR]
+    heldout report RUN ... [--out DIR]
+
+Config mistakes (unknown key or name, wrong type) print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+
+from heldout.config import ConfigError, RunConfig, config_from_dict, load_config, parse_overrides
+from heldout.registry import CLAIMS, REGISTRIES, UnknownNameError, implementations, papers
+from heldout.runner import RunFailed, execute
+from heldout.store.sqlite import Store
+
+__all__ = ["main"]
+
+
+class UsageError(Exception):
+    """A mistake in what the user typed: one line, exit status 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="heldout", description=__doc__.splitlines()[0])
+    parser.add_argument("--home", help="where the runs store lives (default: $HELDOUT_HOME "
+                        "or ./.heldout)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run one experiment (resumes it if unfinished)")
+    run.add_argument("config", nargs="?", help="a YAML run config")
+    run.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    run.add_argument("--task")
+    run.add_argument("--model")
+    run.add_argument("--technique", action="append", dest="techniques", default=None,
+                     help="a technique (repeat to combine)")
+    run.add_argument("--measure", action="append", dest="measures", default=None,
+                     help="a measure (repeat; replaces the default measures)")
+    run.add_argument("--steps", type=int)
+    run.add_argument("--seed", type=int)
+    run.add_argument("--restart", action="store_true", help="discard a previous run of this "
+                     "config and start over")
+
+    resume = sub.add_parser("resume", help="resume an unfinished run from its last checkpoint")
+    resume.add_argument("run")
+
+    lst = sub.add_parser("list", help="list registered components or the papers catalog")
+    lst.add_argument("kind", nargs="?", default="techniques",
+                     choices=[*REGISTRIES, "papers"])
+    lst.add_argument("pattern", nargs="?", default="*", help="a wildcard, e.g. 'grok*'")
+
+    runs = sub.add_parser("runs", help="inspect the runs store")
+    runs_sub = runs.add_subparsers(dest="runs_command", required=True)
+    ls = runs_sub.add_parser("ls", help="list runs")
+    ls.add_argument("--status", choices=["queued", "running", "done", "failed"])
+    show = runs_sub.add_parser("show", help="show one run")
+    show.add_argument("run")
+    export = runs_sub.add_parser("export", help="export runs as CSV or JSON")
+    export.add_argument("runs", nargs="*")
+    export.add_argument("--format", choices=["csv", "json"], default="csv")
+    export.add_argument("--out", help="file to write (default: standard output)")
+
+    claims = sub.add_parser("claims", help="the claims ledger")
+    claims_sub = claims.add_subparsers(dest="claims_command", required=True)
+    claims_sub.add_parser("list", help="list the claims and their latest verdicts")
+    crun = claims_sub.add_parser("run", help="run claims and print their verdicts")
+    crun.add_argument("names", nargs="*", help="claims to run (default: all)")
+    crun.add_argument("--seeds", type=int, help="number of seeds (0, 1, ... N-1)")
+    crun.add_argument("--scale", choices=["ci", "full"], default="full")
+
+    flagship = sub.add_parser("flagship", help="the grokking comparison with its HTML report")
+    flagship.add_argument("--steps", type=int, default=None)
+    flagship.add_argument("--seed", type=int, default=0)
+    flagship.add_argument("--out", default="heldout-report")
+
+    report = sub.add_parser("report", help="write an HTML report of runs")
+    report.add_argument("runs", nargs="+")
+    report.add_argument("--out", default="heldout-report")
+    report.add_argument("--title", default="heldout report")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        store = Store(args.home) if args.command not in ("list",) else None
+        return _COMMANDS[args.command](args, store)
+    except (ConfigError, UnknownNameError, UsageError) as err:
+        print(f"heldout: error: {err}", file=sys.stderr)
+        return 2
+    except RunFailed as err:
+        print(f"heldout: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("heldout: interrupted; `heldout run` with the same config resumes",
+              file=sys.stderr)
+        return 130
+
+
+# ----------------------------------------------------------------------------- commands
+def _cmd_run(args: argparse.Namespace, store: Store) -> int:
+    overrides = list(args.overrides)
+    if args.config and "=" in args.config:  # no config file, only overrides
+        overrides.insert(0, args.config)
+        args.config = None
+    cfg = load_config(args.config) if args.config else RunConfig()
+    flags = []
+    if args.task:
+        flags.append(f"task={args.task}")
+    if args.model:
+        flags.append(f"model={args.model}")
+    if args.techniques is not None:
+        flags.append("techniques=" + ",".join(args.techniques))
+    if args.measures is not None:
+        flags.append("measures=" + ",".join(args.measures))
+    if args.steps is not None:
+        flags.append(f"steps={args.steps}")
+    if args.seed is not None:
+        flags.append(f"seed={args.seed}")
+    cfg = parse_overrides(cfg, flags + overrides)
+    return _run(cfg, store, restart=args.restart)
+
+
+def _run(cfg: RunConfig, store: Store, restart: bool = False) -> int:
+    print(f"run {cfg.identity}  (record: {store.path}, files: {store.run_dir(cfg.identity)})")
+    result = execute(cfg, store, progress=True, restart=restart)
+    if result.skipped:
+        print(f"run {result.run_id} was already done; its final metrics (--restart to rerun):")
+    elif result.resumed_from is not None:
+        print(f"resumed run {result.run_id} from step {result.resumed_from}")
+    _print_metrics(result.metrics)
+    print(f"run {result.run_id} {result.status}; `heldout runs show {result.run_id}`")
+    return 0
+
+
+def _cmd_resume(args: argparse.Namespace, store: Store) -> int:
+    try:
+        record = store.get_run(args.run)
+    except KeyError as err:
+        raise UsageError(str(err.args[0])) from None
+    cfg = config_from_dict({k: v for k, v in record.config.items()})
+    if cfg.identity != record.id:
+        raise UsageError(f"run {record.id}: its stored config no longer hashes to its id "
+                         f"(components changed since it ran); rerun it with `heldout run`")
+    if record.status == "done":
+        print(f"run {record.id} is already done")
+        return 0
+    return _run(cfg, store)
+
+
+def _cmd_list(args: argparse.Namespace, store: Store | None) -> int:
+    if args.kind == "papers":
+        for p in papers():
+            impl = ", ".join(implementations(p.number)) or "-"
+            arxiv = p.arxiv or "?"
+            print(f"#{p.number:<3} {p.short:<42.42} arXiv:{arxiv:<11} tier {p.tier}  "
+                  f"[{p.kind}]  {impl}")
+        return 0
+    registry = REGISTRIES[args.kind]
+    entries = [registry.get(n) for n in registry.names(args.pattern)]
+    if not entries:
+        raise UsageError(f"no {args.kind} match {args.pattern!r}; "
+                         f"valid: {', '.join(registry.names())}")
+    for entry in entries:
+        cites = "; ".join(f"#{n}" for n in entry.papers)
+        print(f"{entry.name:<24} {entry.summary}" + (f"  [{cites}]" if cites else ""))
+        defaults = entry.defaults()
+        if defaults:
+            text = ", ".join(f"{k}={v!r}" for k, v in defaults.items())
+            print(textwrap.indent(textwrap.fill(text, 96), " " * 25))
+    return 0
+
+
+def _cmd_runs(args: argparse.Namespace, store: Store) -> int:
+    if args.runs_command == "ls":
+        records = store.runs(args.status)
+        print(f"{'id':<13} {'status':<7} {'step':>6} {'seconds':>8}  task/model/techniques")
+        for r in records:
+            cfg = r.config
+            techs = "+".join(t["name"] for t in cfg.get("techniques", [])) or "-"
+            secs = "" if r.seconds is None else f"{r.seconds:.1f}"
+            print(f"{r.id:<13} {r.status:<7} {r.step:>6} {secs:>8}  "
+                  f"{cfg['task']['name']}/{cfg['model']['name']}/{techs}"
+                  + (f"  ({r.name})" if r.name else ""))
+        return 0
+    if args.runs_command == "show":
+        try:
+            r = store.get_run(args.run)
+        except KeyError as err:
+            raise UsageError(str(err.args[0])) from None
+        print(f"run {r.id}" + (f" ({r.name})" if r.name else ""))
+        print(f"  status   {r.status}" + (f": {r.error}" if r.error else ""))
+        print(f"  step     {r.step}   seconds {r.seconds or 0:.1f}   seed {r.seed}")
+        print(f"  versions {json.dumps(r.versions)}   git {r.git_sha or '-'}")
+        print(f"  files    {store.run_dir(r.id)}")
+        print("  config   " + json.dumps(r.config, sort_keys=True))
+        _print_metrics(store.final_metrics(r.id), indent="  ")
+        return 0
+    text = store.export(args.runs or None, args.format)
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _cmd_claims(args: argparse.Namespace, store: Store) -> int:
+    if args.claims_command == "list":
+        latest = {r["claim"]: r for r in store.claim_results()}
+        for entry in CLAIMS.entries():
+            done = latest.get(entry.name)
+            verdict = f"{done['verdict']} ({done['scale']}, seeds {done['seeds']})" if done \
+                else "not run"
+            print(f"{entry.name:<26} {verdict:<28} {entry.summary}")
+        return 0
+    names = args.names or CLAIMS.names()
+    entries = [CLAIMS.get(n) for n in names]
+    for entry in entries:
+        claim = entry.build()
+        n = args.seeds if args.seeds is not None else claim.default_seeds
+        if n < 1:
+            raise UsageError("--seeds must be >= 1")
+        verdict = claim.run(list(range(n)), store, scale=args.scale, progress=False)
+        print(verdict)
+    return 0
+
+
+def _cmd_flagship(args: argparse.Namespace, store: Store) -> int:
+    from heldout.flagship import run_flagship
+
+    path = run_flagship(store, out=Path(args.out), steps=args.steps, seed=args.seed,
+                        progress=True)
+    print(f"report: {path.resolve()}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace, store: Store) -> int:
+    from heldout.report.html import write_report
+
+    try:
+        ids = [store.get_run(r).id for r in args.runs]
+    except KeyError as err:
+        raise UsageError(str(err.args[0])) from None
+    path = write_report(store, ids, Path(args.out), title=args.title)
+    print(f"report: {path.resolve()}")
+    return 0
+
+
+def _print_metrics(metrics: dict[str, float], indent: str = "") -> None:
+    for key in sorted(metrics):
+        print(f"{indent}{key:<28} {metrics[key]:.6g}")
+
+
+_COMMANDS = {
+    "run": _cmd_run,
+    "resume": _cmd_resume,
+    "list": _cmd_list,
+    "runs": _cmd_runs,
+    "claims": _cmd_claims,
+    "flagship": _cmd_flagship,
+    "report": _cmd_report,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,381 @@
+"""Typed run configs: frozen dataclasses, YAML files, dotted ``key=value`` overrides.
+
+A run is fully described by a :class:`RunConfig`. Components (task, model, techniques,
+measures) are referred to by registered name plus parameters; the parameters are checked
+against the fields of the registered dataclass, so an unknown key, a wrong type or an unknown
+name is a :class:`ConfigError` whose one-line message names the key and the valid choices.
+
+The canonical JSON of a config (sorted keys, every default written out) is hashed into the
+run's identity, so the same experiment always gets the same id.
+
+Example:
+    >>> cfg = parse_overrides(RunConfig(), ["task.p=97", "techniques=perp_grad", "steps=300"])
+    >>> cfg.task.params["p"], cfg.steps
+    (97, 300)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from heldout.registry import MEASURES, MODELS, TASKS, TECHNIQUES, Registry, UnknownNameError
+
+__all__ = [
+    "Component",
+    "ConfigError",
+    "OptimizerConfig",
+    "RunConfig",
+    "canonical_json",
+    "config_from_dict",
+    "config_to_dict",
+    "load_config",
+    "parse_overrides",
+    "run_identity",
+]
+
+
+class ConfigError(ValueError):
+    """A config problem, described in one line that names the offending key."""
+
+
+@dataclass(frozen=True)
+class Component:
+    """A registered component by name, with its parameters (defaults filled in once checked)."""
+
+    name: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def __hash__(self) -> int:
+        return hash((self.name, json.dumps(dict(self.params), sort_keys=True, default=str)))
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """The base optimizer; techniques such as SAM or ⊥Grad wrap it."""
+
+    name: Literal["adamw", "adam", "sgd"] = "adamw"  # torch.optim class
+    lr: float = 1e-3  # learning rate
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam(W) moment decay rates
+    eps: float = 1e-8  # Adam(W) denominator epsilon
+    momentum: float = 0.0  # SGD momentum
+    nesterov: bool = False  # SGD Nesterov momentum
+    weight_decay: float = 0.0  # decoupled for AdamW, L2 for Adam and SGD
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a run. Every field but ``name`` enters the run's identity."""
+
+    task: Component = Component("modular")  # the data: a registered task and its parameters
+    model: Component = Component("mlp")  # a registered model and its parameters
+    optimizer: OptimizerConfig = OptimizerConfig()  # the base optimizer
+    techniques: tuple[Component, ...] = ()  # registered techniques, composed in this order
+    measures: tuple[Component, ...] = (
+        Component("accuracy"),
+        Component("loss"),
+        Component("ece"),
+        Component("gap"),
+    )  # registered measures computed at each evaluation
+    loss_dtype: Literal["float32", "float64"] = "float32"  # precision of the default CE loss
+    steps: int = 1000  # optimizer steps
+    batch_size: int | None = None  # None: full batch, one step per epoch
+    eval_every: int = 10  # steps between evaluations (also at step 0 and the last step)
+    checkpoint_every: int = 100  # steps between checkpoints (also at the last step)
+    seed: int = 0  # seeds the split, the initialization and the batch order
+    name: str | None = None  # a free label; not part of the identity
+
+    def __post_init__(self) -> None:
+        for key in ("steps", "eval_every", "checkpoint_every"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}: must be >= 1, got {getattr(self, key)}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"batch_size: must be >= 1 or null, got {self.batch_size}")
+
+    @property
+    def identity(self) -> str:
+        return run_identity(self)
+
+
+# ----------------------------------------------------------------------------- type checking
+
+_COMPONENT_FIELDS: dict[str, Registry] = {
+    "task": TASKS,
+    "model": MODELS,
+    "techniques": TECHNIQUES,
+    "measures": MEASURES,
+}
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) is Literal:
+        return "one of " + ", ".join(repr(c) for c in typing.get_args(hint))
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check ``value`` against the type hint ``hint``; return it in canonical form."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        if isinstance(value, str) and value.lower() in ("null", "none") and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        errors = []
+        for option in options:
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as err:
+                errors.append(err)
+        raise errors[0] if len(options) == 1 else ConfigError(
+            f"{key}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}"
+        )
+    if origin is Literal:
+        if value in args and type(value) in {type(a) for a in args}:
+            return value
+        raise ConfigError(f"{key}: expected {_type_name(hint)}, got {value!r}")
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+            value = [yaml.safe_load(v) for v in value]
+        if not isinstance(value, list | tuple):
+            value = [value]
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {list(value)!r}")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {hint!r}")  # a bug in a component, not user input
+
+
+def _fields(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {
+        f.name: hints[f.name]
+        for f in dataclasses.fields(cls)
+        if f.init and not f.name.startswith("_")
+    }
+
+
+def _check_params(registry: Registry, spec: Any, key: str) -> Component:
+    """Turn ``name`` / ``{name: ..., **params}`` / Component into a checked Component."""
+    if isinstance(spec, Component):
+        name, params = spec.name, dict(spec.params)
+    elif isinstance(spec, str):
+        name, params = spec, {}
+    elif isinstance(spec, Mapping):
+        params = dict(spec)
+        name = params.pop("name", None)
+        if not isinstance(name, str):
+            raise ConfigError(f"{key}: needs a 'name'; valid {registry.kind}s: "
+                              + ", ".join(registry.names()))
+    else:
+        raise ConfigError(f"{key}: expected a {registry.kind} name or mapping, got {spec!r}")
+    try:
+        entry = registry.get(name)
+    except UnknownNameError as err:
+        raise ConfigError(f"{key}: {err}") from None
+    fields = _fields(entry.cls) if dataclasses.is_dataclass(entry.cls) else {}
+    checked = entry.defaults()
+    for param, value in params.items():
+        if param not in fields:
+            valid = ", ".join(sorted(fields)) or "(none)"
+            raise ConfigError(
+                f"{key}.{param}: unknown parameter of {registry.kind} {name!r}; valid: {valid}"
+            )
+        checked[param] = _coerce(value, fields[param], f"{key}.{param}")
+    try:
+        entry.build(**checked)  # runs the component's own validation (__post_init__)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"{key}: {err}") from None
+    return Component(name, checked)
+
+
+def config_from_dict(data: Mapping[str, Any]) -> RunConfig:
+    """Build a checked :class:`RunConfig` from plain data (parsed YAML, say)."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"a run config must be a mapping, got {type(data).__name__}")
+    run_fields = _fields(RunConfig)
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in run_fields:
+            raise ConfigError(f"{key}: unknown config key; valid keys: {', '.join(run_fields)}")
+        if key in ("task", "model"):
+            kwargs[key] = _check_params(_COMPONENT_FIELDS[key], value, key)
+        elif key in ("techniques", "measures"):
+            items = [value] if isinstance(value, str | Mapping | Component) else value
+            if isinstance(items, str):
+                items = [items]
+            if not isinstance(items, list | tuple):
+                raise ConfigError(f"{key}: expected a list, got {value!r}")
+            checked = [_check_params(_COMPONENT_FIELDS[key], v, f"{key}[{i}]")
+                       for i, v in enumerate(items)]
+            names = [c.name for c in checked]
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ConfigError(f"{key}: {', '.join(dupes)} listed more than once")
+            kwargs[key] = tuple(checked)
+        elif key == "optimizer":
+            kwargs[key] = _optimizer_from(value)
+        else:
+            kwargs[key] = _coerce(value, run_fields[key], key)
+    return RunConfig(**kwargs)
+
+
+def _optimizer_from(value: Any) -> OptimizerConfig:
+    if isinstance(value, OptimizerConfig):
+        return value
+    if isinstance(value, str):
+        value = {"name": value}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"optimizer: expected a mapping, got {value!r}")
+    fields = _fields(OptimizerConfig)
+    out = {}
+    for key, v in value.items():
+        if key not in fields:
+            raise ConfigError(f"optimizer.{key}: unknown key; valid keys: {', '.join(fields)}")
+        out[key] = _coerce(v, fields[key], f"optimizer.{key}")
+    return OptimizerConfig(**out)
+
+
+def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
+    """Plain, JSON-ready data for ``cfg`` (every default written out)."""
+
+    def component(c: Component) -> dict[str, Any]:
+        return {"name": c.name, **{k: _plain(v) for k, v in c.params.items()}}
+
+    return {
+        "task": component(cfg.task),
+        "model": component(cfg.model),
+        "optimizer": {k: _plain(v) for k, v in dataclasses.asdict(cfg.optimizer).items()},
+        "techniques": [component(c) for c in cfg.techniques],
+        "measures": [component(c) for c in cfg.measures],
+        "loss_dtype": cfg.loss_dtype,
+        "steps": cfg.steps,
+        "batch_size": cfg.batch_size,
+        "eval_every": cfg.eval_every,
+        "checkpoint_every": cfg.checkpoint_every,
+        "seed": cfg.seed,
+        "name": cfg.name,
+    }
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def canonical_json(cfg: RunConfig) -> str:
+    """The canonical form of ``cfg``: sorted-key JSON of every field but ``name``."""
+    data = config_to_dict(cfg)
+    data.pop("name")
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+def run_identity(cfg: RunConfig) -> str:
+    """A 12-hex-digit hash of the canonical config: the run's id."""
+    return hashlib.sha256(canonical_json(cfg).encode()).hexdigest()[:12]
+
+
+def load_config(path: str | Path, overrides: Iterable[str] = ()) -> RunConfig:
+    """Read a YAML run config and apply ``key=value`` overrides."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read config ({err.strerror})") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    return parse_overrides(config_from_dict(data), overrides)
+
+
+def parse_overrides(cfg: RunConfig, overrides: Iterable[str]) -> RunConfig:
+    """Apply dotted ``key=value`` overrides to ``cfg``; values are parsed as YAML.
+
+    ``steps=300``, ``optimizer.lr=0.01``, ``task=digits`` (switch component, defaults reset),
+    ``task.p=97``, ``model.hidden=[200,200]``, ``techniques=perp_grad,sam`` (replace the list),
+    ``techniques.sam.rho=0.1`` (a parameter of a listed technique), ``measures.ece.n_bins=15``.
+    """
+    data = config_to_dict(cfg)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"{item!r}: an override is key=value")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        _set(data, key.split("."), value, item)
+    return config_from_dict(data)
+
+
+def _set(data: dict[str, Any], path: list[str], value: Any, item: str) -> None:
+    head, rest = path[0], path[1:]
+    if head not in data:
+        raise ConfigError(f"{head}: unknown config key; valid keys: {', '.join(data)}")
+    if head in ("techniques", "measures"):
+        if not rest:
+            if isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            if value is None:
+                value = []
+            elif isinstance(value, str | Mapping):
+                value = [value]
+            data[head] = [{"name": v} if isinstance(v, str) else v for v in value]
+            return
+        items = {c["name"]: c for c in data[head] if isinstance(c, Mapping)}
+        name = rest[0]
+        if name not in items:
+            listed = ", ".join(items) or "none"
+            raise ConfigError(
+                f"{head}.{name}: not in {head} (listed: {listed}); add it with {head}=...,{name}"
+            )
+        if len(rest) != 2:
+            raise ConfigError(f"{item!r}: expected {head}.NAME.PARAM=VALUE")
+        items[name][rest[1]] = value
+        return
+    if not rest:
+        if head in ("task", "model") and isinstance(value, str):
+            value = {"name": value}  # switching component: its defaults apply
+        data[head] = value
+        return
+    node = data[head]
+    if not isinstance(node, dict):
+        raise ConfigError(f"{head}.{rest[0]}: {head} has no sub-keys")
+    if len(rest) != 1:
+        raise ConfigError(f"{item!r}: too many dots")
+    if rest[0] == "name":
+        data[head] = {"name": value}  # switching component: its defaults apply
+        return
+    node[rest[0]] = value

@@ -1,0 +1,260 @@
+"""The Trainer: a short loop that techniques extend through events (see ``events.py``).
+
+It accepts any ``nn.Module``, any ``torch.optim.Optimizer`` (or a factory for one), and
+training data as full-batch tensors, a ``Split``, or a ``DataLoader``.
+
+Example:
+    >>> model = torch.nn.Linear(4, 3)
+    >>> x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+    >>> trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), (x, y),
+    ...                   max_steps=5, eval_data={"train": (x, y)})
+    >>> history = trainer.fit()
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from heldout.engine.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from heldout.engine.data import Batch, make_batches
+from heldout.engine.events import REVERSED_EVENTS, Event
+from heldout.engine.technique import Technique, check_combination
+from heldout.measures.base import Measure, evaluate
+
+__all__ = ["Logger", "NonFiniteLossError", "State", "Trainer", "cross_entropy"]
+
+OptimizerLike = torch.optim.Optimizer | Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the run stops and its last checkpoint is kept."""
+
+    def __init__(self, step: int, loss: float) -> None:
+        super().__init__(f"non-finite loss ({loss}) at step {step}; the run stopped, "
+                         "its last good checkpoint is kept")
+        self.step = step
+        self.loss = loss
+
+
+class Logger(Protocol):
+    """Receives the metrics of each evaluation; ``flush`` runs before every checkpoint."""
+
+    def log(self, step: int, metrics: Mapping[str, float]) -> None: ...
+    def flush(self) -> None: ...
+
+
+def cross_entropy(logits: Tensor, targets: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Softmax cross-entropy computed in ``dtype`` (float64 delays Softmax Collapse)."""
+    return F.cross_entropy(logits.to(dtype), targets)
+
+
+@dataclass
+class State:
+    """What techniques see: the model, optimizer, step and the current batch."""
+
+    model: nn.Module
+    optimizer: Any
+    max_steps: int
+    step: int = 0
+    batch: Batch | None = None
+    loss: Tensor | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    acted: dict[str, list[str]] = field(default_factory=dict)  # event → techniques that act
+
+
+class Trainer:
+    """Train ``model`` with ``optimizer`` on ``train`` for ``max_steps`` optimizer steps."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: OptimizerLike,
+        train: Any,
+        *,
+        max_steps: int,
+        eval_data: Mapping[str, Any] | None = None,
+        techniques: Sequence[Technique] = (),
+        measures: Sequence[Measure] | None = None,
+        loss_fn: Callable[[Tensor, Tensor], Tensor] = cross_entropy,
+        batch_size: int | None = None,
+        eval_every: int = 10,
+        checkpoint_every: int | None = None,
+        checkpoint_path: str | Path | None = None,
+        loggers: Sequence[Logger] = (),
+        seed: int = 0,
+        device: Any = None,
+    ) -> None:
+        self.techniques = list(techniques)
+        check_combination(self.techniques)
+        self.device = torch.device(device) if device is not None else None
+        for technique in self.techniques:
+            model = technique.transform_model(model)
+        self.model = model.to(self.device) if self.device is not None else model
+        base = optimizer if isinstance(optimizer, torch.optim.Optimizer) else optimizer(
+            self.model.parameters()
+        )
+        _check_optimizer_covers(self.model, base)
+        order = {"optimizer": 0, "gradients": 1, "step": 2}
+        wrappers = sorted(
+            (t for t in self.techniques if t.touches & set(order)),
+            key=lambda t: min(order[p] for p in t.touches & set(order)),
+        )
+        for technique in wrappers:  # gradient wrappers inside, the step strategy outermost
+            base = technique.wrap_optimizer(base, self.model)
+        self.optimizer = base
+        self.loss_technique = next((t for t in self.techniques if "loss" in t.touches), None)
+        self.loss_fn = loss_fn
+        self.batches = make_batches(train, batch_size, seed, self.device)
+        self.eval_data = dict(eval_data or {})
+        if measures is None:
+            from heldout.measures import default_measures
+
+            measures = default_measures()
+        self.measures = list(measures)
+        self.eval_every = eval_every
+        self.checkpoint_every = checkpoint_every
+        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
+        self.loggers = list(loggers)
+        self.history: list[tuple[int, dict[str, float]]] = []
+        self.state = State(self.model, self.optimizer, max_steps)
+        self.state.acted = {
+            e.value: [t.name for t in self.techniques if _overrides(t, e.value)] for e in Event
+        }
+        self.seconds = 0.0
+
+    # ------------------------------------------------------------------------ the loop
+    def fit(self) -> list[tuple[int, dict[str, float]]]:
+        """Train to ``max_steps`` (from the current step, after a resume) and return history."""
+        state, model, optimizer = self.state, self.model, self.optimizer
+        started = time.perf_counter()
+        self._fire(Event.FIT_START)
+        if state.step == 0:
+            self._evaluate()
+        model.train()
+
+        def closure() -> Tensor:
+            optimizer.zero_grad(set_to_none=True)
+            x, y, _ = state.batch  # type: ignore[misc]
+            loss = self._loss(model(x), y)
+            loss.backward()
+            self._fire(Event.AFTER_BACKWARD)
+            return loss
+
+        while state.step < state.max_steps:
+            state.batch = next(self.batches)
+            self._fire(Event.BATCH_START)
+            loss = optimizer.step(closure)
+            state.loss = loss.detach()
+            if not math.isfinite(value := float(state.loss)):
+                self.seconds += time.perf_counter() - started
+                raise NonFiniteLossError(state.step + 1, value)
+            state.step += 1
+            self._fire(Event.AFTER_STEP)
+            if state.step % self.eval_every == 0 or state.step == state.max_steps:
+                self._evaluate()
+            if self._checkpoint_due():
+                self.seconds += time.perf_counter() - started
+                started = time.perf_counter()
+                self.save_checkpoint()
+        self._fire(Event.FIT_END)
+        self.seconds += time.perf_counter() - started
+        return self.history
+
+    # ------------------------------------------------------------------------ pieces
+    def _loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        if self.loss_technique is not None:
+            return self.loss_technique.loss(logits, targets, self.state)
+        return self.loss_fn(logits, targets)
+
+    def _fire(self, event: Event, *args: Any) -> None:
+        techniques = reversed(self.techniques) if event in REVERSED_EVENTS else self.techniques
+        for technique in techniques:
+            getattr(technique, event.value)(self.state, *args)
+
+    def _evaluate(self) -> None:
+        state = self.state
+        eval_model = next(
+            (m for t in self.techniques if (m := t.eval_model(state)) is not None), self.model
+        )
+        metrics = evaluate(eval_model, self.eval_data, self.measures, device=self.device)
+        if state.loss is not None:
+            metrics["train/step_loss"] = float(state.loss)
+        state.metrics = metrics
+        self._fire(Event.EVAL, metrics)
+        self.history.append((state.step, metrics))
+        for logger in self.loggers:
+            logger.log(state.step, metrics)
+
+    def _checkpoint_due(self) -> bool:
+        if self.checkpoint_path is None:
+            return False
+        step = self.state.step
+        every = self.checkpoint_every or self.state.max_steps
+        return step % every == 0 or step == self.state.max_steps
+
+    # ------------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue bit-identically: weights, optimizer (wrappers
+        included), technique state, data position, global RNG states and the step."""
+        return {
+            "step": self.state.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "techniques": {t.name: t.state_dict() for t in self.techniques},
+            "batches": self.batches.state_dict(),
+            "rng": capture_rng(),
+            "loss": None if self.state.loss is None else self.state.loss.cpu(),
+        }
+
+    def load_state_dict(self, ckpt: Mapping[str, Any]) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        saved = ckpt["techniques"]
+        names = [t.name for t in self.techniques]
+        if sorted(saved) != sorted(names):
+            raise ValueError(f"checkpoint has techniques {sorted(saved)}, trainer has {names}")
+        for technique in self.techniques:
+            technique.load_state_dict(saved[technique.name])
+        self.batches.load_state_dict(ckpt["batches"])  # may replay RNG: restore RNG after
+        restore_rng(ckpt["rng"])
+        self.state.step = ckpt["step"]
+        self.state.loss = ckpt["loss"]
+
+    def save_checkpoint(self, path: str | Path | None = None) -> Path:
+        for logger in self.loggers:  # metrics reach the store before the checkpoint does
+            logger.flush()
+        target = Path(path) if path else self.checkpoint_path
+        if target is None:
+            raise ValueError("no checkpoint path given")
+        return save_checkpoint(self.state_dict(), target)
+
+    def resume(self, path: str | Path | None = None) -> int:
+        """Load the checkpoint at ``path`` (default: ``checkpoint_path``); return its step."""
+        target = Path(path) if path else self.checkpoint_path
+        if target is None:
+            raise ValueError("no checkpoint path given")
+        self.load_state_dict(load_checkpoint(target))
+        return self.state.step
+
+
+def _overrides(technique: Technique, hook: str) -> bool:
+    return getattr(type(technique), hook) is not getattr(Technique, hook)
+
+
+def _check_optimizer_covers(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    known = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in known]
+    if missing:
+        raise ValueError(
+            f"the optimizer does not hold the model parameters {missing[:5]}: a model transform "
+            "replaced them; pass an optimizer factory, e.g. lambda params: AdamW(params, lr=...)"
+        )

@@ -1,0 +1,41 @@
+"""Measures: pure functions that observe a model, plus their registered adapters."""
+
+from heldout.measures.alignment import GradientWeightAlignment, gradient_weight_cosine
+from heldout.measures.base import EvalContext, Measure, evaluate
+from heldout.measures.calibration import ECE, expected_calibration_error
+from heldout.measures.collapse import (
+    SoftmaxCollapse,
+    softmax_collapse,
+    softmax_collapse_fraction,
+)
+from heldout.measures.performance import (
+    Accuracy,
+    GeneralizationGap,
+    Loss,
+    accuracy,
+    generalization_gap,
+)
+
+__all__ = [
+    "ECE",
+    "Accuracy",
+    "EvalContext",
+    "GeneralizationGap",
+    "GradientWeightAlignment",
+    "Loss",
+    "Measure",
+    "SoftmaxCollapse",
+    "accuracy",
+    "default_measures",
+    "evaluate",
+    "expected_calibration_error",
+    "generalization_gap",
+    "gradient_weight_cosine",
+    "softmax_collapse",
+    "softmax_collapse_fraction",
+]
+
+
+def default_measures() -> list[Measure]:
+    """Accuracy, loss, ECE and the generalization gap."""
+    return [Accuracy(), Loss(), ECE(), GeneralizationGap()]

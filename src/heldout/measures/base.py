@@ -1,0 +1,104 @@
+"""The extension point for everything that observes a model: :class:`Measure`.
+
+A measure is a pure function (``accuracy(logits, y)``, ``expected_calibration_error(...)``)
+plus a registered adapter. A ``scope="split"`` adapter computes on one split at a time from an
+:class:`EvalContext`, which runs the model once per split and shares the logits between all
+measures; a ``scope="run"`` adapter combines the per-split metrics (the generalization gap).
+Metric keys are ``"<split>/<name>"``, e.g. ``"test/accuracy"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from functools import cached_property
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+__all__ = ["EvalContext", "Measure", "evaluate"]
+
+
+class EvalContext:
+    """One split under evaluation: the model, the data and (computed once) the logits."""
+
+    def __init__(
+        self, model: nn.Module, split: str, data: Any, batch_size: int = 8192, device: Any = None
+    ) -> None:
+        self.model = model
+        self.split = split
+        self.data = data
+        self.batch_size = batch_size
+        self.device = device
+
+    def _chunks(self) -> Iterable[tuple[Tensor, Tensor]]:
+        if isinstance(self.data, DataLoader):
+            for x, y, *_ in self.data:
+                yield x, y
+            return
+        x, y = (self.data.x, self.data.y) if hasattr(self.data, "x") else self.data
+        for start in range(0, len(y), self.batch_size):
+            yield x[start : start + self.batch_size], y[start : start + self.batch_size]
+
+    @cached_property
+    def _outputs(self) -> tuple[Tensor, Tensor]:
+        was_training = self.model.training
+        self.model.eval()
+        logits, targets = [], []
+        try:
+            with torch.no_grad():
+                for x, y in self._chunks():
+                    logits.append(self.model(x.to(self.device)).detach())
+                    targets.append(y.to(self.device))
+        finally:
+            self.model.train(was_training)
+        return torch.cat(logits), torch.cat(targets)
+
+    @property
+    def logits(self) -> Tensor:
+        return self._outputs[0]
+
+    @property
+    def targets(self) -> Tensor:
+        return self._outputs[1]
+
+    @property
+    def clean_targets(self) -> Tensor | None:
+        clean = getattr(self.data, "clean_y", None)
+        return None if clean is None else clean.to(self.targets.device)
+
+
+class Measure:
+    """Base of the registered measures. Subclasses are dataclasses of their parameters."""
+
+    registry_name: ClassVar[str]
+    scope: ClassVar[Literal["split", "run"]] = "split"
+
+    def compute(self, ctx: EvalContext) -> dict[str, float]:
+        raise NotImplementedError
+
+    def combine(self, metrics: Mapping[str, float]) -> dict[str, float]:
+        raise NotImplementedError
+
+
+def evaluate(
+    model: nn.Module,
+    splits: Mapping[str, Any],
+    measures: Sequence[Measure],
+    *,
+    batch_size: int = 8192,
+    device: Any = None,
+) -> dict[str, float]:
+    """Compute ``measures`` on every split of ``splits`` (name → data); return flat metrics."""
+    metrics: dict[str, float] = {}
+    for split, data in splits.items():
+        ctx = EvalContext(model, split, data, batch_size, device)
+        for measure in measures:
+            if measure.scope == "split":
+                for key, value in measure.compute(ctx).items():
+                    metrics[f"{split}/{key}"] = float(value)
+    for measure in measures:
+        if measure.scope == "run":
+            metrics.update({k: float(v) for k, v in measure.combine(metrics).items()})
+    return metrics

@@ -1,0 +1,118 @@
+"""Losses: StableMax cross-entropy (#9) and label smoothing.
+
+Each loss is a pure function for a user's own loop plus a Technique that makes it the
+Trainer's training loss (a technique that ``touches`` the loss: one at a time).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from heldout.engine.technique import Technique
+from heldout.registry import TECHNIQUES
+
+if TYPE_CHECKING:
+    from heldout.engine.trainer import State
+
+__all__ = [
+    "LabelSmoothing",
+    "StableMax",
+    "label_smoothing_cross_entropy",
+    "log_stablemax",
+    "stablemax",
+    "stablemax_cross_entropy",
+]
+
+
+def _s(logits: Tensor) -> Tensor:
+    """s(x) = x + 1 for x >= 0 and 1 / (1 - x) for x < 0: linear growth instead of exp."""
+    return torch.where(logits >= 0, logits + 1, 1 / (1 - torch.clamp(logits, max=0)))
+
+
+def stablemax(logits: Tensor, dim: int = -1) -> Tensor:
+    """StableMax: s(z_i) / sum_j s(z_j), with s as above (Prieto et al. 2025, eq. 3).
+
+    References:
+        Grokking at the Edge of Numerical Stability (arXiv:2501.04697).
+    """
+    s = _s(logits)
+    return s / s.sum(dim=dim, keepdim=True)
+
+
+def log_stablemax(logits: Tensor, dim: int = -1) -> Tensor:
+    """log StableMax(z) = log s(z) - log sum_j s(z_j)."""
+    s = _s(logits)
+    return torch.log(s) - torch.log(s.sum(dim=dim, keepdim=True))
+
+
+def stablemax_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean of -log StableMax(z)_y, computed in float64 as in the paper's code.
+
+    Because s grows linearly, the correct-class probability of a confident sample approaches 1
+    only polynomially in the margin, so the loss and its gradient never round to exactly 0
+    (the Softmax Collapse that stops learning under float32 softmax).
+
+    Example:
+        >>> z = torch.tensor([[1.0, -1.0, 0.0]])
+        >>> round(float(stablemax_cross_entropy(z, torch.tensor([0]))), 4)  # -log(2/3.5)
+        0.5596
+
+    References:
+        Grokking at the Edge of Numerical Stability (arXiv:2501.04697).
+    """
+    log_p = log_stablemax(logits.to(torch.float64))
+    return -log_p.gather(-1, targets.long().unsqueeze(-1)).squeeze(-1).mean()
+
+
+def label_smoothing_cross_entropy(logits: Tensor, targets: Tensor, smoothing: float) -> Tensor:
+    """Cross-entropy against (1 - ε)·one-hot + ε/K: the label-smoothing baseline.
+
+    References:
+        Rethinking the Inception Architecture for Computer Vision (arXiv:1512.00567).
+    """
+    log_p = F.log_softmax(logits, dim=-1)
+    nll = -log_p.gather(-1, targets.long().unsqueeze(-1)).squeeze(-1)
+    return ((1 - smoothing) * nll - smoothing * log_p.mean(dim=-1)).mean()
+
+
+@TECHNIQUES.register(
+    "stablemax",
+    summary="StableMax cross-entropy in float64: a softmax with linear growth that avoids "
+    "Softmax Collapse.",
+    papers=(9,),
+)
+@dataclass
+class StableMax(Technique):
+    """Train with :func:`stablemax_cross_entropy` instead of softmax cross-entropy."""
+
+    touches = frozenset({"loss"})
+
+    def loss(self, logits: Tensor, targets: Tensor, state: State) -> Tensor:
+        return stablemax_cross_entropy(logits, targets)
+
+
+@TECHNIQUES.register(
+    "label_smoothing",
+    summary="Label smoothing: cross-entropy against targets mixed with the uniform distribution.",
+    search_space={"smoothing": ("uniform", 0.0, 0.3)},
+    references=("Rethinking the Inception Architecture for Computer Vision (arXiv:1512.00567)",),
+)
+@dataclass
+class LabelSmoothing(Technique):
+    """Train with :func:`label_smoothing_cross_entropy` (a baseline regularizer)."""
+
+    smoothing: float = 0.1  # ε, the mass moved to the uniform distribution (Szegedy et al.)
+
+    touches = frozenset({"loss"})
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.smoothing < 1.0:
+            raise ValueError(f"smoothing must be in [0, 1), got {self.smoothing}")
+
+    def loss(self, logits: Tensor, targets: Tensor, state: State) -> Tensor:
+        return label_smoothing_cross_entropy(logits, targets, self.smoothing)

@@ -1,0 +1,201 @@
+"""Run a :class:`RunConfig` end to end: build, train, record, checkpoint, resume.
+
+The run's id is the hash of its canonical config. Executing a config whose run is already
+``done`` returns the stored result; one whose run is unfinished (killed, failed) resumes from
+its last checkpoint, and the metric history after that checkpoint is recomputed, so a run
+killed at any step ends with exactly the metrics of the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import sys
+import time
+import traceback
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import numpy as np
+import torch
+
+from heldout.config import Component, OptimizerConfig, RunConfig, config_to_dict
+from heldout.engine.trainer import Logger, NonFiniteLossError, Trainer, cross_entropy
+from heldout.registry import MEASURES, MODELS, TASKS, TECHNIQUES
+from heldout.store.sqlite import RunRecord, Store
+
+__all__ = ["ProgressPrinter", "RunFailed", "RunResult", "StoreLogger", "build", "execute",
+           "make_optimizer"]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+class RunFailed(RuntimeError):
+    """A run ended as failed; ``run_id`` names it in the store."""
+
+    def __init__(self, run_id: str, message: str) -> None:
+        super().__init__(f"run {run_id} failed: {message}")
+        self.run_id = run_id
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_id: str
+    status: str
+    metrics: dict[str, float]
+    resumed_from: int | None  # the checkpoint step a resumed run continued from
+    skipped: bool  # the run was already done; nothing was executed
+    record: RunRecord
+
+
+def make_optimizer(cfg: OptimizerConfig):
+    """A factory ``params → torch.optim.Optimizer`` for the base optimizer of ``cfg``."""
+
+    def factory(params):
+        if cfg.name == "sgd":
+            return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                                   nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+        cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
+        return cls(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
+                   weight_decay=cfg.weight_decay)
+
+    return factory
+
+
+def _build(registry, component: Component) -> Any:
+    return registry.build(component.name, **dict(component.params))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build(
+    cfg: RunConfig,
+    *,
+    checkpoint_path: Any = None,
+    loggers: Sequence[Logger] = (),
+    device: Any = None,
+) -> Trainer:
+    """The Trainer for ``cfg``: task splits, seeded model, optimizer, techniques, measures."""
+    task = _build(TASKS, cfg.task)
+    splits = task.splits(cfg.seed)
+    seed_everything(cfg.seed)
+    model = _build(MODELS, cfg.model).build(splits.input, splits.num_classes)
+    dtype = getattr(torch, cfg.loss_dtype)
+    return Trainer(
+        model,
+        make_optimizer(cfg.optimizer),
+        splits.train,
+        max_steps=cfg.steps,
+        eval_data=dict(splits.items()),
+        techniques=[_build(TECHNIQUES, t) for t in cfg.techniques],
+        measures=[_build(MEASURES, m) for m in cfg.measures],
+        loss_fn=lambda logits, y: cross_entropy(logits, y, dtype),
+        batch_size=cfg.batch_size,
+        eval_every=cfg.eval_every,
+        checkpoint_every=cfg.checkpoint_every,
+        checkpoint_path=checkpoint_path,
+        loggers=loggers,
+        seed=cfg.seed,
+        device=device,
+    )
+
+
+class StoreLogger:
+    """Sends each evaluation's metrics to the store, one transaction per evaluation."""
+
+    def __init__(self, store: Store, run_id: str) -> None:
+        self.store, self.run_id = store, run_id
+        self._rows: list[tuple[int, str, str, float]] = []
+
+    def log(self, step: int, metrics: Mapping[str, float]) -> None:
+        for key, value in metrics.items():
+            split, _, name = key.partition("/")
+            self._rows.append((step, split, name, value))
+        self.flush()
+
+    def flush(self) -> None:
+        rows, self._rows = self._rows, []
+        self.store.log_metrics(self.run_id, rows)
+
+
+class ProgressPrinter:
+    """A live bar on a terminal; plain periodic lines elsewhere (logs, CI)."""
+
+    KEYS = ("train/accuracy", "test/accuracy", "train/loss", "test/loss")
+
+    def __init__(self, total: int, stream: TextIO | None = None, every_seconds: float = 5.0,
+                 label: str = "") -> None:
+        self.total = total
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.every = every_seconds
+        self.label = label
+        self._last = 0.0
+        self._start = time.perf_counter()
+
+    def log(self, step: int, metrics: Mapping[str, float]) -> None:
+        now = time.perf_counter()
+        shown = "  ".join(f"{k} {metrics[k]:.4g}" for k in self.KEYS if k in metrics)
+        if self.tty:
+            width = 24
+            filled = int(width * step / self.total)
+            bar = "#" * filled + "-" * (width - filled)
+            self.stream.write(f"\r{self.label}[{bar}] {step}/{self.total}  {shown}\033[K")
+            if step >= self.total:
+                self.stream.write("\n")
+            self.stream.flush()
+        elif step == 0 or step >= self.total or now - self._last >= self.every:
+            self.stream.write(f"{self.label}step {step}/{self.total} "
+                              f"({now - self._start:.1f}s)  {shown}\n")
+            self.stream.flush()
+            self._last = now
+
+    def flush(self) -> None:
+        pass
+
+
+def execute(
+    cfg: RunConfig,
+    store: Store | None = None,
+    *,
+    progress: bool | TextIO = False,
+    restart: bool = False,
+    device: Any = None,
+) -> RunResult:
+    """Run ``cfg`` (or resume it, or return it if done) and record it in ``store``."""
+    store = store or Store()
+    run_id = cfg.identity
+    record = store.create_run(run_id, config_to_dict(cfg), cfg.seed, cfg.name)
+    run_dir = store.run_dir(run_id)
+    if restart and run_dir.exists():
+        shutil.rmtree(run_dir)
+    if record.status == "done" and not restart:
+        return RunResult(run_id, "done", store.final_metrics(run_id), None, True, record)
+    checkpoint = run_dir / CHECKPOINT_NAME
+    loggers: list[Logger] = [StoreLogger(store, run_id)]
+    if progress:
+        stream = progress if not isinstance(progress, bool) else None
+        loggers.append(ProgressPrinter(cfg.steps, stream, label=f"{run_id} "))
+    trainer = build(cfg, checkpoint_path=checkpoint, loggers=loggers, device=device)
+    resumed_from = trainer.resume() if checkpoint.exists() else None
+    store.start_run(run_id, resumed_from or 0)
+    try:
+        trainer.fit()
+    except NonFiniteLossError as err:
+        store.finish_run(run_id, status="failed", seconds=trainer.seconds, step=err.step,
+                         error=str(err))
+        raise RunFailed(run_id, str(err)) from err
+    except BaseException as err:
+        message = "".join(traceback.format_exception_only(type(err), err)).strip()
+        store.finish_run(run_id, status="failed", seconds=trainer.seconds,
+                         step=trainer.state.step, error=message or type(err).__name__)
+        raise
+    store.set_checkpoint(run_id, str(checkpoint), trainer.state.step)
+    store.finish_run(run_id, status="done", seconds=trainer.seconds, step=trainer.state.step)
+    return RunResult(run_id, "done", store.final_metrics(run_id), resumed_from, False,
+                     store.get_run(run_id))

@@ -1,0 +1,22 @@
+"""Tasks: the data heldout trains and evaluates on, as train / val / test splits.
+
+Importing this package registers the built-in tasks in :data:`heldout.registry.TASKS`.
+"""
+
+from heldout.tasks.base import InputSpec, Split, Splits, Task
+from heldout.tasks.digits import Digits
+from heldout.tasks.mnist1d import MNIST1D
+from heldout.tasks.modular import ModularArithmetic, modular_table
+from heldout.tasks.xor import XORClusters
+
+__all__ = [
+    "MNIST1D",
+    "Digits",
+    "InputSpec",
+    "ModularArithmetic",
+    "Split",
+    "Splits",
+    "Task",
+    "XORClusters",
+    "modular_table",
+]

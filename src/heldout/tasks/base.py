@@ -1,0 +1,84 @@
+"""What a task gives the rest of heldout: train / val / test splits and their input spec."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+__all__ = ["InputSpec", "Split", "Splits", "Task"]
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The shape of one example.
+
+    ``kind="tokens"``: integer tokens of shape ``shape`` (e.g. ``(2,)`` for ``a ∘ b``), each in
+    ``range(vocab)``. ``kind="continuous"``: float features of shape ``shape`` (``(40,)`` for
+    MNIST-1D, ``(64,)`` for digits).
+    """
+
+    kind: Literal["tokens", "continuous"]
+    shape: tuple[int, ...]
+    vocab: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind == "tokens" and not self.vocab:
+            raise ValueError("a token input needs a vocabulary size")
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split: inputs ``x``, training targets ``y`` and, where labels were corrupted,
+    the ``clean_y`` they were corrupted from (``None`` when ``y`` is clean)."""
+
+    x: Tensor
+    y: Tensor
+    clean_y: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.x) != len(self.y):
+            raise ValueError(f"x has {len(self.x)} rows but y has {len(self.y)}")
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def corrupted(self) -> Tensor:
+        """Boolean mask of the examples whose label was corrupted."""
+        if self.clean_y is None:
+            return torch.zeros(len(self.y), dtype=torch.bool)
+        return self.clean_y != self.y
+
+
+@dataclass(frozen=True)
+class Splits:
+    """The splits of a task plus what a model needs to know to consume them."""
+
+    train: Split
+    val: Split
+    test: Split
+    input: InputSpec
+    num_classes: int
+
+    names = ("train", "val", "test")
+
+    def __getitem__(self, name: str) -> Split:
+        if name not in self.names:
+            raise KeyError(f"unknown split {name!r}; valid splits: {', '.join(self.names)}")
+        return getattr(self, name)
+
+    def items(self) -> list[tuple[str, Split]]:
+        return [(n, self[n]) for n in self.names if len(self[n])]
+
+
+class Task:
+    """Base of the registered tasks. A task is a frozen dataclass of its parameters."""
+
+    registry_name: str
+
+    def splits(self, seed: int) -> Splits:
+        """Build the splits deterministically from ``seed`` without touching global RNGs."""
+        raise NotImplementedError
