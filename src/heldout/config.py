@@ -95,6 +95,12 @@ class RunConfig:
     name: str | None = None  # a free label; not part of the identity
 
     def __post_init__(self) -> None:
+        # Check every component and write its defaults out, however the config was made.
+        for key in ("task", "model"):
+            object.__setattr__(self, key, _check_params(_COMPONENT_FIELDS[key],
+                                                        getattr(self, key), key))
+        for key in ("techniques", "measures"):
+            object.__setattr__(self, key, _check_list(key, getattr(self, key)))
         for key in ("steps", "eval_every", "checkpoint_every"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}: must be >= 1, got {getattr(self, key)}")
@@ -155,7 +161,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
             raise ConfigError(f"{key}: expected {len(args)} values, got {list(value)!r}")
-        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        pairs = enumerate(zip(value, args, strict=True))
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in pairs)
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -223,6 +230,19 @@ def _check_params(registry: Registry, spec: Any, key: str) -> Component:
     return Component(name, checked)
 
 
+def _check_list(key: str, value: Any) -> tuple[Component, ...]:
+    items = [value] if isinstance(value, str | Mapping | Component) else value
+    if not isinstance(items, list | tuple):
+        raise ConfigError(f"{key}: expected a list, got {value!r}")
+    checked = [_check_params(_COMPONENT_FIELDS[key], v, f"{key}[{i}]")
+               for i, v in enumerate(items)]
+    names = [c.name for c in checked]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"{key}: {', '.join(dupes)} listed more than once")
+    return tuple(checked)
+
+
 def config_from_dict(data: Mapping[str, Any]) -> RunConfig:
     """Build a checked :class:`RunConfig` from plain data (parsed YAML, say)."""
     if not isinstance(data, Mapping):
@@ -235,18 +255,7 @@ def config_from_dict(data: Mapping[str, Any]) -> RunConfig:
         if key in ("task", "model"):
             kwargs[key] = _check_params(_COMPONENT_FIELDS[key], value, key)
         elif key in ("techniques", "measures"):
-            items = [value] if isinstance(value, str | Mapping | Component) else value
-            if isinstance(items, str):
-                items = [items]
-            if not isinstance(items, list | tuple):
-                raise ConfigError(f"{key}: expected a list, got {value!r}")
-            checked = [_check_params(_COMPONENT_FIELDS[key], v, f"{key}[{i}]")
-                       for i, v in enumerate(items)]
-            names = [c.name for c in checked]
-            dupes = sorted({n for n in names if names.count(n) > 1})
-            if dupes:
-                raise ConfigError(f"{key}: {', '.join(dupes)} listed more than once")
-            kwargs[key] = tuple(checked)
+            kwargs[key] = _check_list(key, value)
         elif key == "optimizer":
             kwargs[key] = _optimizer_from(value)
         else:
@@ -375,7 +384,7 @@ def _set(data: dict[str, Any], path: list[str], value: Any, item: str) -> None:
         raise ConfigError(f"{head}.{rest[0]}: {head} has no sub-keys")
     if len(rest) != 1:
         raise ConfigError(f"{item!r}: too many dots")
-    if rest[0] == "name":
+    if rest[0] == "name" and head in ("task", "model"):
         data[head] = {"name": value}  # switching component: its defaults apply
         return
     node[rest[0]] = value

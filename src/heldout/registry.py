@@ -222,7 +222,7 @@ _load_builtins.done = False  # type: ignore[attr-defined]
 
 
 def implementations(number: int) -> list[str]:
-    """Names (``kind:name``) of the registered components that implement catalog paper ``number``."""
+    """Names (``kind:name``) of the registered components that implement paper ``number``."""
     out = []
     for reg in REGISTRIES.values():
         out.extend(f"{reg.kind}:{e.name}" for e in reg.entries() if number in e.papers)

@@ -28,7 +28,7 @@ def expected_calibration_error(
 
     Example:
         >>> p = torch.tensor([[0.9, 0.1], [0.9, 0.1]])  # 90% confident, right half the time
-        >>> expected_calibration_error(p, torch.tensor([0, 1]))
+        >>> round(expected_calibration_error(p, torch.tensor([0, 1])), 6)
         0.4
 
     References:
@@ -46,11 +46,10 @@ def expected_calibration_error(
         bins = (torch.ceil(confidence * n_bins) - 1).clamp(0, n_bins - 1).long()
     elif binning == "mass":
         order = torch.argsort(confidence, stable=True)
-        bins = torch.empty(n, dtype=torch.long)
-        bins[order] = torch.arange(n) * n_bins // n
+        bins = torch.empty(n, dtype=torch.long, device=confidence.device)
+        bins[order] = torch.arange(n, device=confidence.device) * n_bins // n
     else:
         raise ValueError(f"binning must be 'width' or 'mass', got {binning!r}")
-    count = torch.bincount(bins, minlength=n_bins).double()
     conf_sum = torch.bincount(bins, weights=confidence, minlength=n_bins)
     correct_sum = torch.bincount(bins, weights=correct, minlength=n_bins)
     return float((conf_sum - correct_sum).abs().sum() / n)

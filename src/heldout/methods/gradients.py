@@ -21,7 +21,8 @@ def perpendicular_gradient(weight: Tensor, grad: Tensor, eps: float = 1e-30) -> 
 
     With w and g flattened: g⊥ = g - (w·g / (w·w + ε)) w, then g⊥ · ‖g‖ / (‖g⊥‖ + ε). Removing
     the component along w removes "naive loss minimization", which only scales the weights
-    (and the logits) up; rescaling keeps the step size of the base optimizer unchanged.
+    (and the logits) up; rescaling keeps the step size of the base optimizer unchanged. A
+    g⊥ at rounding level (g parallel to w) gives 0.
 
     Example:
         >>> w, g = torch.tensor([1.0, 0.0]), torch.tensor([1.0, 1.0])
@@ -34,8 +35,11 @@ def perpendicular_gradient(weight: Tensor, grad: Tensor, eps: float = 1e-30) -> 
     w, g = weight.reshape(-1), grad.reshape(-1)
     projection = torch.dot(w, g) / (torch.dot(w, w) + eps)
     orthogonal = g - projection * w
+    # g ∥ w (always so for a one-element tensor) leaves only rounding noise in g⊥: give 0,
+    # not that noise rescaled to ‖g‖ in a random direction
+    noise = orthogonal.norm() <= 4 * torch.finfo(g.dtype).eps * g.numel() ** 0.5 * g.norm()
     orthogonal = orthogonal * (g.norm() / (orthogonal.norm() + eps))
-    return orthogonal.view_as(grad)
+    return torch.where(noise, torch.zeros_like(orthogonal), orthogonal).view_as(grad)
 
 
 class PerpendicularGradient(OptimizerWrapper):

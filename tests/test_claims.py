@@ -1,0 +1,44 @@
+"""The claims of catalog #9 (ledger C1). The verdicts are asserted: a claim that stops
+reproducing fails here, and the ledger would record it as not holding."""
+
+import pytest
+
+from heldout.claims import collapse_margins, seed_vote
+from heldout.registry import CLAIMS
+
+
+def test_seed_vote():
+    assert seed_vote([True, True, False]) == "holds"
+    assert seed_vote([True, False, False]) == "does not hold"
+    assert seed_vote([True, False, True, False]) == "inconclusive"
+    assert seed_vote([True]) == "holds" and seed_vote([False]) == "does not hold"
+
+
+def test_softmax_collapse_margins_match_the_ledger(store):
+    margins = collapse_margins(113)
+    assert margins == {"softmax_float32": 21, "softmax_float64": 40, "stablemax_float64": None}
+    verdict = CLAIMS.build("softmax-collapse").run([0], store)
+    assert verdict.verdict == "holds", verdict.numbers
+    assert store.claim_results("softmax-collapse")[0]["verdict"] == "holds"
+
+
+def _grokking_claims(store, seeds):
+    perp = CLAIMS.build("grokking-perp-adamw").run(seeds, store, scale="ci")
+    nlm = CLAIMS.build("grokking-nlm-alignment").run(seeds, store, scale="ci")
+    return perp, nlm
+
+
+def test_grokking_claims_one_seed(store):
+    perp, nlm = _grokking_claims(store, [0])
+    assert perp.verdict == "holds", perp.numbers
+    assert nlm.verdict == "holds", nlm.numbers
+    # the alignment claim reused the baseline run of the first claim
+    assert set(nlm.run_ids) <= set(perp.run_ids)
+    assert len(store.runs()) == 2
+
+
+@pytest.mark.claims
+def test_grokking_claims_three_seeds(store):
+    perp, nlm = _grokking_claims(store, [0, 1, 2])
+    assert perp.verdict == "holds", perp.numbers
+    assert nlm.verdict == "holds", nlm.numbers

@@ -1,0 +1,108 @@
+import dataclasses
+import json
+
+import pytest
+
+from heldout.config import (
+    ConfigError,
+    RunConfig,
+    canonical_json,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    parse_overrides,
+)
+
+
+def test_overrides_set_nested_values():
+    cfg = parse_overrides(RunConfig(), [
+        "task.p=97", "model.hidden=[64,64]", "optimizer.lr=1e-2", "steps=300",
+        "techniques=perp_grad,sam", "techniques.sam.rho=0.1", "batch_size=128",
+    ])
+    assert cfg.task.params["p"] == 97
+    assert cfg.model.params["hidden"] == (64, 64)
+    assert cfg.optimizer.lr == 0.01
+    assert [t.name for t in cfg.techniques] == ["perp_grad", "sam"]
+    assert cfg.techniques[1].params["rho"] == 0.1
+    assert cfg.batch_size == 128
+
+
+def test_switching_component_resets_its_parameters():
+    cfg = parse_overrides(RunConfig(), ["task.p=97"])
+    cfg = parse_overrides(cfg, ["task=digits"])
+    assert cfg.task.name == "digits" and "p" not in cfg.task.params
+
+
+def test_configs_are_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        RunConfig().steps = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("stepz=3", "stepz: unknown config key; valid keys: task, model"),
+        ("steps=many", "steps: expected an integer, got 'many'"),
+        ("steps=1.5", "steps: expected an integer"),
+        ("optimizer.lr=fast", "optimizer.lr: expected a number"),
+        ("optimizer.name=lion", "optimizer.name: expected one of 'adamw', 'adam', 'sgd'"),
+        ("optimizer.momentun=0.9", "optimizer.momentun: unknown key; valid keys:"),
+        ("task=cifar", "task: unknown task 'cifar'; valid tasks: digits,"),
+        ("task.q=3", "task.q: unknown parameter of task 'modular'; valid: "),
+        ("task.p=ten", "task.p: expected an integer, got 'ten'"),
+        ("task.operation=%", "task.operation: expected one of '+'"),
+        ("techniques=sam,foo", "techniques[1]: unknown technique 'foo'; valid techniques:"),
+        ("techniques.sam.rho=0.1", "techniques.sam: not in techniques"),
+        ("model.bias=maybe", "model.bias: expected true or false"),
+        ("steps=0", "steps: must be >= 1"),
+        ("techniques=sam,sam", "techniques: sam listed more than once"),
+        ("task.train_fraction=1.5", "task: "),
+        ("nonsense", "an override is key=value"),
+    ],
+)
+def test_config_errors_name_the_key(override, message):
+    with pytest.raises(ConfigError) as err:
+        parse_overrides(RunConfig(), [override])
+    text = str(err.value)
+    assert message in text
+    assert "\n" not in text
+
+
+def test_identity_is_stable_and_complete():
+    a = RunConfig()
+    b = parse_overrides(RunConfig(), ["task.p=113"])  # the default, written out
+    assert a.identity == b.identity
+    assert parse_overrides(a, ["seed=1"]).identity != a.identity
+    assert parse_overrides(a, ["name=label"]).identity == a.identity  # a label only
+    assert parse_overrides(a, ["techniques=ema"]).identity != parse_overrides(
+        a, ["techniques=ema", "techniques.ema.decay=0.99"]).identity
+    data = json.loads(canonical_json(a))
+    assert data["task"]["p"] == 113 and "name" not in data
+
+
+def test_round_trip_through_plain_data():
+    cfg = parse_overrides(RunConfig(), ["techniques=sam", "model.hidden=[8,8]"])
+    again = config_from_dict(json.loads(json.dumps(config_to_dict(cfg))))
+    assert again == cfg and again.identity == cfg.identity
+
+
+def test_yaml_file_and_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "task: {name: modular, p: 59}\nmodel: {name: mlp, hidden: [16]}\n"
+        "techniques: [perp_grad, {name: ema, decay: 0.9}]\nsteps: 20\n"
+    )
+    cfg = load_config(path, ["seed=4"])
+    assert cfg.task.params["p"] == 59 and cfg.seed == 4
+    assert cfg.techniques[1].params == {"decay": 0.9, "evaluate_average": True}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("task: {name: modular, p: 59\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_switching_optimizer_keeps_its_settings():
+    cfg = parse_overrides(RunConfig(), ["optimizer.lr=0.5", "optimizer.name=sgd"])
+    assert cfg.optimizer.name == "sgd" and cfg.optimizer.lr == 0.5

@@ -1,0 +1,82 @@
+import pytest
+
+from heldout.registry import (
+    CLAIMS,
+    MEASURES,
+    MODELS,
+    REGISTRIES,
+    TASKS,
+    TECHNIQUES,
+    Registry,
+    UnknownNameError,
+    implementations,
+    paper,
+    papers,
+)
+
+
+def test_papers_catalog_has_77_rows_in_order():
+    rows = papers()
+    assert [p.number for p in rows] == list(range(1, 78))
+    assert rows[8].title == "Grokking at the Edge of Numerical Stability"
+    assert rows[8].arxiv == "2501.04697"
+    assert paper(47).title == "Pointer Networks"
+
+
+def test_unknown_paper_number():
+    with pytest.raises(UnknownNameError, match="1..77"):
+        paper(78)
+
+
+@pytest.mark.parametrize("registry", list(REGISTRIES.values()), ids=list(REGISTRIES))
+def test_unknown_name_lists_valid_names(registry):
+    with pytest.raises(UnknownNameError) as err:
+        registry.get("no-such-thing")
+    message = str(err.value)
+    assert "no-such-thing" in message
+    for name in registry.names():
+        assert name in message
+
+
+def test_first_components_are_registered():
+    assert {"stablemax", "perp_grad", "sam", "ghost_bn", "ema", "weight_decay",
+            "label_smoothing"} <= set(TECHNIQUES.names())
+    assert {"accuracy", "loss", "gap", "ece", "softmax_collapse"} <= set(MEASURES.names())
+    assert {"modular", "xor_clusters", "mnist1d", "digits"} <= set(TASKS.names())
+    assert {"mlp", "cnn1d", "transformer"} <= set(MODELS.names())
+    assert {"grokking-perp-adamw", "softmax-collapse", "grokking-nlm-alignment"} <= set(
+        CLAIMS.names())
+
+
+def test_every_entry_is_documented_and_cited():
+    for registry in REGISTRIES.values():
+        for entry in registry.entries():
+            assert entry.summary and "\n" not in entry.summary
+            assert entry.cls.__doc__, f"{registry.kind} {entry.name} has no docstring"
+            if registry is TECHNIQUES or registry is CLAIMS:
+                assert entry.citations(), f"{entry.name} cites no paper"
+
+
+def test_implementations_of_paper_9():
+    impl = implementations(9)
+    assert "technique:stablemax" in impl and "technique:perp_grad" in impl
+    assert "claim:softmax-collapse" in impl
+
+
+def test_duplicate_registration_and_bad_summary_are_refused():
+    reg = Registry("widget")
+
+    @reg.register("a", summary="one line")
+    class A:
+        pass
+
+    with pytest.raises(ValueError, match="already registered"):
+        reg.register("a", summary="one line")(type("B", (), {}))
+    with pytest.raises(ValueError, match="one non-empty line"):
+        reg.register("c", summary="two\nlines")
+    with pytest.raises(ValueError, match="no catalog paper"):
+        reg.register("d", summary="x", papers=(99,))(type("D", (), {}))
+
+
+def test_wildcard_listing():
+    assert TECHNIQUES.names("s*") == sorted(n for n in TECHNIQUES.names() if n.startswith("s"))
