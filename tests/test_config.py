@@ -106,3 +106,13 @@ def test_yaml_file_and_overrides(tmp_path):
 def test_switching_optimizer_keeps_its_settings():
     cfg = parse_overrides(RunConfig(), ["optimizer.lr=0.5", "optimizer.name=sgd"])
     assert cfg.optimizer.name == "sgd" and cfg.optimizer.lr == 0.5
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+
+    shipped = sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.yaml"))
+    assert shipped
+    for path in shipped:
+        cfg = load_config(path)
+        assert cfg.identity

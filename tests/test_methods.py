@@ -603,3 +603,35 @@ def test_every_technique_has_a_summary_and_a_source():
         assert entry.summary.strip() and "\n" not in entry.summary, entry.name
         assert entry.papers or entry.references, entry.name
         assert entry.citations(), entry.name
+
+
+def test_ghost_bn_merges_a_last_chunk_of_one_example():
+    from heldout.methods.normalization import GhostBatchNorm
+
+    torch.manual_seed(0)
+    ghost = GhostBatchNorm(3, ghost_batch_size=4)
+    x = torch.randn(9, 3)
+    out = ghost(x)
+    expected = []
+    for chunk in (x[:4], x[4:]):  # 4 + (4 + 1): the single example joins the second chunk
+        mean, var = chunk.mean(0), chunk.var(0, unbiased=False)
+        expected.append((chunk - mean) / torch.sqrt(var + ghost.eps))
+    torch.testing.assert_close(out, torch.cat(expected))
+
+
+def test_ema_with_nlm_alignment_in_the_trainer():
+    from heldout.engine import Trainer
+    from heldout.measures import Accuracy, GradientWeightAlignment
+    from heldout.methods import EMA
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), (x, y), max_steps=3,
+                      techniques=[EMA(decay=0.5)], eval_data={"train": (x, y)},
+                      measures=[Accuracy(), GradientWeightAlignment()])
+    trainer.fit()
+    value = trainer.history[-1][1]["train/nlm_alignment"]
+    assert -1.0 <= value <= 1.0
+    ema_model = trainer.techniques[0].eval_model(trainer.state)
+    assert not any(p.requires_grad for p in ema_model.parameters())

@@ -1,6 +1,7 @@
 import csv
 import io
 import json
+from pathlib import Path
 
 import pytest
 
@@ -76,3 +77,14 @@ def test_claims_table_keeps_latest(store):
     store.record_claim("c", "does not hold", "second", {"x": 2}, [0, 1], [], "full")
     (latest,) = store.claim_results("c")
     assert latest["verdict"] == "does not hold" and latest["numbers"] == {"x": 2}
+
+
+def test_checkpoint_is_recorded_as_an_artifact(store):
+    import hashlib
+
+    cfg = tiny_config()
+    execute(cfg, store)
+    (artifact,) = store.artifacts(cfg.identity)
+    assert artifact["name"] == "checkpoint"
+    data = Path(artifact["path"]).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == artifact["sha256"]

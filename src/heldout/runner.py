@@ -8,6 +8,7 @@ killed at any step ends with exactly the metrics of the uninterrupted run.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import shutil
 import sys
@@ -15,6 +16,7 @@ import time
 import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
@@ -47,6 +49,14 @@ class RunResult:
     resumed_from: int | None  # the checkpoint step a resumed run continued from
     skipped: bool  # the run was already done; nothing was executed
     record: RunRecord
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def make_optimizer(cfg: OptimizerConfig):
@@ -196,6 +206,7 @@ def execute(
                          step=trainer.state.step, error=message or type(err).__name__)
         raise
     store.set_checkpoint(run_id, str(checkpoint), trainer.state.step)
+    store.add_artifact(run_id, "checkpoint", checkpoint, _sha256(checkpoint))
     store.finish_run(run_id, status="done", seconds=trainer.seconds, step=trainer.state.step)
     return RunResult(run_id, "done", store.final_metrics(run_id), resumed_from, False,
                      store.get_run(run_id))

@@ -22,12 +22,18 @@ def gradient_weight_cosine(
 
     Near 1, the gradient mostly scales the weights up ("naive loss minimization"): for a
     positively homogeneous network that only sharpens the softmax, which ends in Softmax
-    Collapse. The model's gradients are left as they were.
+    Collapse. The model's gradients are left as they were. The parameters are those that
+    require gradients, or all of them for a frozen copy (the weights an EMA evaluates).
 
     References:
         Grokking at the Edge of Numerical Stability (arXiv:2501.04697), section 4.
     """
     params = [p for p in model.parameters() if p.requires_grad]
+    frozen = not params  # a frozen copy (an EMA average, say): differentiate all its weights
+    if frozen:
+        params = [p for p in model.parameters() if p.is_floating_point()]
+        for p in params:
+            p.requires_grad_(True)
     was_training = model.training
     model.eval()
     try:
@@ -36,6 +42,9 @@ def gradient_weight_cosine(
             grads = torch.autograd.grad(loss, params)
     finally:
         model.train(was_training)
+        if frozen:
+            for p in params:
+                p.requires_grad_(False)
     g = torch.cat([gr.reshape(-1) for gr in grads]).double()
     w = torch.cat([p.detach().reshape(-1) for p in params]).double()
     return float(torch.dot(-g, w) / (g.norm() * w.norm()).clamp_min(1e-300))
@@ -57,6 +66,9 @@ class GradientWeightAlignment(Measure):
     def compute(self, ctx: EvalContext) -> dict[str, float]:
         if ctx.split not in self.splits:
             return {}
+        if not hasattr(ctx.data, "x") and not isinstance(ctx.data, tuple | list):
+            raise TypeError("nlm_alignment needs the split as tensors (a Split or (x, y)), "
+                            f"not a {type(ctx.data).__name__}")
         x, y = (ctx.data.x, ctx.data.y) if hasattr(ctx.data, "x") else ctx.data
         device = next(ctx.model.parameters()).device
         cosine = gradient_weight_cosine(ctx.model, x.to(device), y.to(device),

@@ -20,7 +20,8 @@ class GhostBatchNorm(_BatchNorm):
     that chunk's own mean and variance, and updates the running statistics once per chunk.
 
     In evaluation it is plain BatchNorm with the running statistics. Any input of dimension
-    2 to 5 is accepted (the batch is dimension 0).
+    2 to 5 is accepted (the batch is dimension 0). A last chunk that would hold one value per
+    channel (one example of a 2-D input) joins the chunk before it.
 
     References:
         Train longer, generalize better: closing the generalization gap in large batch
@@ -53,7 +54,10 @@ class GhostBatchNorm(_BatchNorm):
         self._check_input_dim(input)
         if not self.training or input.shape[0] <= self.ghost_batch_size:
             return super().forward(input)
-        return torch.cat([self._chunk(c) for c in input.split(self.ghost_batch_size)])
+        chunks = list(input.split(self.ghost_batch_size))
+        if chunks[-1].numel() == chunks[-1].shape[1]:  # one value per channel: no variance
+            chunks[-2:] = [torch.cat(chunks[-2:])]
+        return torch.cat([self._chunk(c) for c in chunks])
 
     def _chunk(self, chunk: Tensor) -> Tensor:
         momentum = self.momentum

@@ -25,6 +25,7 @@ class InputSpec:
     vocab: int | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "shape", tuple(self.shape))  # lists from YAML stay hashable
         if self.kind == "tokens" and not self.vocab:
             raise ValueError("a token input needs a vocabulary size")
 
@@ -78,6 +79,11 @@ class Task:
     """Base of the registered tasks. A task is a frozen dataclass of its parameters."""
 
     registry_name: str
+
+    @property
+    def input(self) -> InputSpec:
+        """The input spec, known without generating the data."""
+        raise NotImplementedError
 
     def splits(self, seed: int) -> Splits:
         """Build the splits deterministically from ``seed`` without touching global RNGs."""
