@@ -5,9 +5,9 @@ e = ρ · T²g / ‖Tg‖ (T = I for SAM; T = diag(|w| + η) for adaptive SAM); 
 g' = ∇L(w + e); move back to w and let the base optimizer step with g'.
 
 BatchNorm pitfall: the second forward pass would update the running statistics a second time
-with statistics of the perturbed weights. Pass ``model=`` and the wrapper restores the
-BatchNorm buffers after the second pass, so they move exactly once per step (from the first,
-unperturbed pass).
+with statistics of the perturbed weights. Pass ``model=`` and the second pass runs with the
+BatchNorm layers' running statistics frozen (normalizing by the batch, as in training), so
+they move exactly once per step (from the first, unperturbed pass).
 """
 
 from __future__ import annotations
@@ -27,24 +27,26 @@ from heldout.registry import TECHNIQUES
 __all__ = ["SAM", "SharpnessAware", "preserve_batchnorm_stats"]
 
 
+def _batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 @contextlib.contextmanager
-def preserve_batchnorm_stats(model: nn.Module | None) -> Iterator[None]:
-    """Run the body without changing any BatchNorm running statistics of ``model``."""
-    if model is None:
-        yield
-        return
-    saved = [
-        (m, {k: b.clone() for k, b in m.named_buffers(recurse=False)})
-        for m in model.modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm)
-    ]
+def preserve_batchnorm_stats(
+    model: nn.Module | None, layers: list[nn.modules.batchnorm._BatchNorm] | None = None
+) -> Iterator[None]:
+    """Run the body with every BatchNorm of ``model`` (or the given ``layers``) normalizing
+    by batch statistics but leaving its running statistics and batch counter untouched."""
+    if layers is None:
+        layers = [] if model is None else _batchnorm_layers(model)
+    tracking = [m for m in layers if m.track_running_stats]
+    for layer in tracking:
+        layer.track_running_stats = False  # in training mode: batch stats, no update
     try:
         yield
     finally:
-        with torch.no_grad():
-            for module, buffers in saved:
-                for name, value in buffers.items():
-                    getattr(module, name).copy_(value)
+        for layer in tracking:
+            layer.track_running_stats = True
 
 
 class SAM(OptimizerWrapper):
@@ -81,16 +83,30 @@ class SAM(OptimizerWrapper):
             raise ValueError(f"rho must be >= 0, got {rho}")
         super().__init__(base, {"rho": rho, "adaptive": adaptive, "eta": eta})
         self.model = model
+        self._bn_layers = [] if model is None else _batchnorm_layers(model)
+        self._moved: list[tuple[list[Tensor], list[Tensor]]] = []  # (params, e) per group
+
+    def _with_grads(self, group: dict) -> list[Tensor]:
+        return [p for p in group["params"] if p.grad is not None]
+
+    def _scales(self, group: dict, params: list[Tensor]) -> list[Tensor]:
+        """T = |w| + eta per parameter (adaptive mode)."""
+        scales = torch._foreach_abs(params)
+        if group["eta"]:
+            torch._foreach_add_(scales, group["eta"])
+        return scales
 
     @torch.no_grad()
     def _scaled_grad_norm(self) -> Tensor:
         norms = []
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                scale = (p.abs() + group["eta"]) if group["adaptive"] else 1.0
-                norms.append((scale * p.grad).norm(p=2))
+            params = self._with_grads(group)
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            if group["adaptive"]:
+                grads = torch._foreach_mul(grads, self._scales(group, params))
+            norms.extend(torch._foreach_norm(grads, 2))
         if not norms:
             raise RuntimeError("SAM.first_step: no parameter has a gradient")
         return torch.stack(norms).norm(p=2)
@@ -100,26 +116,26 @@ class SAM(OptimizerWrapper):
         """Move to w + e, the (first-order) worst point of the ρ-ball."""
         grad_norm = self._scaled_grad_norm()
         for group in self.param_groups:
+            params = self._with_grads(group)
+            if not params:
+                continue
             factor = group["rho"] / (grad_norm + 1e-12)
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                e = p.grad * factor
-                if group["adaptive"]:
-                    e = e * (p.abs() + group["eta"]).pow(2)
-                p.add_(e)
-                self.state[p]["e"] = e
+            e = torch._foreach_mul([p.grad for p in params], factor)
+            if group["adaptive"]:
+                squares = self._scales(group, params)
+                torch._foreach_mul_(squares, squares)
+                torch._foreach_mul_(e, squares)
+            torch._foreach_add_(params, e)
+            self._moved.append((params, e))
         if zero_grad:
             self.zero_grad()
 
     @torch.no_grad()
     def second_step(self, zero_grad: bool = False) -> None:
         """Return to w and step the base optimizer with the gradient taken at w + e."""
-        for group in self.param_groups:
-            for p in group["params"]:
-                e = self.state[p].pop("e", None)
-                if e is not None:
-                    p.sub_(e)
+        for params, e in self._moved:
+            torch._foreach_sub_(params, e)
+        self._moved = []
         self.base.step()
         if zero_grad:
             self.zero_grad()
@@ -131,7 +147,7 @@ class SAM(OptimizerWrapper):
         with torch.enable_grad():
             loss = closure()
         self.first_step()
-        with torch.enable_grad(), preserve_batchnorm_stats(self.model):
+        with torch.enable_grad(), preserve_batchnorm_stats(None, self._bn_layers):
             closure()
         self.second_step()
         return loss

@@ -53,8 +53,14 @@ class TokenLinear(nn.Linear):
         # no host sync and it works under torch.func.vmap (per-example gradients).
         valid = (input >= 0) & (input < self.vocab)
         index = torch.where(valid, input + offsets, self.in_features)
-        columns = F.embedding(index, self.weight.T)  # (..., n_positions, out_features)
-        output = columns.sum(dim=-2)
+        rows = self.weight.t().contiguous()  # (in_features, out_features): contiguous gathers
+        if index.dim() == 2 and not torch._C._functorch.is_functorch_wrapped_tensor(index):
+            if index.device.type == "cpu" and not bool(valid.all()):  # free on the CPU
+                raise IndexError(f"token out of range [0, {self.vocab})")
+            output = F.embedding_bag(index, rows, mode="sum")  # fused gather-and-sum
+        else:  # extra batch dimensions, or under torch.func transforms (vmap has no
+            # batching rule for embedding_bag)
+            output = F.embedding(index, rows).sum(dim=-2)
         return output if self.bias is None else output + self.bias
 
     def extra_repr(self) -> str:

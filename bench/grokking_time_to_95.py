@@ -1,0 +1,383 @@
+"""Time to 95% test accuracy with ⊥AdamW on (a + b) mod 113 (the C1 setting): heldout against a
+straightforward one-hot PyTorch script, in the same run.
+
+heldout: ``heldout.runner.build(grokking_config(seed, steps, "perp_grad"))`` with measures set to
+accuracy only and ``eval_every=5``, no store, no checkpoint; a logger stops the Trainer at the
+first evaluation whose test accuracy is >= 0.95 (it evaluates train and test, as configured).
+
+Baseline: a plain script on the 226-dim concatenated one-hot inputs, ``nn.Linear(226, 200,
+bias=False)``-ReLU-``Linear(200, 200)``-ReLU-``Linear(200, 113)``, its own inline ⊥Grad
+(per parameter g⊥ = g − (w·g / (w·w + 1e-30)) w, rescaled to ‖g‖) around AdamW (lr 0.01, betas
+(0.9, 0.999), eps 1e-8, wd 0), test accuracy every 5 steps. For a fair comparison it uses the
+same split (heldout's ModularArithmetic splits, one-hot encoded) and the same initialization
+(heldout's initial weights; TokenLinear's weight has the one-hot Linear's shape (200, 226)).
+
+Both stop when test accuracy first reaches >= 0.95 (checked every 5 steps). Timed: the training
+loop to that point (heldout: ``fit()``; baseline: its loop); setup (heldout: ``build``; baseline:
+one-hot encoding and model) is shown separately. Rounds alternate which side goes first.
+Ratio = heldout time / baseline time (goal <= 0.5). ``--profile`` adds a per-phase breakdown of
+a training step on both sides, a per-layer timing, torch.profiler's top operators for heldout,
+and a what-if: heldout with benchmark-local changes (evaluate test only; TokenLinear's lookup as
+one ``embedding_bag``), timed against the baseline. src/ is never modified.
+
+Run: ``PYTHONPATH=src .venv/bin/python bench/grokking_time_to_95.py [--rounds 5] [--profile]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import types
+from collections.abc import Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from heldout.claims.grokking import grokking_config
+from heldout.engine.trainer import Trainer
+from heldout.measures import evaluate
+from heldout.methods.gradients import perpendicular_gradient
+from heldout.registry import TASKS
+from heldout.runner import build
+
+GOAL = 0.5
+THRESHOLD = 0.95
+EVAL_EVERY = 5
+
+
+# ---------------------------------------------------------------------------------- heldout
+class StopAtAccuracy:
+    """A Trainer logger that ends ``fit`` at the first evaluation with test accuracy >= t."""
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold = threshold
+        self.trainer: Trainer | None = None
+        self.hit: int | None = None
+
+    def log(self, step: int, metrics: Mapping[str, float]) -> None:
+        if self.hit is None and metrics["test/accuracy"] >= self.threshold:
+            self.hit = step
+            assert self.trainer is not None
+            self.trainer.state.max_steps = step  # the loop ends after this evaluation
+
+    def flush(self) -> None:
+        pass
+
+
+def heldout_config(seed: int, max_steps: int, p: int):
+    return grokking_config(seed, max_steps, "perp_grad", p,
+                           extra=["measures=accuracy", f"eval_every={EVAL_EVERY}"])
+
+
+def build_heldout(seed: int, max_steps: int, p: int) -> tuple[Trainer, StopAtAccuracy]:
+    stop = StopAtAccuracy(THRESHOLD)
+    trainer = build(heldout_config(seed, max_steps, p), loggers=[stop])
+    # the same work as the baseline: test accuracy every EVAL_EVERY steps (the C1 config
+    # would also evaluate the train split, which the time-to-95% question does not need)
+    trainer.eval_data = {"test": trainer.eval_data["test"]}
+    stop.trainer = trainer
+    return trainer, stop
+
+
+def run_heldout(seed: int, max_steps: int, p: int) -> dict[str, float | int | None]:
+    start = time.perf_counter()
+    trainer, stop = build_heldout(seed, max_steps, p)
+    mid = time.perf_counter()
+    trainer.fit()
+    end = time.perf_counter()
+    return {"setup": mid - start, "train": end - mid, "steps": stop.hit,
+            "steps_run": trainer.state.step}
+
+
+# ---------------------------------------------------------------------------------- baseline
+class Data:
+    """heldout's split and initial weights, handed to the baseline (not timed)."""
+
+    def __init__(self, seed: int, p: int) -> None:
+        splits = TASKS.build("modular", p=p, train_fraction=0.4).splits(seed)
+        trainer, _ = build_heldout(seed, 1, p)
+        self.p = p
+        self.x_train, self.y_train = splits.train.x, splits.train.y
+        self.x_test, self.y_test = splits.test.x, splits.test.y
+        self.init = [w.detach().clone() for w in trainer.model.parameters()]
+
+
+def one_hot_pairs(x: Tensor, p: int) -> Tensor:
+    return torch.cat([F.one_hot(x[:, 0], p), F.one_hot(x[:, 1], p)], dim=1).float()
+
+
+def baseline_model(data: Data) -> nn.Sequential:
+    p = data.p
+    model = nn.Sequential(
+        nn.Linear(2 * p, 200, bias=False), nn.ReLU(),
+        nn.Linear(200, 200, bias=False), nn.ReLU(),
+        nn.Linear(200, p, bias=False),
+    )
+    with torch.no_grad():
+        for param, init in zip(model.parameters(), data.init, strict=True):
+            param.copy_(init)  # same shapes: TokenLinear's weight is (200, 2p)
+    return model
+
+
+@torch.no_grad()
+def perp_(params) -> None:
+    for w in params:
+        g = w.grad
+        proj = torch.dot(w.flatten(), g.flatten()) / (torch.dot(w.flatten(), w.flatten()) + 1e-30)
+        g_perp = g - proj * w
+        g_perp *= g.norm() / (g_perp.norm() + 1e-30)
+        g.copy_(g_perp)
+
+
+def run_baseline(data: Data, max_steps: int) -> dict[str, float | int | None]:
+    start = time.perf_counter()
+    x_train, x_test = one_hot_pairs(data.x_train, data.p), one_hot_pairs(data.x_test, data.p)
+    y_train, y_test = data.y_train, data.y_test
+    model = baseline_model(data)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01, betas=(0.9, 0.999), eps=1e-8,
+                            weight_decay=0.0)
+    mid = time.perf_counter()
+    hit = None
+    step = 0
+    for step in range(1, max_steps + 1):
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x_train), y_train)
+        loss.backward()
+        perp_(model.parameters())
+        opt.step()
+        if step % EVAL_EVERY == 0:
+            with torch.no_grad():
+                acc = (model(x_test).argmax(dim=1) == y_test).float().mean().item()
+            if acc >= THRESHOLD:
+                hit = step
+                break
+    end = time.perf_counter()
+    return {"setup": mid - start, "train": end - mid, "steps": hit, "steps_run": step}
+
+
+# ---------------------------------------------------------------------------------- profile
+def _median_ms(samples: list[float]) -> float:
+    return 1e3 * statistics.median(samples)
+
+
+def phase_breakdown(seed: int, p: int, data: Data, iters: int) -> None:
+    """Median time of each phase of a training step, both sides, interleaved."""
+    trainer, _ = build_heldout(seed, 10_000, p)
+    hmodel, hopt = trainer.model, trainer.optimizer
+    hx, hy = trainer.batches.x, trainer.batches.y
+    loss_fn = trainer.loss_fn
+    bmodel = baseline_model(data)
+    bopt = torch.optim.AdamW(bmodel.parameters(), lr=0.01)
+    bx, by = one_hot_pairs(data.x_train, p), data.y_train
+    bxt, byt = one_hot_pairs(data.x_test, p), data.y_test
+
+    def h_project() -> None:
+        with torch.no_grad():
+            for w in hmodel.parameters():
+                w.grad.copy_(perpendicular_gradient(w, w.grad))
+
+    def b_eval_test() -> None:
+        with torch.no_grad():
+            (bmodel(bxt).argmax(dim=1) == byt).float().mean().item()
+
+    def eval_split(name: str) -> Callable[[], None]:
+        return lambda: evaluate(hmodel, {name: trainer.eval_data[name]}, trainer.measures)
+
+    times: dict[str, dict[str, list[float]]] = {"heldout": {}, "baseline": {}}
+
+    def timed(side: str, phase: str, fn: Callable[[], object]) -> object:
+        start = time.perf_counter()
+        out = fn()
+        times[side].setdefault(phase, []).append(time.perf_counter() - start)
+        return out
+
+    for i in range(iters + 2):
+        for side in (["heldout", "baseline"] if i % 2 == 0 else ["baseline", "heldout"]):
+            if side == "heldout":
+                hopt.zero_grad(set_to_none=True)
+                logits = timed(side, "forward", lambda: hmodel(hx))
+                loss = timed(side, "loss", lambda lg=logits: loss_fn(lg, hy))
+                timed(side, "backward", loss.backward)
+                timed(side, "⊥ projection", h_project)
+                timed(side, "AdamW step", hopt.base.step)
+                timed(side, "eval train (1/5)", eval_split("train"))
+                timed(side, "eval test (1/5)", eval_split("test"))
+            else:
+                bopt.zero_grad(set_to_none=True)
+                logits = timed(side, "forward", lambda: bmodel(bx))
+                loss = timed(side, "loss", lambda lg=logits: F.cross_entropy(lg, by))
+                timed(side, "backward", loss.backward)
+                timed(side, "⊥ projection", lambda: perp_(bmodel.parameters()))
+                timed(side, "AdamW step", bopt.step)
+                timed(side, "eval train (1/5)", lambda: None)
+                timed(side, "eval test (1/5)", b_eval_test)
+    phases = list(times["heldout"])
+    print(f"\nPROFILE per-step phase breakdown (median of {iters} interleaved iterations; "
+          f"evaluation amortized over eval_every={EVAL_EVERY})")
+    print(f"{'phase':>18} {'heldout ms':>11} {'baseline ms':>12} {'saved ms':>9}")
+    tot = {"heldout": 0.0, "baseline": 0.0}
+    for phase in phases:
+        scale = 1 / EVAL_EVERY if phase.startswith("eval") else 1.0
+        ms = {s: scale * _median_ms(times[s][phase][2:]) for s in tot}
+        for s in tot:
+            tot[s] += ms[s]
+        print(f"{phase:>18} {ms['heldout']:>11.2f} {ms['baseline']:>12.2f} "
+              f"{ms['baseline'] - ms['heldout']:>9.2f}")
+    ratio = tot["heldout"] / tot["baseline"]
+    print(f"{'sum':>18} {tot['heldout']:>11.2f} {tot['baseline']:>12.2f} "
+          f"{tot['baseline'] - tot['heldout']:>9.2f}   (ratio {ratio:.3f})")
+
+    # where the forward/backward time goes, layer by layer (heldout's first layer vs one-hot)
+    first_tok, first_oh = hmodel.linear1, bmodel[0]
+    hidden = torch.relu(first_tok(hx)).detach()
+    layer_times: dict[str, list[float]] = {}
+    for _ in range(iters):
+        for name, layer, inp in (("TokenLinear 2x113->200", first_tok, hx),
+                                 ("one-hot Linear 226->200", first_oh, bx),
+                                 ("Linear 200->200", bmodel[2], hidden),
+                                 ("Linear 200->113 (head)", bmodel[4], hidden)):
+            start = time.perf_counter()
+            layer.zero_grad(set_to_none=True)
+            layer(inp).sum().backward()
+            layer_times.setdefault(name, []).append(time.perf_counter() - start)
+    test_first: list[float] = []
+    with torch.no_grad():
+        for _ in range(iters):
+            start = time.perf_counter()
+            first_oh(bxt)
+            test_first.append(time.perf_counter() - start)
+    print(f"\nPROFILE forward+backward of each layer on the {len(hy)} training rows "
+          "(weight grad only)")
+    for name, samples in layer_times.items():
+        print(f"{name:>26} {_median_ms(samples):>8.2f} ms")
+    first_cost = (_median_ms(layer_times["one-hot Linear 226->200"])
+                  + _median_ms(test_first) / EVAL_EVERY)
+    print(f"Amdahl bound: a heldout that computed its first layer for free and evaluated only "
+          f"test would take >= {(tot['baseline'] - first_cost) / tot['baseline']:.2f} of the "
+          f"baseline's step (the baseline's first layer is {first_cost:.1f} of its "
+          f"{tot['baseline']:.1f} ms)")
+
+
+def _bag_forward(self: nn.Linear, input: Tensor) -> Tensor:
+    """What-if: TokenLinear's lookup as one fused embedding_bag on a contiguous weight.T."""
+    offsets = torch.arange(self.n_positions, device=input.device) * self.vocab
+    out = F.embedding_bag(input + offsets, self.weight.t().contiguous(), mode="sum")
+    return out if self.bias is None else out + self.bias
+
+
+def run_heldout_whatif(seed: int, max_steps: int, p: int, test_only: bool,
+                       bag: bool) -> dict[str, float | int | None]:
+    """heldout with the benchmark-local changes named (src/ is untouched)."""
+    start = time.perf_counter()
+    trainer, stop = build_heldout(seed, max_steps, p)
+    if test_only:
+        trainer.eval_data = {"test": trainer.eval_data["test"]}
+    if bag:
+        layer = trainer.model.linear1
+        layer.forward = types.MethodType(_bag_forward, layer)
+    mid = time.perf_counter()
+    trainer.fit()
+    end = time.perf_counter()
+    return {"setup": mid - start, "train": end - mid, "steps": stop.hit,
+            "steps_run": trainer.state.step}
+
+
+def what_if(seed: int, p: int, data: Data, max_steps: int, rounds: int) -> None:
+    variants = {
+        "as configured": (False, False),
+        "evaluate test only": (True, False),
+        "+ embedding_bag layer": (True, True),
+    }
+    results: dict[str, list[float]] = {name: [] for name in variants}
+    steps: dict[str, set] = {name: set() for name in variants}
+    for r in range(rounds):
+        names = list(variants)
+        names = names[r % len(names):] + names[:r % len(names)]
+        base = run_baseline(data, max_steps)
+        for name in names:
+            out = run_heldout_whatif(seed, max_steps, p, *variants[name])
+            results[name].append(out["train"] / base["train"])
+            steps[name].add(out["steps"])
+    print(f"\nPROFILE what-if (benchmark-local changes to the heldout side, {rounds} rounds, "
+          "each against a baseline run just before it)")
+    print(f"{'heldout variant':>24} {'ratio median':>13} {'min':>7} {'max':>7}  steps to 95%")
+    for name, r in results.items():
+        print(f"{name:>24} {statistics.median(r):>13.3f} {min(r):>7.3f} {max(r):>7.3f}  "
+              f"{sorted(steps[name], key=str)}")
+
+
+def torch_profile(seed: int, p: int, steps: int) -> None:
+    trainer = build(heldout_config(seed, steps, p))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        trainer.fit()
+    print(f"\nPROFILE torch.profiler, heldout fit() for {steps} steps "
+          f"(eval every {EVAL_EVERY}), top operators by self CPU time")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15,
+                                    max_name_column_width=40))
+
+
+# ---------------------------------------------------------------------------------- main
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--p", type=int, default=113)
+    parser.add_argument("--max-steps", type=int, default=1000, help="give up after this many")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: stable under load on a shared 2-core machine)")
+    parser.add_argument("--profile", action="store_true", help="print where the time goes")
+    parser.add_argument("--profile-iters", type=int, default=20)
+    parser.add_argument("--whatif-rounds", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; ⊥AdamW on "
+          f"(a+b) mod {args.p}, seed {args.seed}, stop at test accuracy >= {THRESHOLD} "
+          f"(checked every {EVAL_EVERY} steps)")
+    data = Data(args.seed, args.p)
+    run_heldout(args.seed, 10, args.p)  # warm-up
+    run_baseline(data, 10)
+
+    rows: list[tuple[dict, dict]] = []
+    print(f"\n{'round':>5} {'heldout s':>10} {'steps':>6} {'ms/step':>8} "
+          f"{'baseline s':>11} {'steps':>6} {'ms/step':>8} {'ratio':>7}")
+    for r in range(args.rounds):
+        out = {}
+        for side in (["heldout", "baseline"] if r % 2 == 0 else ["baseline", "heldout"]):
+            out[side] = (run_heldout(args.seed, args.max_steps, args.p) if side == "heldout"
+                         else run_baseline(data, args.max_steps))
+        h, b = out["heldout"], out["baseline"]
+        rows.append((h, b))
+        print(f"{r:>5} {h['train']:>10.3f} {h['steps']!s:>6} "
+              f"{1e3 * h['train'] / h['steps_run']:>8.2f} {b['train']:>11.3f} "
+              f"{b['steps']!s:>6} {1e3 * b['train'] / b['steps_run']:>8.2f} "
+              f"{h['train'] / b['train']:>7.3f}")
+
+    ratios = [h["train"] / b["train"] for h, b in rows]
+    total_ratios = [(h["train"] + h["setup"]) / (b["train"] + b["setup"]) for h, b in rows]
+    h_steps = {h["steps"] for h, _ in rows}
+    b_steps = {b["steps"] for _, b in rows}
+    per_step = {
+        side: 1e3 * statistics.median(pair[i]["train"] / pair[i]["steps_run"] for pair in rows)
+        for i, side in enumerate(("heldout", "baseline"))
+    }
+    setup = {side: 1e3 * statistics.median(pair[i]["setup"] for pair in rows)
+             for i, side in enumerate(("heldout", "baseline"))}
+    print(f"\nsteps to {THRESHOLD:.0%}: heldout {sorted(h_steps, key=str)}, baseline "
+          f"{sorted(b_steps, key=str)}"
+          + ("" if h_steps == b_steps else "  (DIFFERENT: the trajectories diverged)"))
+    print(f"per step (incl. evaluation): heldout {per_step['heldout']:.2f} ms, baseline "
+          f"{per_step['baseline']:.2f} ms; setup: heldout {setup['heldout']:.1f} ms, "
+          f"baseline {setup['baseline']:.1f} ms")
+    print(f"ratio (training loop) median {statistics.median(ratios):.3f} (min {min(ratios):.3f}, "
+          f"max {max(ratios):.3f}); incl. setup median {statistics.median(total_ratios):.3f}")
+    if args.profile:
+        phase_breakdown(args.seed, args.p, data, args.profile_iters)
+        torch_profile(args.seed, args.p, 50)
+        what_if(args.seed, args.p, data, args.max_steps, args.whatif_rounds)
+    print(f"RESULT grokking_time_to_95 ratio={statistics.median(ratios):.2f} (goal <= {GOAL})")
+
+
+if __name__ == "__main__":
+    main()
