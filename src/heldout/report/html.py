@@ -47,21 +47,32 @@ def _png(fig: Any) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+PANELS = (
+    ("train/accuracy", "train accuracy", False),
+    ("test/accuracy", "test accuracy", False),
+    ("train/step_loss", "training loss (each run's own objective)", True),
+    ("test/loss", "test loss (softmax cross-entropy)", True),
+    ("train/collapse", "train share in Softmax Collapse (float32)", False),
+    ("train/nlm_alignment", "train cos(-grad, weights)", False),
+)
+
+
 def _curves(histories: Mapping[str, dict[str, list[tuple[int, float]]]]) -> list[tuple[str, str]]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [
-        ("train/accuracy", "train accuracy", False),
-        ("test/accuracy", "test accuracy", False),
-        ("train/loss", "train loss", True),
-        ("test/loss", "test loss", True),
-    ]
+    logged = {key for history in histories.values() for key in history}
+    panels = [panel for panel in PANELS if panel[0] in logged]
+    if not panels:
+        return []
+    rows = -(-len(panels) // 2)
     images = []
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
-    for ax, (key, title, log) in zip(axes.flat, panels, strict=True):
+    fig, axes = plt.subplots(rows, 2, figsize=(11, 3.5 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (key, title, log) in zip(axes.flat, panels, strict=False):
         for label, history in histories.items():
             curve = history.get(key, [])
             if curve:
@@ -72,7 +83,7 @@ def _curves(histories: Mapping[str, dict[str, list[tuple[int, float]]]]) -> list
         if log:
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
-    axes.flat[1].legend(loc="best", fontsize=8)
+    axes.flat[min(1, len(panels) - 1)].legend(loc="best", fontsize=8)
     fig.tight_layout()
     images.append(("Learning curves", _png(fig)))
     plt.close(fig)
