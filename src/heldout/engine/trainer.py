@@ -103,6 +103,8 @@ class Trainer:
             self.model.parameters()
         )
         _check_optimizer_covers(self.model, base)
+        # the weights before training, for measures relative to the initialization
+        self.initial_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         order = {"optimizer": 0, "gradients": 1, "step": 2}
         wrappers = sorted(
             (t for t in self.techniques if t.touches & set(order)),
@@ -185,7 +187,8 @@ class Trainer:
         eval_model = next(
             (m for t in self.techniques if (m := t.eval_model(state)) is not None), self.model
         )
-        metrics = evaluate(eval_model, self.eval_data, self.measures, device=self.device)
+        metrics = evaluate(eval_model, self.eval_data, self.measures, device=self.device,
+                           initial_state=self.initial_state)
         if state.loss is not None:
             metrics["train/step_loss"] = float(state.loss)
         state.metrics = metrics
@@ -208,8 +211,10 @@ class Trainer:
         return {
             "step": self.state.step,
             "model": self.model.state_dict(),
+            "initial_model": self.initial_state,
             "optimizer": self.optimizer.state_dict(),
             "techniques": {t.name: t.state_dict() for t in self.techniques},
+            "measures": [m.state_dict() for m in self.measures],
             "batches": self.batches.state_dict(),
             "rng": capture_rng(),
             "loss": None if self.state.loss is None else self.state.loss.cpu(),
@@ -217,6 +222,7 @@ class Trainer:
 
     def load_state_dict(self, ckpt: Mapping[str, Any]) -> None:
         self.model.load_state_dict(ckpt["model"])
+        self.initial_state = ckpt["initial_model"]
         self.optimizer.load_state_dict(ckpt["optimizer"])
         saved = ckpt["techniques"]
         names = [t.name for t in self.techniques]
@@ -224,6 +230,11 @@ class Trainer:
             raise ValueError(f"checkpoint has techniques {sorted(saved)}, trainer has {names}")
         for technique in self.techniques:
             technique.load_state_dict(saved[technique.name])
+        if len(ckpt["measures"]) != len(self.measures):
+            raise ValueError(f"checkpoint has {len(ckpt['measures'])} measure states, trainer "
+                             f"has {len(self.measures)} measures")
+        for measure, state in zip(self.measures, ckpt["measures"], strict=True):
+            measure.load_state_dict(state)
         self.batches.load_state_dict(ckpt["batches"])  # may replay RNG: restore RNG after
         restore_rng(ckpt["rng"])
         self.state.step = ckpt["step"]

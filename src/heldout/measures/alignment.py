@@ -66,11 +66,6 @@ class GradientWeightAlignment(Measure):
     def compute(self, ctx: EvalContext) -> dict[str, float]:
         if ctx.split not in self.splits:
             return {}
-        if not hasattr(ctx.data, "x") and not isinstance(ctx.data, tuple | list):
-            raise TypeError("nlm_alignment needs the split as tensors (a Split or (x, y)), "
-                            f"not a {type(ctx.data).__name__}")
-        x, y = (ctx.data.x, ctx.data.y) if hasattr(ctx.data, "x") else ctx.data
-        device = next(ctx.model.parameters()).device
-        cosine = gradient_weight_cosine(ctx.model, x.to(device), y.to(device),
-                                        getattr(torch, self.dtype))
+        x, y = ctx.tensors()
+        cosine = gradient_weight_cosine(ctx.model, x, y, getattr(torch, self.dtype))
         return {"nlm_alignment": cosine}

@@ -24,13 +24,34 @@ class EvalContext:
     """One split under evaluation: the model, the data and (computed once) the logits."""
 
     def __init__(
-        self, model: nn.Module, split: str, data: Any, batch_size: int = 8192, device: Any = None
+        self,
+        model: nn.Module,
+        split: str,
+        data: Any,
+        batch_size: int = 8192,
+        device: Any = None,
+        initial_state: Mapping[str, Tensor] | None = None,
     ) -> None:
         self.model = model
         self.split = split
         self.data = data
         self.batch_size = batch_size
         self.device = device
+        self.initial_state = initial_state  # the model's state_dict before training, if known
+
+    def tensors(self) -> tuple[Tensor, Tensor]:
+        """The whole split as ``(inputs, targets)`` on the evaluation device."""
+        if isinstance(self.data, DataLoader):
+            xs, ys = zip(*self._chunks(), strict=True)
+            x, y = torch.cat(xs), torch.cat(ys)
+        else:
+            x, y = (self.data.x, self.data.y) if hasattr(self.data, "x") else self.data
+        return x.to(self.device), y.to(self.device)
+
+    def batches(self) -> Iterable[tuple[Tensor, Tensor]]:
+        """The split in chunks of at most ``batch_size`` examples, on the evaluation device."""
+        for x, y in self._chunks():
+            yield x.to(self.device), y.to(self.device)
 
     def _chunks(self) -> Iterable[tuple[Tensor, Tensor]]:
         if isinstance(self.data, DataLoader):
@@ -81,6 +102,16 @@ class Measure:
     def combine(self, metrics: Mapping[str, float]) -> dict[str, float]:
         raise NotImplementedError
 
+    def state_dict(self) -> dict[str, Any]:
+        """State a measure keeps between evaluations (e.g. the previous per-example losses);
+        the Trainer checkpoints it so a resumed run measures exactly as an unbroken one."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            raise ValueError(f"measure {type(self).__name__} keeps no state but was given "
+                             f"{list(state)}")
+
 
 def evaluate(
     model: nn.Module,
@@ -89,11 +120,16 @@ def evaluate(
     *,
     batch_size: int = 8192,
     device: Any = None,
+    initial_state: Mapping[str, Tensor] | None = None,
 ) -> dict[str, float]:
-    """Compute ``measures`` on every split of ``splits`` (name → data); return flat metrics."""
+    """Compute ``measures`` on every split of ``splits`` (name → data); return flat metrics.
+
+    ``initial_state`` (the model's state_dict before training) serves the measures that
+    compare with the initialization, such as distance from initialization.
+    """
     metrics: dict[str, float] = {}
     for split, data in splits.items():
-        ctx = EvalContext(model, split, data, batch_size, device)
+        ctx = EvalContext(model, split, data, batch_size, device, initial_state)
         for measure in measures:
             if measure.scope == "split":
                 for key, value in measure.compute(ctx).items():
