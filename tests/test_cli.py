@@ -91,3 +91,22 @@ def test_report_command(tmp_path, capsys):
     assert main(["--home", home, "report", run_id, "--out", str(tmp_path / "r")]) == 0
     page = (tmp_path / "r" / "index.html").read_text()
     assert run_id in page and "data:image/png;base64," in page
+
+
+def test_measure_command_stores_post_hoc_measures(tmp_path, capsys):
+    home = str(tmp_path / "h")
+    main(["--home", home, "run", *TINY, "--technique", "ema"])
+    run_id = Store(tmp_path / "h").runs()[0].id
+    capsys.readouterr()
+    assert main(["--home", home, "measure", run_id, "--measure", "calibration", "--split",
+                 "test", "--set", "n_bins=5"]) == 0
+    out = capsys.readouterr().out
+    assert "test/mce" in out and "train/mce" not in out
+    final = Store(tmp_path / "h").final_metrics(run_id)
+    assert "test/brier" in final and "test/accuracy" in final  # added at the last step
+    assert main(["--home", home, "measure", run_id, "--measure", "calibration", "--set",
+                 "n_bins=zero"]) == 2
+    assert "measures[0].n_bins: expected an integer" in capsys.readouterr().err
+    assert main(["--home", home, "measure", run_id, "--measure", "ece", "--split",
+                 "nope"]) == 2
+    assert "unknown split 'nope'" in capsys.readouterr().err

@@ -8,6 +8,7 @@
     heldout claims list | run [NAME ...] [--seeds N] [--scale ci|full]
     heldout flagship [--steps N] [--out DIR]
     heldout report RUN ... [--out DIR]
+    heldout measure RUN --measure NAME [--split S] [--set k=v]
 
 Config mistakes (unknown key or name, wrong type) print one line and exit with status 2.
 """
@@ -20,6 +21,8 @@ import sys
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
+
+import yaml
 
 from heldout.config import ConfigError, RunConfig, config_from_dict, load_config, parse_overrides
 from heldout.registry import CLAIMS, REGISTRIES, UnknownNameError, implementations, papers
@@ -84,6 +87,16 @@ def _parser() -> argparse.ArgumentParser:
     flagship.add_argument("--steps", type=int, default=None)
     flagship.add_argument("--seed", type=int, default=0)
     flagship.add_argument("--out", default="heldout-report")
+
+    measure = sub.add_parser("measure", help="compute a measure post hoc on a run's last "
+                             "checkpoint and store it on the run")
+    measure.add_argument("run")
+    measure.add_argument("--measure", action="append", dest="measures", required=True,
+                         help="a registered measure (repeat for several)")
+    measure.add_argument("--split", action="append", dest="splits",
+                         help="a split (repeat; default: all)")
+    measure.add_argument("--set", action="append", dest="params", default=[],
+                         metavar="KEY=VALUE", help="a measure parameter (with one --measure)")
 
     report = sub.add_parser("report", help="write an HTML report of runs")
     report.add_argument("runs", nargs="+")
@@ -238,6 +251,28 @@ def _cmd_claims(args: argparse.Namespace, store: Store) -> int:
     return 0
 
 
+def _cmd_measure(args: argparse.Namespace, store: Store) -> int:
+    from heldout.config import check_components
+    from heldout.runner import measure_run
+
+    if args.params and len(args.measures) != 1:
+        raise UsageError("--set applies to one measure; give a single --measure")
+    params = {}
+    for item in args.params:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise UsageError(f"--set {item!r}: expected KEY=VALUE")
+        params[key] = yaml.safe_load(raw)
+    specs = [{"name": args.measures[0], **params}] if params else list(args.measures)
+    components = check_components("measures", specs)
+    try:
+        metrics = measure_run(store, args.run, components, args.splits)
+    except (KeyError, FileNotFoundError) as err:
+        raise UsageError(str(err.args[0] if isinstance(err, KeyError) else err)) from None
+    _print_metrics(metrics)
+    return 0
+
+
 def _cmd_flagship(args: argparse.Namespace, store: Store) -> int:
     from heldout.flagship import run_flagship
 
@@ -271,6 +306,7 @@ _COMMANDS = {
     "runs": _cmd_runs,
     "claims": _cmd_claims,
     "flagship": _cmd_flagship,
+    "measure": _cmd_measure,
     "report": _cmd_report,
 }
 

@@ -36,6 +36,7 @@ __all__ = [
     "OptimizerConfig",
     "RunConfig",
     "canonical_json",
+    "check_components",
     "config_from_dict",
     "config_to_dict",
     "load_config",
@@ -100,7 +101,7 @@ class RunConfig:
             object.__setattr__(self, key, _check_params(_COMPONENT_FIELDS[key],
                                                         getattr(self, key), key))
         for key in ("techniques", "measures"):
-            object.__setattr__(self, key, _check_list(key, getattr(self, key)))
+            object.__setattr__(self, key, check_components(key, getattr(self, key)))
         for key in ("steps", "eval_every", "checkpoint_every"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}: must be >= 1, got {getattr(self, key)}")
@@ -230,7 +231,8 @@ def _check_params(registry: Registry, spec: Any, key: str) -> Component:
     return Component(name, checked)
 
 
-def _check_list(key: str, value: Any) -> tuple[Component, ...]:
+def check_components(key: str, value: Any) -> tuple[Component, ...]:
+    """Check a list of ``techniques`` or ``measures`` (names or mappings with parameters)."""
     items = [value] if isinstance(value, str | Mapping | Component) else value
     if not isinstance(items, list | tuple):
         raise ConfigError(f"{key}: expected a list, got {value!r}")
@@ -255,7 +257,7 @@ def config_from_dict(data: Mapping[str, Any]) -> RunConfig:
         if key in ("task", "model"):
             kwargs[key] = _check_params(_COMPONENT_FIELDS[key], value, key)
         elif key in ("techniques", "measures"):
-            kwargs[key] = _check_list(key, value)
+            kwargs[key] = check_components(key, value)
         elif key == "optimizer":
             kwargs[key] = _optimizer_from(value)
         else:

@@ -28,7 +28,7 @@ from heldout.registry import MEASURES, MODELS, TASKS, TECHNIQUES
 from heldout.store.sqlite import RunRecord, Store
 
 __all__ = ["ProgressPrinter", "RunFailed", "RunResult", "StoreLogger", "build", "execute",
-           "make_optimizer"]
+           "make_optimizer", "measure_run"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -210,3 +210,30 @@ def execute(
     store.finish_run(run_id, status="done", seconds=trainer.seconds, step=trainer.state.step)
     return RunResult(run_id, "done", store.final_metrics(run_id), resumed_from, False,
                      store.get_run(run_id))
+
+
+def measure_run(
+    store: Store,
+    run_id: str,
+    measures: Sequence[Component],
+    splits: Sequence[str] | None = None,
+    device: Any = None,
+) -> dict[str, float]:
+    """Compute ``measures`` post hoc on a finished run's last checkpoint and store the
+    results in its metric history at that checkpoint's step (replacing earlier values)."""
+    from heldout.config import config_from_dict
+
+    record = store.get_run(run_id)
+    checkpoint = store.run_dir(record.id) / CHECKPOINT_NAME
+    if not checkpoint.exists():
+        raise FileNotFoundError(f"run {record.id} has no checkpoint at {checkpoint}")
+    cfg = config_from_dict(record.config)
+    trainer = build(cfg, checkpoint_path=checkpoint, device=device)
+    step = trainer.resume()
+    valid = list(trainer.eval_data)
+    for split in splits or ():
+        if split not in valid:
+            raise KeyError(f"unknown split {split!r}; valid splits: {', '.join(valid)}")
+    metrics = trainer.measure([_build(MEASURES, m) for m in measures], splits)
+    StoreLogger(store, record.id).log(step, metrics)
+    return metrics

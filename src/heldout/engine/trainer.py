@@ -182,13 +182,21 @@ class Trainer:
         for technique in techniques:
             getattr(technique, event.value)(self.state, *args)
 
+    def measure(self, measures: Sequence[Measure] | None = None,
+                splits: Sequence[str] | None = None) -> dict[str, float]:
+        """Compute ``measures`` (default: the Trainer's) on ``splits`` (default: all) with the
+        weights evaluation uses (an EMA average, say), without logging."""
+        eval_model = next(
+            (m for t in self.techniques if (m := t.eval_model(self.state)) is not None),
+            self.model,
+        )
+        data = self.eval_data if splits is None else {s: self.eval_data[s] for s in splits}
+        return evaluate(eval_model, data, self.measures if measures is None else measures,
+                        device=self.device, initial_state=self.initial_state)
+
     def _evaluate(self) -> None:
         state = self.state
-        eval_model = next(
-            (m for t in self.techniques if (m := t.eval_model(state)) is not None), self.model
-        )
-        metrics = evaluate(eval_model, self.eval_data, self.measures, device=self.device,
-                           initial_state=self.initial_state)
+        metrics = self.measure()
         if state.loss is not None:
             metrics["train/step_loss"] = float(state.loss)
         state.metrics = metrics

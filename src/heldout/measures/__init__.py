@@ -2,12 +2,21 @@
 
 from heldout.measures.alignment import GradientWeightAlignment, gradient_weight_cosine
 from heldout.measures.base import EvalContext, Measure, evaluate
-from heldout.measures.calibration import ECE, expected_calibration_error
+from heldout.measures.calibration import (
+    ECE,
+    Calibration,
+    brier_score,
+    expected_calibration_error,
+    maximum_calibration_error,
+    reliability_diagram,
+    risk_coverage,
+)
 from heldout.measures.collapse import (
     SoftmaxCollapse,
     softmax_collapse,
     softmax_collapse_fraction,
 )
+from heldout.measures.groups import GroupAccuracy, group_accuracies, group_metrics
 from heldout.measures.performance import (
     Accuracy,
     GeneralizationGap,
@@ -18,6 +27,14 @@ from heldout.measures.performance import (
 
 __all__ = [
     "ECE",
+    "Calibration",
+    "GroupAccuracy",
+    "brier_score",
+    "group_accuracies",
+    "group_metrics",
+    "maximum_calibration_error",
+    "reliability_diagram",
+    "risk_coverage",
     "Accuracy",
     "EvalContext",
     "GeneralizationGap",

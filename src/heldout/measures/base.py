@@ -89,6 +89,11 @@ class EvalContext:
         clean = getattr(self.data, "clean_y", None)
         return None if clean is None else clean.to(self.targets.device)
 
+    @property
+    def groups(self) -> Tensor | None:
+        groups = getattr(self.data, "groups", None)
+        return None if groups is None else groups.to(self.targets.device)
+
 
 class Measure:
     """Base of the registered measures. Subclasses are dataclasses of their parameters."""

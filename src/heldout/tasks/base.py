@@ -33,15 +33,19 @@ class InputSpec:
 @dataclass(frozen=True)
 class Split:
     """One split: inputs ``x``, training targets ``y`` and, where labels were corrupted,
-    the ``clean_y`` they were corrupted from (``None`` when ``y`` is clean)."""
+    the ``clean_y`` they were corrupted from (``None`` when ``y`` is clean); ``groups`` gives
+    each example's group for group metrics (worst-group accuracy)."""
 
     x: Tensor
     y: Tensor
     clean_y: Tensor | None = None
+    groups: Tensor | None = None  # an integer group (or domain) id per example, if known
 
     def __post_init__(self) -> None:
         if len(self.x) != len(self.y):
             raise ValueError(f"x has {len(self.x)} rows but y has {len(self.y)}")
+        if self.groups is not None and len(self.groups) != len(self.y):
+            raise ValueError(f"groups has {len(self.groups)} rows but y has {len(self.y)}")
 
     def __len__(self) -> int:
         return len(self.y)
