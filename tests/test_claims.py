@@ -42,3 +42,10 @@ def test_grokking_claims_three_seeds(store):
     perp, nlm = _grokking_claims(store, [0, 1, 2])
     assert perp.verdict == "holds", perp.numbers
     assert nlm.verdict == "holds", nlm.numbers
+
+
+def test_xor_benign_overfitting_five_seeds(store):
+    verdict = CLAIMS.build("xor-benign-overfitting").run(list(range(5)), store)
+    assert verdict.verdict == "holds", verdict.numbers
+    for numbers in verdict.numbers.values():
+        assert numbers["flipped_labels_fitted_end"] == 1.0  # the noise stays fitted

@@ -124,22 +124,27 @@ def test_task_gives_consistent_deterministic_splits(name, tmp_path, monkeypatch)
 
 
 @pytest.mark.parametrize("model_name", MODELS.names())
-@pytest.mark.parametrize("task_name", TASKS.names())
-def test_model_builds_on_task_and_is_seeded(model_name, task_name, tmp_path, monkeypatch):
+def test_model_builds_on_some_task_and_is_seeded(model_name, tmp_path, monkeypatch):
+    """Every model builds on at least one task, refuses the others with a clear ValueError,
+    gives (batch, classes) outputs, and is initialized the same for the same seed."""
     monkeypatch.setenv("HELDOUT_CACHE", str(tmp_path / "cache"))
-    splits = TASKS.build(task_name, **TASK_PARAMS.get(task_name, {})).splits(0)
     spec = MODELS.build(model_name)
-    if model_name == "cnn1d" and splits.input.kind == "tokens":
-        with pytest.raises(ValueError, match="token"):
-            spec.build(splits.input, splits.num_classes)
-        return
-    torch.manual_seed(0)
-    a = spec.build(splits.input, splits.num_classes)
-    torch.manual_seed(0)
-    b = spec.build(splits.input, splits.num_classes)
-    out = a(splits.train.x[:7])
-    assert out.shape == (7, splits.num_classes)
-    assert torch.equal(out, b(splits.train.x[:7]))
+    built = 0
+    for task_name in TASKS.names():
+        splits = TASKS.build(task_name, **TASK_PARAMS.get(task_name, {})).splits(0)
+        torch.manual_seed(0)
+        try:
+            a = spec.build(splits.input, splits.num_classes)
+        except ValueError as err:
+            assert model_name in str(err) or "token" in str(err) or "class" in str(err)
+            continue
+        torch.manual_seed(0)
+        b = spec.build(splits.input, splits.num_classes)
+        out = a(splits.train.x[:7])
+        assert out.shape == (7, splits.num_classes)
+        assert torch.equal(out, b(splits.train.x[:7]))
+        built += 1
+    assert built, f"model {model_name} builds on no registered task"
 
 
 @pytest.mark.parametrize("name", CLAIMS.names())

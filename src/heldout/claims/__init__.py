@@ -1,6 +1,7 @@
 """The claims ledger: headline claims of the catalog papers as small experiments."""
 
 from heldout.claims.base import Claim, Verdict, record, seed_vote
+from heldout.claims.benign import XORBenignOverfitting, xor_config
 from heldout.claims.grokking import (
     GrokkingNLMAlignment,
     PerpAdamWGeneralizes,
@@ -15,8 +16,10 @@ __all__ = [
     "PerpAdamWGeneralizes",
     "SoftmaxCollapseMechanism",
     "Verdict",
+    "XORBenignOverfitting",
     "collapse_margins",
     "grokking_config",
     "record",
     "seed_vote",
+    "xor_config",
 ]

@@ -7,6 +7,7 @@ from heldout.models.base import ModelSpec
 from heldout.models.cnn import CNN1D, CNN1DNetwork, cnn1d_network
 from heldout.models.layers import TokenLinear, activation_module
 from heldout.models.mlp import MLP, MLPNetwork, mlp_network
+from heldout.models.shallow import FixedReadoutNetwork, FixedReadoutReLU
 from heldout.models.transformer import (
     MultiHeadSelfAttention,
     Transformer,
@@ -18,6 +19,8 @@ __all__ = [
     "CNN1D",
     "MLP",
     "CNN1DNetwork",
+    "FixedReadoutNetwork",
+    "FixedReadoutReLU",
     "MLPNetwork",
     "ModelSpec",
     "MultiHeadSelfAttention",

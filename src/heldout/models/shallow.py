@@ -1,0 +1,64 @@
+"""Two-layer networks with a fixed readout, the model of theory papers on benign overfitting."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from heldout.models.base import ModelSpec
+from heldout.registry import MODELS
+from heldout.tasks.base import InputSpec
+
+__all__ = ["FixedReadoutNetwork", "FixedReadoutReLU"]
+
+
+class FixedReadoutNetwork(nn.Module):
+    """f(x) = Σ_j a_j ReLU(w_j · x) with a trained first layer and a fixed readout a_j = ±1/√m
+    (half of each sign). For two classes it returns the logits ``[0, f(x)]``, so softmax
+    cross-entropy on labels {0, 1} is exactly the logistic loss log(1 + exp(−y f(x))) on
+    labels y = ±1."""
+
+    def __init__(self, in_features: int, width: int, init_std: float) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(in_features, width, bias=False)
+        nn.init.normal_(self.hidden.weight, std=init_std)
+        signs = torch.ones(width)
+        signs[width // 2:] = -1.0
+        self.register_buffer("readout", signs / math.sqrt(width))
+
+    def forward(self, x: Tensor) -> Tensor:
+        f = torch.relu(self.hidden(x.flatten(1))) @ self.readout
+        return torch.stack([torch.zeros_like(f), f], dim=-1)
+
+
+@MODELS.register(
+    "fixed_readout",
+    summary="Two-layer ReLU net with a fixed ±1/sqrt(m) readout and small Gaussian init "
+    "(binary).",
+    papers=(15,),
+)
+@dataclass(frozen=True)
+class FixedReadoutReLU(ModelSpec):
+    """The network of Xu et al. (2024), "Benign Overfitting and Grokking in ReLU Networks for
+    XOR Cluster Data" (arXiv:2310.02541): f(x) = Σ_j a_j ReLU(w_j·x), a_j = ±1/√m fixed, first
+    layer initialized N(0, init_std²) and trained (full-batch GD on the logistic loss)."""
+
+    width: int = 200  # m, the number of hidden units (half with a_j > 0)
+    init_std: float = 1e-6  # standard deviation of the first layer's initialization
+
+    def __post_init__(self) -> None:
+        if self.width < 2:
+            raise ValueError(f"width must be >= 2, got {self.width}")
+        if self.init_std <= 0:
+            raise ValueError(f"init_std must be > 0, got {self.init_std}")
+
+    def build(self, input: InputSpec, num_classes: int) -> nn.Module:
+        if input.kind != "continuous":
+            raise ValueError("fixed_readout takes continuous inputs, not token inputs")
+        if num_classes != 2:
+            raise ValueError(f"fixed_readout is a binary classifier; the task has "
+                             f"{num_classes} classes")
+        return FixedReadoutNetwork(math.prod(input.shape), self.width, self.init_std)
