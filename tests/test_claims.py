@@ -49,3 +49,22 @@ def test_xor_benign_overfitting_five_seeds(store):
     assert verdict.verdict == "holds", verdict.numbers
     for numbers in verdict.numbers.values():
         assert numbers["flipped_labels_fitted_end"] == 1.0  # the noise stays fitted
+
+
+def test_time_to_fraction():
+    from heldout.claims import time_to_fraction
+
+    assert time_to_fraction([(0, 4.0), (8, 2.0), (16, 0.9), (24, 0.5)], 0.25) == 16
+    assert time_to_fraction([(0, 4.0), (8, 3.0)], 0.25) is None
+
+
+def test_lazy_rich_grokking_ci_scale(store):
+    verdict = CLAIMS.build("lazy-rich-grokking").run([0], store, scale="ci")
+    assert verdict.verdict == "holds", verdict.numbers
+    assert "not evaluated at ci scale" in verdict.summary
+
+
+@pytest.mark.claims
+def test_lazy_rich_grokking_full(store):
+    verdict = CLAIMS.build("lazy-rich-grokking").run([0], store)
+    assert verdict.verdict == "holds", verdict.numbers

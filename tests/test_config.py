@@ -116,3 +116,17 @@ def test_shipped_configs_load():
     for path in shipped:
         cfg = load_config(path)
         assert cfg.identity
+
+
+def test_loss_choice_reaches_the_trainer():
+    from heldout.runner import build
+
+    cfg = parse_overrides(RunConfig(), ["task.p=11", "model.hidden=[8]", "loss=mse"])
+    trainer = build(cfg)
+    x, y, _ = next(trainer.batches)
+    from heldout.engine.trainer import mse_to_one_hot
+
+    assert float(trainer.loss_fn(trainer.model(x), y)) == float(
+        mse_to_one_hot(trainer.model(x), y))
+    with pytest.raises(ConfigError, match="loss: expected one of 'cross_entropy', 'mse'"):
+        parse_overrides(RunConfig(), ["loss=hinge"])

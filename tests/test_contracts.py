@@ -20,6 +20,7 @@ TASK_PARAMS = {
     "xor_clusters": {"dim": 20, "n_train": 40, "n_test": 40, "n_val": 10},
     "mnist1d": {"num_samples": 400},
     "digits": {},
+    "single_index": {"dim": 10, "n_train": 30, "n_val": 5, "n_test": 20},
 }
 
 
@@ -115,7 +116,10 @@ def test_task_gives_consistent_deterministic_splits(name, tmp_path, monkeypatch)
     assert splits.input == task.input
     for split_name, split in splits.items():
         assert split.x.shape[1:] == splits.input.shape
-        assert split.y.min() >= 0 and split.y.max() < splits.num_classes
+        if splits.regression:
+            assert split.y.shape == (len(split), splits.num_classes)
+        else:
+            assert split.y.min() >= 0 and split.y.max() < splits.num_classes
         assert torch.equal(split.x, again[split_name].x)
         assert torch.equal(split.y, again[split_name].y)
     assert len(splits.train) and len(splits.test)

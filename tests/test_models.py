@@ -290,3 +290,29 @@ def test_models_are_registered_frozen_dataclasses(monkeypatch):
         assert dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen
         assert all(f.default is not dataclasses.MISSING for f in dataclasses.fields(cls))
     assert MODELS.get("mlp").papers == (9,)
+
+
+def test_square_activation_and_normal_init():
+    import math as _math
+
+    from heldout.models import MLP
+    from heldout.tasks.base import InputSpec
+
+    torch.manual_seed(0)
+    net = MLP(hidden=(400,), bias=False, activation="square", init_std=0.05).build(
+        InputSpec("tokens", (2,), vocab=97), num_classes=97)
+    weight = net.linear1.weight
+    assert abs(float(weight.std()) - 0.05) < 0.002 and abs(float(weight.mean())) < 0.002
+    tokens = torch.tensor([[3, 5]])
+    hidden = weight[:, 3] + weight[:, 97 + 5]
+    torch.testing.assert_close(net(tokens)[0], net.head.weight @ hidden.pow(2))
+    assert _math.isclose(float(net.head.weight.std()), 0.05, rel_tol=0.1)
+
+
+def test_mse_to_one_hot_by_hand():
+    from heldout.engine.trainer import mse_to_one_hot
+
+    logits = torch.tensor([[0.5, 0.0, 1.0], [0.0, 2.0, 0.0]])
+    targets = torch.tensor([0, 1])
+    # entries minus one-hot: (-0.5, 0, 1) and (0, 1, 0) -> mean of squares over 6 entries
+    assert float(mse_to_one_hot(logits, targets)) == pytest.approx((0.25 + 1 + 1) / 6)

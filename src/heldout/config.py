@@ -87,7 +87,8 @@ class RunConfig:
         Component("ece"),
         Component("gap"),
     )  # registered measures computed at each evaluation
-    loss_dtype: Literal["float32", "float64"] = "float32"  # precision of the default CE loss
+    loss: Literal["cross_entropy", "mse"] = "cross_entropy"  # mse: against one-hot targets
+    loss_dtype: Literal["float32", "float64"] = "float32"  # precision of the default loss
     steps: int = 1000  # optimizer steps
     batch_size: int | None = None  # None: full batch, one step per epoch
     eval_every: int = 10  # steps between evaluations (also at step 0 and the last step)
@@ -293,6 +294,7 @@ def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
         "optimizer": {k: _plain(v) for k, v in dataclasses.asdict(cfg.optimizer).items()},
         "techniques": [component(c) for c in cfg.techniques],
         "measures": [component(c) for c in cfg.measures],
+        "loss": cfg.loss,
         "loss_dtype": cfg.loss_dtype,
         "steps": cfg.steps,
         "batch_size": cfg.batch_size,

@@ -21,9 +21,16 @@ from typing import Any, TextIO
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from heldout.config import Component, OptimizerConfig, RunConfig, config_to_dict
-from heldout.engine.trainer import Logger, NonFiniteLossError, Trainer, cross_entropy
+from heldout.engine.trainer import (
+    Logger,
+    NonFiniteLossError,
+    Trainer,
+    cross_entropy,
+    mse_to_one_hot,
+)
 from heldout.registry import MEASURES, MODELS, TASKS, TECHNIQUES
 from heldout.store.sqlite import RunRecord, Store
 
@@ -96,6 +103,15 @@ def build(
     seed_everything(cfg.seed)
     model = _build(MODELS, cfg.model).build(splits.input, splits.num_classes)
     dtype = getattr(torch, cfg.loss_dtype)
+    if splits.regression:
+        def loss_fn(outputs, targets):
+            return F.mse_loss(outputs.to(dtype), targets.to(dtype))
+    elif cfg.loss == "mse":
+        def loss_fn(logits, targets):
+            return mse_to_one_hot(logits, targets, dtype)
+    else:
+        def loss_fn(logits, targets):
+            return cross_entropy(logits, targets, dtype)
     return Trainer(
         model,
         make_optimizer(cfg.optimizer),
@@ -104,7 +120,7 @@ def build(
         eval_data=dict(splits.items()),
         techniques=[_build(TECHNIQUES, t) for t in cfg.techniques],
         measures=[_build(MEASURES, m) for m in cfg.measures],
-        loss_fn=lambda logits, y: cross_entropy(logits, y, dtype),
+        loss_fn=loss_fn,
         batch_size=cfg.batch_size,
         eval_every=cfg.eval_every,
         checkpoint_every=cfg.checkpoint_every,

@@ -9,17 +9,21 @@ from heldout.claims.grokking import (
     collapse_margins,
     grokking_config,
 )
+from heldout.claims.lazy_rich import LazyRichGrokking, lazy_rich_config, time_to_fraction
 
 __all__ = [
     "Claim",
     "GrokkingNLMAlignment",
+    "LazyRichGrokking",
     "PerpAdamWGeneralizes",
     "SoftmaxCollapseMechanism",
     "Verdict",
     "XORBenignOverfitting",
     "collapse_margins",
     "grokking_config",
+    "lazy_rich_config",
     "record",
     "seed_vote",
+    "time_to_fraction",
     "xor_config",
 ]

@@ -32,8 +32,9 @@ TOUCHES = {
     "after_step": "acts after each optimizer step (on_after_step)",
     "eval_model": "supplies the weights that evaluation uses (eval_model)",
     "batch": "changes or selects the batch (on_batch_start)",
+    "schedule": "sets the learning rate of every step (on_batch_start)",
 }
-EXCLUSIVE = frozenset({"step", "loss", "eval_model"})
+EXCLUSIVE = frozenset({"step", "loss", "eval_model", "schedule"})
 
 
 class CombinationError(ValueError):

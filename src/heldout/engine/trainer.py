@@ -30,7 +30,7 @@ from heldout.engine.events import REVERSED_EVENTS, Event
 from heldout.engine.technique import Technique, check_combination
 from heldout.measures.base import Measure, evaluate
 
-__all__ = ["Logger", "NonFiniteLossError", "State", "Trainer", "cross_entropy"]
+__all__ = ["Logger", "NonFiniteLossError", "State", "Trainer", "cross_entropy", "mse_to_one_hot"]
 
 OptimizerLike = torch.optim.Optimizer | Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
@@ -57,6 +57,15 @@ def cross_entropy(logits: Tensor, targets: Tensor, dtype: torch.dtype = torch.fl
     return F.cross_entropy(logits.to(dtype), targets)
 
 
+def mse_to_one_hot(logits: Tensor, targets: Tensor,
+                   dtype: torch.dtype = torch.float32) -> Tensor:
+    """Mean over all N·K entries of (z − one_hot(y))²: the square loss of the modular-arithmetic
+    and local-complexity papers (Doshi et al. arXiv:2310.13061; Humayun et al.
+    arXiv:2402.15555)."""
+    one_hot = F.one_hot(targets.long(), logits.shape[-1]).to(dtype)
+    return F.mse_loss(logits.to(dtype), one_hot)
+
+
 @dataclass
 class State:
     """What techniques see: the model, optimizer, step and the current batch."""
@@ -64,6 +73,7 @@ class State:
     model: nn.Module
     optimizer: Any
     max_steps: int
+    batch_size: int | None = None  # examples per step (the whole set for full batch)
     step: int = 0
     batch: Batch | None = None
     loss: Tensor | None = None
@@ -127,7 +137,10 @@ class Trainer:
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
         self.loggers = list(loggers)
         self.history: list[tuple[int, dict[str, float]]] = []
-        self.state = State(self.model, self.optimizer, max_steps)
+        self.state = State(self.model, self.optimizer, max_steps,
+                           batch_size=getattr(self.batches, "batch_size", None)
+                           or getattr(self.batches, "n", None)
+                           or getattr(getattr(self.batches, "loader", None), "batch_size", None))
         self.state.acted = {
             e.value: [t.name for t in self.techniques if _overrides(t, e.value)] for e in Event
         }

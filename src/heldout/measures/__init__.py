@@ -16,7 +16,15 @@ from heldout.measures.collapse import (
     softmax_collapse,
     softmax_collapse_fraction,
 )
+from heldout.measures.complexity import LocalComplexity, local_complexity
+from heldout.measures.concepts import ConceptFrequency, log_linear_fit, long_tail_split
 from heldout.measures.groups import GroupAccuracy, group_accuracies, group_metrics
+from heldout.measures.information import (
+    InformationPlane,
+    binned_information,
+    kde_information,
+    ksg_mutual_information,
+)
 from heldout.measures.performance import (
     Accuracy,
     GeneralizationGap,
@@ -24,8 +32,32 @@ from heldout.measures.performance import (
     accuracy,
     generalization_gap,
 )
+from heldout.measures.periodicity import NeuronIPR, fourier_ipr, neuron_ipr, prune_by_ipr
+from heldout.measures.representation import (
+    RepresentationDivergence,
+    gaussian_kl,
+    representation_divergence,
+    sliced_wasserstein,
+)
 
 __all__ = [
+    "ConceptFrequency",
+    "InformationPlane",
+    "LocalComplexity",
+    "NeuronIPR",
+    "RepresentationDivergence",
+    "binned_information",
+    "fourier_ipr",
+    "gaussian_kl",
+    "kde_information",
+    "ksg_mutual_information",
+    "local_complexity",
+    "log_linear_fit",
+    "long_tail_split",
+    "neuron_ipr",
+    "prune_by_ipr",
+    "representation_divergence",
+    "sliced_wasserstein",
     "ECE",
     "Calibration",
     "GroupAccuracy",

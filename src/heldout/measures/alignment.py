@@ -60,6 +60,8 @@ def gradient_weight_cosine(
 class GradientWeightAlignment(Measure):
     """:func:`gradient_weight_cosine` on the listed splits (by default the training split)."""
 
+    targets = "classes"
+
     splits: tuple[str, ...] = ("train",)  # where to compute it (one gradient per split)
     dtype: Literal["float32", "float64"] = "float32"  # precision of the loss
 

@@ -100,6 +100,8 @@ class Measure:
 
     registry_name: ClassVar[str]
     scope: ClassVar[Literal["split", "run"]] = "split"
+    # "classes": only on splits with integer class targets (skipped on regression splits)
+    targets: ClassVar[Literal["classes", "any"]] = "any"
 
     def compute(self, ctx: EvalContext) -> dict[str, float]:
         raise NotImplementedError
@@ -136,9 +138,12 @@ def evaluate(
     for split, data in splits.items():
         ctx = EvalContext(model, split, data, batch_size, device, initial_state)
         for measure in measures:
-            if measure.scope == "split":
-                for key, value in measure.compute(ctx).items():
-                    metrics[f"{split}/{key}"] = float(value)
+            if measure.scope != "split":
+                continue
+            if measure.targets == "classes" and ctx.targets.is_floating_point():
+                continue
+            for key, value in measure.compute(ctx).items():
+                metrics[f"{split}/{key}"] = float(value)
     for measure in measures:
         if measure.scope == "run":
             metrics.update({k: float(v) for k, v in measure.combine(metrics).items()})

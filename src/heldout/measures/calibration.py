@@ -140,6 +140,8 @@ def risk_coverage(probs: Tensor, targets: Tensor) -> dict[str, float]:
 class ECE(Measure):
     """:func:`expected_calibration_error` of the softmax probabilities on each split."""
 
+    targets = "classes"
+
     n_bins: int = 10  # PS-KD's convention (Guo et al. use 15)
     binning: Literal["width", "mass"] = "width"  # equal-width or equal-mass bins
 
@@ -161,6 +163,8 @@ class ECE(Measure):
 @dataclass
 class Calibration(Measure):
     """ECE and MCE with ``n_bins`` bins, Brier score, NLL, AURC and E-AURC of the softmax."""
+
+    targets = "classes"
 
     n_bins: int = 15  # Guo et al.'s convention for the full suite (the "ece" measure uses 10)
     binning: Literal["width", "mass"] = "width"  # equal-width or equal-mass bins

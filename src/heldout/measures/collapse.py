@@ -50,6 +50,8 @@ def softmax_collapse_fraction(logits: Tensor, dtype: torch.dtype = torch.float32
 class SoftmaxCollapse(Measure):
     """``collapse`` and ``zero_loss`` fractions on each split (see :func:`softmax_collapse`)."""
 
+    targets = "classes"
+
     dtype: Literal["float32", "float64", "float16"] = "float32"  # the loss precision to test
 
     def compute(self, ctx: EvalContext) -> dict[str, float]:

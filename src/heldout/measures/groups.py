@@ -52,6 +52,8 @@ def group_metrics(logits: Tensor, targets: Tensor, groups: Tensor) -> dict[str, 
 class GroupAccuracy(Measure):
     """:func:`group_metrics` on every split whose data carries ``groups`` (others: nothing)."""
 
+    targets = "classes"
+
     def compute(self, ctx: EvalContext) -> dict[str, float]:
         groups = ctx.groups
         if groups is None:

@@ -37,6 +37,8 @@ class Accuracy(Measure):
     """Top-1 accuracy; on a split with corrupted labels also the accuracy against the clean
     labels (``clean_accuracy``) and the share of corrupted labels fitted (``memorized``)."""
 
+    targets = "classes"
+
     def compute(self, ctx: EvalContext) -> dict[str, float]:
         out = {"accuracy": accuracy(ctx.logits, ctx.targets)}
         clean = ctx.clean_targets
@@ -48,15 +50,20 @@ class Accuracy(Measure):
         return out
 
 
-@MEASURES.register("loss", summary="Mean softmax cross-entropy on each split.")
+@MEASURES.register(
+    "loss", summary="Mean softmax cross-entropy on each split (mean squared error for regression)."
+)
 @dataclass
 class Loss(Measure):
-    """Mean cross-entropy of the logits, computed in ``dtype``."""
+    """Mean cross-entropy of the logits (or mean squared error on a regression split),
+    computed in ``dtype``."""
 
     dtype: Literal["float32", "float64"] = "float64"  # precision of the log-softmax
 
     def compute(self, ctx: EvalContext) -> dict[str, float]:
         dtype = getattr(torch, self.dtype)
+        if ctx.targets.is_floating_point():  # regression: mean squared error
+            return {"loss": float(F.mse_loss(ctx.logits.to(dtype), ctx.targets.to(dtype)))}
         return {"loss": float(F.cross_entropy(ctx.logits.to(dtype), ctx.targets))}
 
 

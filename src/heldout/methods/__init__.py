@@ -13,9 +13,27 @@ from heldout.methods.losses import (
 )
 from heldout.methods.normalization import GhostBatchNorm, GhostBN, ghost_batch_norm
 from heldout.methods.regularization import WeightDecay
+from heldout.methods.schedules import (
+    BatchLRScaling,
+    LRSchedule,
+    cosine_annealing,
+    cosine_power_annealing,
+    regime_steps,
+    schedule_factor,
+    sqrt_batch_scaling,
+    step_decay,
+)
 from heldout.methods.sharpness import SAM, SharpnessAware, preserve_batchnorm_stats
 
 __all__ = [
+    "BatchLRScaling",
+    "LRSchedule",
+    "cosine_annealing",
+    "cosine_power_annealing",
+    "regime_steps",
+    "schedule_factor",
+    "sqrt_batch_scaling",
+    "step_decay",
     "EMA",
     "SAM",
     "ExponentialMovingAverage",

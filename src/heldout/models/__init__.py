@@ -7,7 +7,12 @@ from heldout.models.base import ModelSpec
 from heldout.models.cnn import CNN1D, CNN1DNetwork, cnn1d_network
 from heldout.models.layers import TokenLinear, activation_module
 from heldout.models.mlp import MLP, MLPNetwork, mlp_network
-from heldout.models.shallow import FixedReadoutNetwork, FixedReadoutReLU
+from heldout.models.shallow import (
+    FixedReadoutNetwork,
+    FixedReadoutReLU,
+    ScaledQuadratic,
+    ScaledQuadraticNetwork,
+)
 from heldout.models.transformer import (
     MultiHeadSelfAttention,
     Transformer,
@@ -24,6 +29,8 @@ __all__ = [
     "MLPNetwork",
     "ModelSpec",
     "MultiHeadSelfAttention",
+    "ScaledQuadratic",
+    "ScaledQuadraticNetwork",
     "TokenLinear",
     "Transformer",
     "TransformerBlock",

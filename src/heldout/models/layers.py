@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Activation", "TokenLinear", "activation_module"]
+__all__ = ["Activation", "Square", "TokenLinear", "activation_module"]
 
 
 class TokenLinear(nn.Linear):
@@ -70,13 +70,24 @@ class TokenLinear(nn.Linear):
         )
 
 
-Activation = Literal["relu", "gelu", "tanh"]
+Activation = Literal["relu", "gelu", "tanh", "square"]
 
-_ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
+
+class Square(nn.Module):
+    """φ(z) = z², the activation of the modular-arithmetic MLPs of Gromov (arXiv:2301.02679)
+    and Doshi et al. (arXiv:2310.13061)."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return input * input
+
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "square": Square,
+}
 
 
 def activation_module(name: str) -> nn.Module:
-    """A fresh activation module by name: ``"relu"``, ``"gelu"`` or ``"tanh"``."""
+    """A fresh activation module by name: ``"relu"``, ``"gelu"``, ``"tanh"`` or ``"square"``."""
     try:
         return _ACTIVATIONS[name]()
     except KeyError:

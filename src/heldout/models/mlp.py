@@ -71,7 +71,8 @@ class MLP(ModelSpec):
     Token inputs are one-hot encoded per position and concatenated (computed as a lookup by
     :class:`~heldout.models.layers.TokenLinear`); continuous inputs are flattened. BatchNorm,
     when on, sits after each hidden linear layer and before its activation. Initialization is
-    PyTorch's default for ``nn.Linear`` (uniform in ``±1/sqrt(fan_in)``).
+    PyTorch's default for ``nn.Linear`` (uniform in ``±1/sqrt(fan_in)``), or N(0, init_std²)
+    for every weight with zero biases when ``init_std`` is set.
 
     References:
         Prieto, Barsbey, Mediano, Birdal. Grokking at the Edge of Numerical Stability.
@@ -89,11 +90,14 @@ class MLP(ModelSpec):
     bias: bool = True  # whether the linear layers have biases (the grokking MLP has none)
     activation: Activation = "relu"  # nonlinearity after each hidden layer
     batch_norm: bool = False  # BatchNorm1d after each hidden linear layer, before activation
+    init_std: float | None = None  # N(0, init_std²) for every weight (None: torch's default)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(self.hidden))  # a YAML list becomes a tuple
         if any(width < 1 for width in self.hidden):
             raise ValueError(f"hidden widths must be >= 1, got {self.hidden}")
+        if self.init_std is not None and self.init_std <= 0:
+            raise ValueError(f"init_std must be > 0 or null, got {self.init_std}")
         if self.activation not in get_args(Activation):
             raise ValueError(
                 f"activation must be one of {', '.join(get_args(Activation))}, "
@@ -101,6 +105,13 @@ class MLP(ModelSpec):
             )
 
     def build(self, input: InputSpec, num_classes: int) -> nn.Module:
-        return mlp_network(
+        network = mlp_network(
             input, num_classes, self.hidden, self.bias, self.activation, self.batch_norm
         )
+        if self.init_std is not None:  # after the default init, so the RNG use is the same
+            for module in network.modules():
+                if isinstance(module, nn.Linear):
+                    nn.init.normal_(module.weight, std=self.init_std)
+                    if module.bias is not None:
+                        nn.init.zeros_(module.bias)
+        return network

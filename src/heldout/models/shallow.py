@@ -12,7 +12,7 @@ from heldout.models.base import ModelSpec
 from heldout.registry import MODELS
 from heldout.tasks.base import InputSpec
 
-__all__ = ["FixedReadoutNetwork", "FixedReadoutReLU"]
+__all__ = ["FixedReadoutNetwork", "FixedReadoutReLU", "ScaledQuadratic", "ScaledQuadraticNetwork"]
 
 
 class FixedReadoutNetwork(nn.Module):
@@ -62,3 +62,51 @@ class FixedReadoutReLU(ModelSpec):
             raise ValueError(f"fixed_readout is a binary classifier; the task has "
                              f"{num_classes} classes")
         return FixedReadoutNetwork(math.prod(input.shape), self.width, self.init_std)
+
+
+class ScaledQuadraticNetwork(nn.Module):
+    """f(x) = α · (1/N) Σ_i φ(w_i · x / √D), φ(h) = h + (ε/2) h², with w_i ~ N(0, I) trained
+    and no readout weights: the output scale α sets how lazy training is."""
+
+    def __init__(self, in_features: int, width: int, alpha: float, epsilon: float,
+                 outputs: int) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(in_features, width * outputs, bias=False)
+        nn.init.normal_(self.hidden.weight, std=1.0)
+        self.alpha, self.epsilon, self.width, self.outputs = alpha, epsilon, width, outputs
+        self.scale = 1.0 / math.sqrt(in_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.hidden(x.flatten(1)) * self.scale
+        phi = h + 0.5 * self.epsilon * h * h
+        return self.alpha * phi.view(len(x), self.outputs, self.width).mean(dim=-1)
+
+
+@MODELS.register(
+    "scaled_quadratic",
+    summary="Two-layer net f = α·mean_i φ(w_i·x/√D), φ(h) = h + εh²/2: α sets lazy vs rich "
+    "training.",
+    papers=(11,),
+)
+@dataclass(frozen=True)
+class ScaledQuadratic(ModelSpec):
+    """The model of Kumar et al., "Grokking as the Transition from Lazy to Rich Training
+    Dynamics" (arXiv:2310.06110), as in their notebooks: a large output scale α keeps training
+    near the initial kernel (lazy); a small one forces the features to move (rich). Train it
+    with learning rate ∝ N/α² so that the function moves at the same speed for every α."""
+
+    width: int = 500  # N, hidden units
+    alpha: float = 1.0  # α, the output scale
+    epsilon: float = 0.25  # ε, the weight of the quadratic part of φ
+
+    def __post_init__(self) -> None:
+        if self.width < 1:
+            raise ValueError(f"width must be >= 1, got {self.width}")
+        if self.alpha <= 0:
+            raise ValueError(f"alpha must be > 0, got {self.alpha}")
+
+    def build(self, input: InputSpec, num_classes: int) -> nn.Module:
+        if input.kind != "continuous":
+            raise ValueError("scaled_quadratic takes continuous inputs, not token inputs")
+        return ScaledQuadraticNetwork(math.prod(input.shape), self.width, self.alpha,
+                                      self.epsilon, num_classes)

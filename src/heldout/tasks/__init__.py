@@ -7,6 +7,7 @@ from heldout.tasks.base import InputSpec, Split, Splits, Task
 from heldout.tasks.digits import Digits
 from heldout.tasks.mnist1d import MNIST1D
 from heldout.tasks.modular import ModularArithmetic, modular_table
+from heldout.tasks.regression import SingleIndexQuadratic
 from heldout.tasks.xor import XORClusters
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "Digits",
     "InputSpec",
     "ModularArithmetic",
+    "SingleIndexQuadratic",
     "Split",
     "Splits",
     "Task",

@@ -60,7 +60,11 @@ class Split:
 
 @dataclass(frozen=True)
 class Splits:
-    """The splits of a task plus what a model needs to know to consume them."""
+    """The splits of a task plus what a model needs to know to consume them.
+
+    Classification tasks have integer targets and ``num_classes`` classes; regression tasks
+    have float targets of shape ``(N, num_classes)`` (``num_classes`` outputs).
+    """
 
     train: Split
     val: Split
@@ -74,6 +78,10 @@ class Splits:
         if name not in self.names:
             raise KeyError(f"unknown split {name!r}; valid splits: {', '.join(self.names)}")
         return getattr(self, name)
+
+    @property
+    def regression(self) -> bool:
+        return self.train.y.is_floating_point()
 
     def items(self) -> list[tuple[str, Split]]:
         return [(n, self[n]) for n in self.names if len(self[n])]
