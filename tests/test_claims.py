@@ -68,3 +68,8 @@ def test_lazy_rich_grokking_ci_scale(store):
 def test_lazy_rich_grokking_full(store):
     verdict = CLAIMS.build("lazy-rich-grokking").run([0], store)
     assert verdict.verdict == "holds", verdict.numbers
+
+
+def test_ipr_pruning_removes_memorization(store):
+    verdict = CLAIMS.build("ipr-pruning-memorization").run([0], store)
+    assert verdict.verdict == "holds", verdict.numbers

@@ -97,10 +97,16 @@ def _assert_same(a, b):
         assert a == b
 
 
+# Cheaper settings for the costliest measures (their defaults are exercised in their own tests)
+MEASURE_PARAMS = {"hessian": {"iterations": 10, "samples": 10}}
+
+
 @pytest.mark.parametrize("name", MEASURES.names())
 def test_measure_computes_finite_values_deterministically(name, tmp_path):
     cfg = tiny_config(f"measures=accuracy,loss,{name}" if name not in ("accuracy", "loss")
                       else "measures=accuracy,loss", "steps=3")
+    cfg = parse_overrides(cfg, [f"measures.{name}.{k}={v}"
+                                for k, v in MEASURE_PARAMS.get(name, {}).items()])
     a = execute(cfg, Store(tmp_path / "a")).metrics
     b = execute(cfg, Store(tmp_path / "b")).metrics
     assert a == b

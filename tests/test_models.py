@@ -316,3 +316,26 @@ def test_mse_to_one_hot_by_hand():
     targets = torch.tensor([0, 1])
     # entries minus one-hot: (-0.5, 0, 1) and (0, 1, 0) -> mean of squares over 6 entries
     assert float(mse_to_one_hot(logits, targets)) == pytest.approx((0.25 + 1 + 1) / 6)
+
+
+def test_token_linear_supports_double_backward():
+    from heldout.models.layers import TokenLinear
+
+    torch.manual_seed(0)
+    layer = TokenLinear(2, 5, 3).double()
+    tokens = torch.tensor([[1, 4], [0, 0], [2, 3]])
+    one_hot = torch.nn.functional.one_hot(tokens, 5).reshape(3, 10).double()
+
+    def loss(weight, use_tokens):
+        out = (torch.nn.functional.linear(one_hot, weight, layer.bias) if not use_tokens
+               else torch.func.functional_call(layer, {"weight": weight, "bias": layer.bias},
+                                               (tokens,)))
+        return out.pow(3).sum()
+
+    w = layer.weight.detach().clone().requires_grad_(True)
+    v = torch.randn_like(w)
+    hvps = []
+    for use_tokens in (True, False):
+        g = torch.autograd.grad(loss(w, use_tokens), w, create_graph=True)[0]
+        hvps.append(torch.autograd.grad((g * v).sum(), w)[0])
+    torch.testing.assert_close(hvps[0], hvps[1])

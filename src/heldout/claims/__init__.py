@@ -10,16 +10,22 @@ from heldout.claims.grokking import (
     grokking_config,
 )
 from heldout.claims.lazy_rich import LazyRichGrokking, lazy_rich_config, time_to_fraction
+from heldout.claims.memorization import (
+    IPRPruningRemovesMemorization,
+    corrupted_modular_config,
+)
 
 __all__ = [
     "Claim",
     "GrokkingNLMAlignment",
+    "IPRPruningRemovesMemorization",
     "LazyRichGrokking",
     "PerpAdamWGeneralizes",
     "SoftmaxCollapseMechanism",
     "Verdict",
     "XORBenignOverfitting",
     "collapse_margins",
+    "corrupted_modular_config",
     "grokking_config",
     "lazy_rich_config",
     "record",

@@ -44,6 +44,14 @@ class TensorBatches:
     def batches_per_epoch(self) -> int:
         return 1 if self.batch_size is None else -(-self.n // self.batch_size)
 
+    def sizes(self) -> dict[str, int]:
+        return {"batch_size": self.batch_size or self.n, "train_size": self.n,
+                "steps_per_epoch": self.batches_per_epoch}
+
+    @property
+    def tensors(self) -> tuple[Tensor, Tensor]:
+        return self.x, self.y
+
     def _epoch_order(self) -> Tensor:
         if self._order is None:
             gen = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) % 2**63)
@@ -78,6 +86,15 @@ class LoaderBatches:
         self.index = 0
         self._iterator: Iterator | None = None
         self._epoch_rng: Tensor | None = None
+
+    def sizes(self) -> dict[str, int | None]:
+        dataset = getattr(self.loader, "dataset", None)
+        try:
+            n = len(dataset) if dataset is not None else None  # type: ignore[arg-type]
+            steps = len(self.loader)
+        except TypeError:  # an iterable-style dataset has no length
+            n, steps = None, None
+        return {"batch_size": self.loader.batch_size, "train_size": n, "steps_per_epoch": steps}
 
     def _start_epoch(self) -> None:
         self._epoch_rng = torch.get_rng_state()

@@ -12,6 +12,7 @@ Events reference — the whole loop as pseudocode (see ``Trainer.fit`` for the r
             optimizer.zero_grad()
             logits = model(x)
             loss = technique.loss(logits, y, state)  # the one loss technique, else the default CE
+            loss += technique.loss_term(logits, y, state)   # every added term, in list order
             loss.backward()
             AFTER_BACKWARD                           # on_after_backward, in list order
             return loss

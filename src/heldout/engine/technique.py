@@ -29,6 +29,7 @@ TOUCHES = {
     "step": "replaces the optimizer step strategy, may call the closure again (wrap_optimizer)",
     "optimizer": "changes the base optimizer's hyper-parameters (wrap_optimizer)",
     "loss": "replaces the training loss (loss)",
+    "loss_term": "adds a term to the training loss (loss_term)",
     "after_step": "acts after each optimizer step (on_after_step)",
     "eval_model": "supplies the weights that evaluation uses (eval_model)",
     "batch": "changes or selects the batch (on_batch_start)",
@@ -44,7 +45,8 @@ class CombinationError(ValueError):
 class Technique:
     """Base class of the registered techniques. Subclasses are dataclasses.
 
-    Hooks (all optional): ``transform_model``, ``wrap_optimizer``, ``loss``, ``eval_model``,
+    Hooks (all optional): ``transform_model``, ``wrap_optimizer``, ``loss``, ``loss_term``,
+    ``eval_model``,
     and the event hooks ``on_fit_start``, ``on_batch_start``, ``on_after_backward``,
     ``on_after_step``, ``on_eval``, ``on_fit_end``. State that must survive a resume goes
     through ``state_dict`` / ``load_state_dict`` (tensors and plain Python values only).
@@ -64,6 +66,9 @@ class Technique:
         return optimizer
 
     def loss(self, logits: Tensor, targets: Tensor, state: State) -> Tensor:
+        raise NotImplementedError
+
+    def loss_term(self, logits: Tensor, targets: Tensor, state: State) -> Tensor:
         raise NotImplementedError
 
     def eval_model(self, state: State) -> nn.Module | None:

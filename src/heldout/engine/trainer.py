@@ -74,7 +74,11 @@ class State:
     optimizer: Any
     max_steps: int
     batch_size: int | None = None  # examples per step (the whole set for full batch)
+    train_size: int | None = None  # examples in the training set, when known
+    steps_per_epoch: int | None = None  # optimizer steps per pass over the training set
     step: int = 0
+    epoch: int = 0  # passes over the training set completed before the current batch
+    train_data: tuple[Tensor, Tensor] | None = None  # the training tensors, when given as such
     batch: Batch | None = None
     loss: Tensor | None = None
     metrics: dict[str, float] = field(default_factory=dict)
@@ -124,6 +128,7 @@ class Trainer:
             base = technique.wrap_optimizer(base, self.model)
         self.optimizer = base
         self.loss_technique = next((t for t in self.techniques if "loss" in t.touches), None)
+        self.loss_terms = [t for t in self.techniques if "loss_term" in t.touches]
         self.loss_fn = loss_fn
         self.batches = make_batches(train, batch_size, seed, self.device)
         self.eval_data = dict(eval_data or {})
@@ -137,10 +142,8 @@ class Trainer:
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
         self.loggers = list(loggers)
         self.history: list[tuple[int, dict[str, float]]] = []
-        self.state = State(self.model, self.optimizer, max_steps,
-                           batch_size=getattr(self.batches, "batch_size", None)
-                           or getattr(self.batches, "n", None)
-                           or getattr(getattr(self.batches, "loader", None), "batch_size", None))
+        self.state = State(self.model, self.optimizer, max_steps, **self.batches.sizes(),
+                           train_data=getattr(self.batches, "tensors", None))
         self.state.acted = {
             e.value: [t.name for t in self.techniques if _overrides(t, e.value)] for e in Event
         }
@@ -165,6 +168,7 @@ class Trainer:
             return loss
 
         while state.step < state.max_steps:
+            state.epoch = self.batches.epoch
             state.batch = next(self.batches)
             self._fire(Event.BATCH_START)
             loss = optimizer.step(closure)
@@ -187,8 +191,12 @@ class Trainer:
     # ------------------------------------------------------------------------ pieces
     def _loss(self, logits: Tensor, targets: Tensor) -> Tensor:
         if self.loss_technique is not None:
-            return self.loss_technique.loss(logits, targets, self.state)
-        return self.loss_fn(logits, targets)
+            loss = self.loss_technique.loss(logits, targets, self.state)
+        else:
+            loss = self.loss_fn(logits, targets)
+        for technique in self.loss_terms:
+            loss = loss + technique.loss_term(logits, targets, self.state)
+        return loss
 
     def _fire(self, event: Event, *args: Any) -> None:
         techniques = reversed(self.techniques) if event in REVERSED_EVENTS else self.techniques

@@ -2,6 +2,7 @@
 
 from heldout.measures.alignment import GradientWeightAlignment, gradient_weight_cosine
 from heldout.measures.base import EvalContext, Measure, evaluate
+from heldout.measures.bounds import OccamBound, kl_inverse, occam_bound, tightness_report
 from heldout.measures.calibration import (
     ECE,
     Calibration,
@@ -19,11 +20,22 @@ from heldout.measures.collapse import (
 from heldout.measures.complexity import LocalComplexity, local_complexity
 from heldout.measures.concepts import ConceptFrequency, log_linear_fit, long_tail_split
 from heldout.measures.groups import GroupAccuracy, group_accuracies, group_metrics
+from heldout.measures.inductive_bias import InductiveBias, estimate_inductive_bias
 from heldout.measures.information import (
     InformationPlane,
     binned_information,
     kde_information,
     ksg_mutual_information,
+)
+from heldout.measures.norms import (
+    DistanceFromInit,
+    Margin,
+    Norms,
+    PacBayesFlatness,
+    fold_batch_norm,
+    norm_measures,
+    pac_bayes_sigma,
+    path_norm,
 )
 from heldout.measures.performance import (
     Accuracy,
@@ -33,14 +45,39 @@ from heldout.measures.performance import (
     generalization_gap,
 )
 from heldout.measures.periodicity import NeuronIPR, fourier_ipr, neuron_ipr, prune_by_ipr
+from heldout.measures.ranking import granulated_kendall, kendall_tau, rank_measures
 from heldout.measures.representation import (
     RepresentationDivergence,
     gaussian_kl,
     representation_divergence,
     sliced_wasserstein,
 )
+from heldout.measures.sharpness import Hessian, Sharpness, hessian_top_eigenvalue, hessian_trace
+from heldout.measures.sharpness import sharpness as sharpness_value
 
 __all__ = [
+    "DistanceFromInit",
+    "InductiveBias",
+    "Margin",
+    "Norms",
+    "OccamBound",
+    "PacBayesFlatness",
+    "estimate_inductive_bias",
+    "fold_batch_norm",
+    "granulated_kendall",
+    "kendall_tau",
+    "kl_inverse",
+    "norm_measures",
+    "occam_bound",
+    "pac_bayes_sigma",
+    "path_norm",
+    "rank_measures",
+    "tightness_report",
+    "Hessian",
+    "Sharpness",
+    "hessian_top_eigenvalue",
+    "hessian_trace",
+    "sharpness_value",
     "ConceptFrequency",
     "InformationPlane",
     "LocalComplexity",

@@ -1,17 +1,17 @@
-"""Explicit regularizers: weight decay as a technique (the grokking baseline)."""
+"""Explicit regularizers: weight decay (the grokking baseline) and entropy bonus/penalty (#1)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from heldout.engine.technique import Technique
 from heldout.registry import TECHNIQUES
 
-__all__ = ["WeightDecay"]
+__all__ = ["EntropyRegularization", "WeightDecay", "entropy", "entropy_regularization"]
 
 
 @TECHNIQUES.register(
@@ -43,3 +43,64 @@ class WeightDecay(Technique):
                 )
             group["weight_decay"] = self.weight_decay
         return optimizer
+
+
+def entropy(logits: Tensor, dim: int = -1) -> Tensor:
+    """H(softmax(z)) = logsumexp(z) − Σ_c softmax(z)_c z_c, per row (in nats)."""
+    return torch.logsumexp(logits, dim=dim) - (torch.softmax(logits, dim=dim) * logits).sum(dim)
+
+
+def entropy_regularization(logits: Tensor, coefficient: float,
+                           mode: Literal["bonus", "penalty"] = "bonus",
+                           mask: Tensor | None = None) -> Tensor:
+    """The term to ADD to a loss that is minimized: −c·H̄ for a bonus (encourages entropy,
+    exploration), +c·H̄ for a penalty (encourages confident predictions).
+
+    H̄ is the mean entropy over rows; for token sequences (logits of shape (..., T, V)) pass
+    ``mask`` (shape (..., T), 1 for real tokens) and H̄ is the masked token mean, as in the
+    verl code of 1-shot RLVR, which subtracts c_ent·H̄ from its loss (c_ent = 0.001).
+
+    Example:
+        >>> z = torch.zeros(2, 4)  # uniform: H = log 4
+        >>> round(float(entropy_regularization(z, 0.5, "bonus")), 4)  # -0.5 * log 4
+        -0.6931
+
+    References:
+        Reinforcement Learning for Reasoning in Large Language Models with One Training
+        Example (arXiv:2504.20571).
+    """
+    h = entropy(logits.float())
+    if mask is None:
+        mean = h.mean()
+    else:
+        mask = mask.to(h.dtype)
+        mean = (h * mask).sum() / mask.sum().clamp_min(1.0)
+    sign = -1.0 if mode == "bonus" else 1.0
+    return sign * coefficient * mean
+
+
+@TECHNIQUES.register(
+    "entropy_reg",
+    summary="Entropy bonus or penalty added to the loss (explicit sign convention; token "
+    "means for sequences).",
+    papers=(1,),
+    search_space={"coefficient": ("log_uniform", 1e-4, 1e-1)},
+)
+@dataclass
+class EntropyRegularization(Technique):
+    """Add :func:`entropy_regularization` of the training logits to the loss."""
+
+    coefficient: float = 0.001  # c_ent (1-shot RLVR's default)
+    mode: Literal["bonus", "penalty"] = "bonus"  # bonus: loss − c·H; penalty: loss + c·H
+
+    touches = frozenset({"loss_term"})
+
+    def __post_init__(self) -> None:
+        if self.coefficient < 0:
+            raise ValueError(f"coefficient must be >= 0 (choose the sign with mode), got "
+                             f"{self.coefficient}")
+        if self.mode not in ("bonus", "penalty"):
+            raise ValueError(f"mode must be 'bonus' or 'penalty', got {self.mode!r}")
+
+    def loss_term(self, logits: Tensor, targets: Tensor, state) -> Tensor:
+        return entropy_regularization(logits, self.coefficient, self.mode)

@@ -11,6 +11,27 @@ from torch import Tensor, nn
 __all__ = ["Activation", "Square", "TokenLinear", "activation_module"]
 
 
+class _GatherSum(torch.autograd.Function):
+    """out[b] = Σ_p rows[index[b, p]] through ``F.embedding_bag`` (fast), with a backward made
+    of differentiable ops, so Hessian-vector products (double backward) work; embedding_bag's
+    own backward cannot be differentiated again."""
+
+    @staticmethod
+    def forward(ctx, rows: Tensor, index: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(index)
+        ctx.num_rows = rows.shape[0]
+        return F.embedding_bag(index, rows, mode="sum")
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        (index,) = ctx.saved_tensors
+        batch, positions = index.shape
+        spread = grad_output.unsqueeze(1).expand(batch, positions, grad_output.shape[1])
+        grad_rows = grad_output.new_zeros(ctx.num_rows, grad_output.shape[1]).index_add(
+            0, index.reshape(-1), spread.reshape(batch * positions, -1))
+        return grad_rows, None
+
+
 class TokenLinear(nn.Linear):
     """A linear layer on one-hot tokens, computed as a sum of looked-up weight columns.
 
@@ -57,7 +78,7 @@ class TokenLinear(nn.Linear):
         if index.dim() == 2 and not torch._C._functorch.is_functorch_wrapped_tensor(index):
             if index.device.type == "cpu" and not bool(valid.all()):  # free on the CPU
                 raise IndexError(f"token out of range [0, {self.vocab})")
-            output = F.embedding_bag(index, rows, mode="sum")  # fused gather-and-sum
+            output = _GatherSum.apply(rows, index)  # fused gather-and-sum
         else:  # extra batch dimensions, or under torch.func transforms (vmap has no
             # batching rule for embedding_bag)
             output = F.embedding(index, rows).sum(dim=-2)
