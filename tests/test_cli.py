@@ -110,3 +110,29 @@ def test_measure_command_stores_post_hoc_measures(tmp_path, capsys):
     assert main(["--home", home, "measure", run_id, "--measure", "ece", "--split",
                  "nope"]) == 2
     assert "unknown split 'nope'" in capsys.readouterr().err
+
+
+def test_measure_rank_by_hand(tmp_path, capsys):
+    home = str(tmp_path / "h")
+    for lr in ("0.001", "0.01", "0.1"):
+        assert main(["--home", home, "run", *TINY, f"optimizer.lr={lr}"]) == 0
+    store = Store(tmp_path / "h")
+    ids = [r.id for r in store.runs()]
+    capsys.readouterr()
+    assert main(["--home", home, "measure", "rank", *ids, "--measure", "train/loss",
+                 "--measure", "test/ece", "--axis", "optimizer.lr"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["measure", "runs", "tau", "psi"]
+    finals = [store.final_metrics(i) for i in ids]
+    gaps, losses = [f["gap/accuracy"] for f in finals], [f["train/loss"] for f in finals]
+    # Kendall tau-a over the 3 pairs, by hand
+    concordance = sum(
+        (1 if (losses[i] - losses[j]) * (gaps[i] - gaps[j]) > 0 else -1
+         if (losses[i] - losses[j]) * (gaps[i] - gaps[j]) < 0 else 0)
+        for i in range(3) for j in range(i + 1, 3)
+    ) / 3
+    row = next(line for line in out if line.startswith("train/loss"))
+    assert float(row.split()[2]) == pytest.approx(concordance, abs=1e-3)
+    assert main(["--home", home, "measure", "rank", ids[0], "--measure", "x"]) == 2
+    assert main(["--home", home, "measure", "rank", *ids, "--measure", "test/nope"]) == 2
+    assert "no run has test/nope" in capsys.readouterr().err

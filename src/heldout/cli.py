@@ -9,6 +9,7 @@
     heldout flagship [--steps N] [--out DIR]
     heldout report RUN ... [--out DIR]
     heldout measure RUN --measure NAME [--split S] [--set k=v]
+    heldout measure rank RUN RUN ... --measure KEY [--gap KEY] [--axis CONFIG.KEY]
 
 Config mistakes (unknown key or name, wrong type) print one line and exit with status 2.
 """
@@ -89,10 +90,17 @@ def _parser() -> argparse.ArgumentParser:
     flagship.add_argument("--out", default="heldout-report")
 
     measure = sub.add_parser("measure", help="compute a measure post hoc on a run's last "
-                             "checkpoint and store it on the run")
-    measure.add_argument("run")
+                             "checkpoint and store it on the run; or `measure rank RUN ...`")
+    measure.add_argument("run", help="a run id, or `rank` followed by run ids")
+    measure.add_argument("rank_runs", nargs="*", help=argparse.SUPPRESS)
+    measure.add_argument("--gap", default="gap/accuracy", help="rank: the generalization gap "
+                         "metric (default gap/accuracy)")
+    measure.add_argument("--axis", action="append", dest="axes", default=[],
+                         help="rank: a hyper-parameter (dotted config key, e.g. optimizer.lr) "
+                         "for the granulated Kendall coefficient (repeat)")
     measure.add_argument("--measure", action="append", dest="measures", required=True,
-                         help="a registered measure (repeat for several)")
+                         help="a registered measure (repeat); rank: a metric key such as "
+                         "train/sharpness")
     measure.add_argument("--split", action="append", dest="splits",
                          help="a split (repeat; default: all)")
     measure.add_argument("--set", action="append", dest="params", default=[],
@@ -255,6 +263,12 @@ def _cmd_measure(args: argparse.Namespace, store: Store) -> int:
     from heldout.config import check_components
     from heldout.runner import measure_run
 
+    if args.run == "rank":
+        return _rank(args, store)
+    if args.rank_runs:
+        raise UsageError(f"unexpected arguments {args.rank_runs}; to rank runs by measures "
+                         "use `heldout measure rank RUN RUN ... --measure KEY`")
+
     if args.params and len(args.measures) != 1:
         raise UsageError("--set applies to one measure; give a single --measure")
     params = {}
@@ -270,6 +284,46 @@ def _cmd_measure(args: argparse.Namespace, store: Store) -> int:
     except (KeyError, FileNotFoundError) as err:
         raise UsageError(str(err.args[0] if isinstance(err, KeyError) else err)) from None
     _print_metrics(metrics)
+    return 0
+
+
+def _config_value(config: dict, dotted: str) -> object:
+    node: object = config
+    for part in dotted.split("."):
+        if isinstance(node, list):  # techniques / measures: find by name
+            node = next((c for c in node if c.get("name") == part), None)
+        elif isinstance(node, dict):
+            node = node.get(part)
+        if node is None:
+            raise UsageError(f"--axis {dotted}: no such config key in the runs")
+    return node
+
+
+def _rank(args: argparse.Namespace, store: Store) -> int:
+    from heldout.measures.ranking import rank_measures
+
+    if len(args.rank_runs) < 2:
+        raise UsageError("measure rank needs at least two runs")
+    try:
+        records = [store.get_run(r) for r in args.rank_runs]
+    except KeyError as err:
+        raise UsageError(str(err.args[0])) from None
+    rows = []
+    for record in records:
+        row: dict = dict(store.final_metrics(record.id))
+        for axis in args.axes:
+            row[axis] = _config_value(record.config, axis)
+        rows.append(row)
+    missing = [k for k in [*args.measures, args.gap] if not any(k in r for r in rows)]
+    if missing:
+        known = sorted({k for r in rows for k in r if "/" in k})
+        raise UsageError(f"no run has {', '.join(missing)}; metrics available: "
+                         f"{', '.join(known)}")
+    table = rank_measures(rows, args.measures, args.gap, args.axes)
+    print(f"{'measure':<32} {'runs':>5} {'tau':>8}" + ("   psi" if args.axes else ""))
+    for row in table:  # an undefined coefficient (too few runs, ties) prints as nan
+        line = f"{row['measure']:<32} {row['n_runs']:>5} {row['tau']:>8.3f}"
+        print(line + (f" {row['psi']:>6.3f}" if args.axes else ""))
     return 0
 
 
