@@ -12,6 +12,11 @@ from heldout.measures.calibration import (
     reliability_diagram,
     risk_coverage,
 )
+from heldout.measures.coherence import (
+    GradientCoherence,
+    m_coherence,
+    per_example_gradients,
+)
 from heldout.measures.collapse import (
     SoftmaxCollapse,
     softmax_collapse,
@@ -27,6 +32,7 @@ from heldout.measures.information import (
     kde_information,
     ksg_mutual_information,
 )
+from heldout.measures.kernel import NTKAlignment, empirical_ntk, kernel_alignment
 from heldout.measures.norms import (
     DistanceFromInit,
     Margin,
@@ -37,6 +43,7 @@ from heldout.measures.norms import (
     pac_bayes_sigma,
     path_norm,
 )
+from heldout.measures.outliers import OpposingSignals, opposing_signals
 from heldout.measures.performance import (
     Accuracy,
     GeneralizationGap,
@@ -56,6 +63,14 @@ from heldout.measures.sharpness import Hessian, Sharpness, hessian_top_eigenvalu
 from heldout.measures.sharpness import sharpness as sharpness_value
 
 __all__ = [
+    "GradientCoherence",
+    "NTKAlignment",
+    "OpposingSignals",
+    "empirical_ntk",
+    "kernel_alignment",
+    "m_coherence",
+    "opposing_signals",
+    "per_example_gradients",
     "DistanceFromInit",
     "InductiveBias",
     "Margin",
