@@ -73,3 +73,30 @@ def test_lazy_rich_grokking_full(store):
 def test_ipr_pruning_removes_memorization(store):
     verdict = CLAIMS.build("ipr-pruning-memorization").run([0], store)
     assert verdict.verdict == "holds", verdict.numbers
+
+
+def test_sharpness_correlation_protocol_ci_scale(store):
+    """The CI-sized population (8 runs): every run done, τ finite, verdict by the rule."""
+    from heldout.measures.ranking import kendall_tau
+
+    claim = CLAIMS.build("sharpness-weak-correlation")
+    verdict = claim.run([0], store, scale="ci")
+    numbers = verdict.numbers["seed0"]
+    assert numbers["runs"] == 8 and len(store.runs("done")) == 8
+    rows = numbers["population"]
+    tau = kendall_tau([r["sharpness"] for r in rows], [r["gap"] for r in rows])
+    assert tau == pytest.approx(numbers["tau_sharpness_gap"])
+    expected = ("holds" if abs(tau) < claim.weak else
+                "does not hold" if abs(tau) >= claim.strong else "inconclusive")
+    assert verdict.verdict == expected
+
+
+def test_coherence_real_vs_random_one_seed(store):
+    verdict = CLAIMS.build("coherence-real-vs-random").run([0], store)
+    assert verdict.verdict == "holds", verdict.numbers
+
+
+@pytest.mark.claims
+def test_coherence_real_vs_random_three_seeds(store):
+    verdict = CLAIMS.build("coherence-real-vs-random").run([0, 1, 2], store)
+    assert verdict.verdict == "holds", verdict.numbers

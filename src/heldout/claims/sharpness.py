@@ -60,6 +60,7 @@ class SharpnessWeaklyCorrelated(Claim):
                  "with generalization across training settings; it rather follows training "
                  "parameters such as the learning rate.")
     steps: int = 1500  # SGD steps per run
+    ci_steps: int = 500  # SGD steps per run at scale="ci"
     weak: float = 0.4  # |τ| below this: weak correlation
     strong: float = 0.6  # |τ| at or above this: strong correlation
 
@@ -68,11 +69,12 @@ class SharpnessWeaklyCorrelated(Claim):
     def run(self, seeds: Sequence[int], store: Store, *, scale: str = "full",
             progress: bool = False) -> Verdict:
         grid_scale = "ci" if scale == "ci" else "full"
+        steps = self.ci_steps if scale == "ci" else self.steps
         numbers, run_ids, taus = {}, [], []
         for seed in seeds:
             rows = []
-            for cfg in sharpness_population(seed, grid_scale, self.steps):
-                final = self.execute(cfg, store, progress)[self.steps]
+            for cfg in sharpness_population(seed, grid_scale, steps):
+                final = self.execute(cfg, store, progress)[steps]
                 rows.append({"lr": cfg.optimizer.lr, "sharpness": final["train/sharpness"],
                              "gap": final["gap/accuracy"],
                              "test_error": 1 - final["test/accuracy"]})
