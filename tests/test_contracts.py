@@ -14,19 +14,31 @@ from heldout.store import Store
 from .conftest import tiny_config
 
 # Parameters that make a component fast or applicable in a tiny run; defaults otherwise.
-TECHNIQUE_PARAMS = {"ghost_bn": {"ghost_batch_size": 4}}
+TECHNIQUE_PARAMS = {
+    "ghost_bn": {"ghost_batch_size": 4},
+    "gbnn": {"lbfgs_iterations": 5},
+}
+# Techniques that need another task or model than the tiny modular MLP
+TECHNIQUE_SETTING = {
+    "mix_ln": ["model=transformer", "task.p=11", "model.d_model=16", "model.n_heads=2",
+               "model.n_layers=4"],
+    "gbnn": ["task=moons", "task.n_train=40", "task.n_val=10", "task.n_test=20",
+             "model=gbnn_units", "model.max_units=12"],
+}
 TASK_PARAMS = {
     "modular": {"p": 11},
     "xor_clusters": {"dim": 20, "n_train": 40, "n_test": 40, "n_val": 10},
     "mnist1d": {"num_samples": 400},
     "digits": {},
     "single_index": {"dim": 10, "n_train": 30, "n_val": 5, "n_test": 20},
+    "moons": {"n_train": 40, "n_val": 10, "n_test": 20},
 }
 
 
 def technique_config(name, *extra):
     params = TECHNIQUE_PARAMS.get(name, {})
-    cfg = tiny_config("model.batch_norm=true", "batch_size=16", f"techniques={name}", *extra)
+    cfg = tiny_config("model.batch_norm=true", "batch_size=16", f"techniques={name}",
+                      *TECHNIQUE_SETTING.get(name, []), *extra)
     return parse_overrides(cfg, [f"techniques.{name}.{k}={v}" for k, v in params.items()])
 
 

@@ -2,6 +2,7 @@
 
 from heldout.claims.base import Claim, Verdict, record, seed_vote
 from heldout.claims.benign import XORBenignOverfitting, xor_config
+from heldout.claims.boosting import GBNNTruncation, gbnn_configs
 from heldout.claims.coherence import CoherenceRealVsRandom, coherence_config
 from heldout.claims.grokking import (
     GrokkingNLMAlignment,
@@ -10,19 +11,25 @@ from heldout.claims.grokking import (
     collapse_margins,
     grokking_config,
 )
+from heldout.claims.large_batch import LargeBatchGapCloses, large_batch_configs
 from heldout.claims.lazy_rich import LazyRichGrokking, lazy_rich_config, time_to_fraction
 from heldout.claims.memorization import (
     IPRPruningRemovesMemorization,
     corrupted_modular_config,
 )
 from heldout.claims.sharpness import SharpnessWeaklyCorrelated, sharpness_population
+from heldout.claims.training_tricks import HardBatchesEffect, PSKDCalibration, mnist1d_mlp_config
 
 __all__ = [
     "Claim",
     "CoherenceRealVsRandom",
+    "GBNNTruncation",
     "GrokkingNLMAlignment",
+    "HardBatchesEffect",
     "IPRPruningRemovesMemorization",
+    "LargeBatchGapCloses",
     "LazyRichGrokking",
+    "PSKDCalibration",
     "PerpAdamWGeneralizes",
     "SharpnessWeaklyCorrelated",
     "SoftmaxCollapseMechanism",
@@ -31,8 +38,11 @@ __all__ = [
     "coherence_config",
     "collapse_margins",
     "corrupted_modular_config",
+    "gbnn_configs",
     "grokking_config",
+    "large_batch_configs",
     "lazy_rich_config",
+    "mnist1d_mlp_config",
     "record",
     "seed_vote",
     "sharpness_population",

@@ -1,7 +1,26 @@
 """Techniques that change training: pure functions and wrappers, plus their Trainer adapters."""
 
 from heldout.methods._wrapper import OptimizerWrapper
+from heldout.methods.architecture import (
+    GradNormReport,
+    MixLN,
+    MuP,
+    apply_mix_ln,
+    layer_gradient_norms,
+    mix_ln_norms,
+    mup_init_,
+    mup_param_groups,
+)
 from heldout.methods.averaging import EMA, ExponentialMovingAverage, ema_update
+from heldout.methods.boosting import (
+    GBNN,
+    BoostedUnits,
+    BoostingStep,
+    StackedUnits,
+    fit_stage,
+    keep_first_units,
+    newton_step,
+)
 from heldout.methods.distill import PSKD, pskd_alpha, pskd_targets, soft_cross_entropy
 from heldout.methods.gradients import PerpendicularGradient, PerpGrad, perpendicular_gradient
 from heldout.methods.losses import (
@@ -31,8 +50,45 @@ from heldout.methods.schedules import (
 )
 from heldout.methods.selection import HardBatches, select_hard_batches
 from heldout.methods.sharpness import SAM, SharpnessAware, preserve_batchnorm_stats
+from heldout.methods.soups import (
+    SWA,
+    GaussianAveraging,
+    MagnitudePruning,
+    average_state_dicts,
+    gaussian_average,
+    greedy_soup,
+    magnitude_prune_mask,
+    recompute_batchnorm_stats,
+    sparse_model_soup,
+    uniform_soup,
+)
 
 __all__ = [
+    "SWA",
+    "GaussianAveraging",
+    "MagnitudePruning",
+    "average_state_dicts",
+    "gaussian_average",
+    "greedy_soup",
+    "magnitude_prune_mask",
+    "recompute_batchnorm_stats",
+    "sparse_model_soup",
+    "uniform_soup",
+    "GradNormReport",
+    "MixLN",
+    "MuP",
+    "apply_mix_ln",
+    "layer_gradient_norms",
+    "mix_ln_norms",
+    "mup_init_",
+    "mup_param_groups",
+    "GBNN",
+    "BoostedUnits",
+    "BoostingStep",
+    "StackedUnits",
+    "fit_stage",
+    "keep_first_units",
+    "newton_step",
     "PSKD",
     "EntropyRegularization",
     "HardBatches",

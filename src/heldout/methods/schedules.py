@@ -171,4 +171,4 @@ class BatchLRScaling(Technique):
                 group["unscaled_lr"] = group["lr"]
                 group["lr"] = sqrt_batch_scaling(group["lr"], state.batch_size,
                                                  self.base_batch_size)
-                group.setdefault("initial_lr", group["lr"])
+                group["initial_lr"] = group["lr"]  # a schedule starts from the scaled lr

@@ -8,13 +8,16 @@ from heldout.tasks.digits import Digits
 from heldout.tasks.mnist1d import MNIST1D
 from heldout.tasks.modular import ModularArithmetic, modular_table
 from heldout.tasks.regression import SingleIndexQuadratic
+from heldout.tasks.tabular import BreastCancer, Moons
 from heldout.tasks.xor import XORClusters
 
 __all__ = [
     "MNIST1D",
+    "BreastCancer",
     "Digits",
     "InputSpec",
     "ModularArithmetic",
+    "Moons",
     "SingleIndexQuadratic",
     "Split",
     "Splits",

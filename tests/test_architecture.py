@@ -1,0 +1,393 @@
+"""Mix-LN (#36), the per-layer gradient-norm report and µP (#54) against hand-written oracles.
+
+``heldout.methods.architecture`` is imported inside the tests (the ``arch`` fixture), not at
+module level: importing it registers ``mix_ln``, ``grad_norm_report`` and ``mup``, and a
+registration during collection would hand them to the registry-wide contract tests, whose
+tiny MLP config cannot host Mix-LN (it needs ``model=transformer``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from heldout.config import parse_overrides
+from heldout.engine import Technique, Trainer
+from heldout.models.mlp import mlp_network
+from heldout.models.transformer import TransformerNetwork
+from heldout.runner import execute
+from heldout.store import Store
+from heldout.tasks.base import InputSpec
+
+from .conftest import tiny_config
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def arch():
+    return importlib.import_module("heldout.methods.architecture")
+
+
+TOKENS = InputSpec("tokens", (3,), vocab=7)
+
+
+def transformer(norms, d_model=16, seed=0):
+    torch.manual_seed(seed)
+    return TransformerNetwork(TOKENS, 7, norms=norms, d_model=d_model, n_heads=2)
+
+
+def mlp(hidden, seed=0, in_dim=16, classes=10):
+    torch.manual_seed(seed)
+    return mlp_network(InputSpec("continuous", (in_dim,)), classes, hidden=tuple(hidden))
+
+
+# ============================================================================ Mix-LN
+
+
+def test_mix_ln_norms_by_hand(arch):
+    assert arch.mix_ln_norms(4) == ("post", "pre", "pre", "pre")
+    assert arch.mix_ln_norms(8) == ("post", "post", "pre", "pre", "pre", "pre", "pre", "pre")
+    assert arch.mix_ln_norms(12) == ("post",) * 3 + ("pre",) * 9  # the paper's 3 of 12
+    assert arch.mix_ln_norms(24, 0.25).count("post") == 6  # and 6 of 24
+    assert arch.mix_ln_norms(6, 0.25) == ("post", "pre", "pre", "pre", "pre", "pre")  # ⌊1.5⌋
+    assert arch.mix_ln_norms(3, 0.0) == ("pre",) * 3
+    assert arch.mix_ln_norms(3, 1.0) == ("post",) * 3
+    assert arch.mix_ln_norms(100, 0.29).count("post") == 29  # 0.29·100 = 28.999… in floats
+    with pytest.raises(ValueError, match="post_ln_ratio"):
+        arch.mix_ln_norms(4, 1.5)
+
+
+def _post(block, x):
+    h = block.attention_norm(x + block.attention(x))
+    return block.feedforward_norm(h + block.feedforward(h))
+
+
+def _pre(block, x):
+    h = x + block.attention(block.attention_norm(x))
+    return h + block.feedforward(block.feedforward_norm(h))
+
+
+def test_apply_mix_ln_blocks_compute_post_then_pre(arch):
+    net = arch.apply_mix_ln(transformer(("pre",) * 8), 0.25)
+    assert [b.norm for b in net.blocks] == ["post"] * 2 + ["pre"] * 6
+    x = torch.randn(5, 3, 16)
+    with torch.no_grad():
+        for block, expected in zip(net.blocks, ["post"] * 2 + ["pre"] * 6, strict=True):
+            own, other = (_post, _pre) if expected == "post" else (_pre, _post)
+            torch.testing.assert_close(block(x), own(block, x))
+            assert not torch.allclose(block(x), other(block, x), atol=1e-3)
+
+
+@pytest.mark.parametrize("start", ["pre", "post"])
+def test_apply_mix_ln_matches_a_network_built_with_those_norms(arch, start):
+    built = transformer(arch.mix_ln_norms(4))  # post, pre, pre, pre: final LayerNorm kept
+    net = arch.apply_mix_ln(transformer((start,) * 4), 0.25)
+    assert isinstance(net.final_norm, nn.LayerNorm)
+    assert net.state_dict().keys() == built.state_dict().keys()
+    net.load_state_dict(built.state_dict())
+    x = torch.randint(0, 7, (6, 3))
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), built(x))
+    all_post = arch.apply_mix_ln(transformer(("pre",) * 2), 1.0)
+    assert isinstance(all_post.final_norm, nn.Identity)  # a post-LN block ends in a norm
+
+
+def test_mix_ln_refuses_models_without_transformer_blocks(arch):
+    with pytest.raises(TypeError, match="TransformerBlock"):
+        arch.apply_mix_ln(mlp([8]))
+    with pytest.raises(TypeError, match="model=transformer"):
+        arch.MixLN().transform_model(nn.Linear(2, 2))
+
+
+def _hand_norm(module):
+    return math.sqrt(sum(float(p.grad.double().pow(2).sum()) for p in module.parameters()
+                         if p.grad is not None))
+
+
+def test_layer_gradient_norms_by_hand(arch):
+    net = transformer(("post", "pre", "pre"))
+    F.cross_entropy(net(torch.randint(0, 7, (8, 3))), torch.randint(0, 7, (8,))).backward()
+    norms = arch.layer_gradient_norms(net)
+    assert sorted(norms) == ["block0", "block1", "block2"]
+    for i, block in enumerate(net.blocks):
+        assert norms[f"block{i}"] == pytest.approx(_hand_norm(block), rel=1e-5)
+    plain = mlp([8, 8])
+    plain(torch.randn(4, 16)).sum().backward()
+    assert set(arch.layer_gradient_norms(plain)) == {"linear1", "linear2", "head"}
+    assert arch.layer_gradient_norms(plain)["head"] == pytest.approx(_hand_norm(plain.head))
+
+
+class _Probe(Technique):
+    """Records hand-computed block gradient norms after every backward pass."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_after_backward(self, state):
+        self.seen.append((state.step, [_hand_norm(b) for b in state.model.blocks]))
+
+
+def test_mix_ln_reports_grad_norms_at_each_evaluation(arch):
+    torch.manual_seed(0)
+    x, y = torch.randint(0, 7, (16, 3)), torch.randint(0, 7, (16,))
+    probe = _Probe()
+    net = transformer(("pre",) * 4)
+
+    def adam(params):
+        return torch.optim.Adam(params, lr=1e-3)
+
+    trainer = Trainer(net, adam, (x, y), max_steps=4, eval_every=2,
+                      eval_data={"train": (x, y)}, techniques=[arch.MixLN(), probe])
+    history = trainer.fit()
+    assert [b.norm for b in net.blocks] == ["post", "pre", "pre", "pre"]
+    steps = dict(history)
+    assert not any(k.startswith("grad_norm/") for k in steps[0])  # no gradient yet
+    for step in (2, 4):
+        hand = dict(probe.seen)[step - 1]  # the backward of the step before the evaluation
+        for i in range(4):
+            assert steps[step][f"grad_norm/block{i}"] == pytest.approx(hand[i], rel=1e-5)
+    # SAM calls the closure twice per step: the report keeps the first (unperturbed) gradient
+    from heldout.methods.sharpness import SharpnessAware
+
+    probe = _Probe()
+    history = Trainer(transformer(("pre",) * 2), adam, (x, y), max_steps=2, eval_every=2,
+                      eval_data={"train": (x, y)},
+                      techniques=[arch.GradNormReport(), probe, SharpnessAware(rho=0.5)]).fit()
+    first, second = [norms for step, norms in probe.seen if step == 1]
+    assert history[-1][1]["grad_norm/block1"] == pytest.approx(first[1], rel=1e-5)
+    assert first[1] != pytest.approx(second[1], rel=1e-3)
+    quiet = arch.MixLN(report_grad_norms=False)
+    history = Trainer(transformer(("pre",) * 2), adam, (x, y), max_steps=2, eval_every=2,
+                      eval_data={"train": (x, y)}, techniques=[quiet]).fit()
+    assert not any(k.startswith("grad_norm/") for k in history[-1][1])
+
+
+# ============================================================================ µP
+
+BASE, WIDTH, LR = 64, 256, 0.01  # m = 4
+
+
+def _lrs(optimizer):
+    return {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+
+
+# µP's per-parameter learning-rate factor, written out for base width 64 → hidden (256, 512):
+# m = 4 for the first hidden width, 8 for the second. MuReadout head (the technique's form).
+HAND_LR = {
+    "adam": {"linear1.weight": 1, "linear1.bias": 1,     # input weight, vector: lr
+             "linear2.weight": 1 / 4, "linear2.bias": 1,  # hidden: lr / m_in
+             "head.weight": 1, "head.bias": 1},           # MuReadout: lr (effective lr/8)
+    "sgd": {"linear1.weight": 4, "linear1.bias": 4,     # input, vector: lr · m
+            "linear2.weight": 8 / 4, "linear2.bias": 8,  # hidden: lr · m_out / m_in
+            "head.weight": 8, "head.bias": 1},           # MuReadout: lr · m_in; output bias
+}
+
+
+def test_mup_parameter_classes_and_multipliers(arch):
+    net = mlp([WIDTH, 2 * WIDTH])
+    info = arch.mup_parameters(net, arch.mlp_base_shapes(net, BASE))
+    assert {n: i.kind for n, i in info.items()} == {
+        "linear1.weight": "input", "linear1.bias": "vector", "linear2.weight": "hidden",
+        "linear2.bias": "vector", "head.weight": "output", "head.bias": "fixed"}
+    assert (info["linear2.weight"].fan_in_mult, info["linear2.weight"].fan_out_mult) == (4, 8)
+    assert info["linear1.weight"].width_mult == 4 and info["head.weight"].width_mult == 8
+    # the same classes from a base model (the mup package's base/target comparison)
+    from_model = arch.mup_parameters(net, mlp([BASE, 2 * BASE]))
+    assert {n: i.kind for n, i in from_model.items()} == {n: i.kind for n, i in info.items()}
+    assert from_model["linear2.weight"].fan_in_mult == 4
+
+
+@pytest.mark.parametrize("rule", ["adam", "sgd"])
+def test_mup_param_groups_plain_readout_follow_table_3(arch, rule):
+    """A plain Linear readout takes Table 3's output rule: lr / m_in for Adam and for SGD."""
+    net = mlp([WIDTH, WIDTH])
+    groups = arch.mup_param_groups(net, arch.mlp_base_shapes(net, BASE), LR, rule,
+                                   weight_decay=0.1)
+    lr_of = {id(p): (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
+    hand = {"adam": {"linear1.weight": 1, "linear1.bias": 1, "linear2.weight": 1 / 4,
+                     "linear2.bias": 1, "head.weight": 1 / 4, "head.bias": 1},
+            "sgd": {"linear1.weight": 4, "linear1.bias": 4, "linear2.weight": 1,
+                    "linear2.bias": 4, "head.weight": 1 / 4, "head.bias": 1}}[rule]
+    for name, p in net.named_parameters():
+        lr, wd = lr_of[id(p)]
+        assert lr == pytest.approx(LR * hand[name]), name
+        assert wd == pytest.approx(0.1 / hand[name]), name  # lr·wd unchanged (mup's rule)
+    assert sum(len(g["params"]) for g in groups) == 6
+
+
+def test_mup_init_scales_by_hand(arch):
+    net = mlp([WIDTH, WIDTH])
+    shapes = arch.mlp_base_shapes(net, BASE)
+    assert arch.mu_readout(net, shapes, output_mult=2.0) == 1
+    arch.mup_init_(net, shapes, init_std=1.5)
+    std = {n: float(p.detach().std()) for n, p in net.named_parameters()}
+    assert std["linear1.weight"] == pytest.approx(1.5 / math.sqrt(16), rel=0.05)
+    assert std["linear2.weight"] == pytest.approx(1.5 / math.sqrt(WIDTH), rel=0.02)
+    assert std["head.weight"] == pytest.approx(1.5 / math.sqrt(BASE), rel=0.05)  # constant
+    for layer in ("linear1", "linear2", "head"):
+        assert float(net.get_submodule(layer).bias.detach().abs().max()) == 0
+    head = net.head
+    assert isinstance(head, arch.MuReadout) and head.width_mult == 4 and head.output_mult == 2
+    h = torch.randn(3, WIDTH)
+    torch.testing.assert_close(head(h), h @ head.weight.T * 2 / 4 + head.bias)
+    # effective readout std σ·√base/fan_in ∝ 1/fan_in, as a plain head gets it directly
+    plain = mlp([WIDTH, WIDTH])
+    arch.mup_init_(plain, arch.mlp_base_shapes(plain, BASE), init_std=1.5)
+    assert float(plain.head.weight.detach().std()) == pytest.approx(1.5 * 8 / WIDTH, rel=0.05)
+    zero = mlp([WIDTH])
+    arch.mup_init_(zero, arch.mlp_base_shapes(zero, BASE), readout_zero_init=True)
+    assert float(zero.head.weight.detach().abs().max()) == 0
+
+
+@pytest.mark.parametrize("rule", ["adam", "sgd"])
+def test_mu_readout_form_equals_table_3_form(arch, rule):
+    """MuReadout (W' stored, forward ×1/m, lr as the table's ``output (Mu)`` row) and a plain
+    readout (W = W'/m, lr/m) are the same network before and after training steps."""
+    torch.manual_seed(0)
+    mu, plain = mlp([WIDTH]), mlp([WIDTH])
+    shapes = arch.mlp_base_shapes(mu, BASE)
+    arch.mu_readout(mu, shapes)
+    for net in (mu, plain):
+        torch.manual_seed(1)
+        arch.mup_init_(net, shapes)
+    torch.testing.assert_close(plain.head.weight, mu.head.weight / 4)
+    x, y = torch.randn(32, 16), torch.randint(0, 10, (32,))
+    optimizers = []
+    for net in (mu, plain):
+        groups = arch.mup_param_groups(net, shapes, 0.05, rule)
+        cls = torch.optim.Adam if rule == "adam" else torch.optim.SGD
+        optimizers.append(cls(groups, lr=0.05))
+    for _ in range(3):
+        for net, opt in zip((mu, plain), optimizers, strict=True):
+            opt.zero_grad()
+            F.cross_entropy(net(x), y).backward()
+            opt.step()
+    torch.testing.assert_close(mu(x), plain(x), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(mu.head.weight, plain.head.weight)
+
+
+@pytest.mark.parametrize("rule,base_cls", [("adam", torch.optim.Adam), ("sgd", torch.optim.SGD)])
+def test_mup_technique_builds_the_hand_written_groups_in_the_trainer(arch, rule, base_cls):
+    net = mlp([WIDTH, 2 * WIDTH])
+    names = {id(p): n for n, p in net.named_parameters()}
+    x, y = torch.randn(8, 16), torch.randint(0, 10, (8,))
+    trainer = Trainer(net, lambda params: base_cls(params, lr=LR), (x, y), max_steps=1,
+                      eval_data={}, measures=[], techniques=[arch.MuP(base_width=BASE)])
+    lrs = _lrs(trainer.optimizer)
+    assert {names[i]: lr / LR for i, lr in lrs.items()} == pytest.approx(HAND_LR[rule])
+    assert isinstance(trainer.model.head, arch.MuReadout) and trainer.model.head.width_mult == 8
+    assert float(trainer.model.linear1.bias.detach().abs().max()) == 0  # re-initialized
+    trainer.fit()  # and it trains
+    explicit = arch.MuP(base_width=BASE, optimizer_rule="sgd")  # a rule overrides the class
+    trainer = Trainer(mlp([WIDTH, 2 * WIDTH]), lambda params: torch.optim.Adam(params, lr=LR),
+                      (x, y), max_steps=1, eval_data={}, measures=[], techniques=[explicit])
+    got = {n: g["lr"] / LR for g in trainer.optimizer.param_groups for p in g["params"]
+           for n, q in trainer.model.named_parameters() if q is p}
+    assert got == pytest.approx(HAND_LR["sgd"])
+
+
+def test_mup_refuses_unknown_optimizers_and_models(arch):
+    with pytest.raises(TypeError, match="optimizer_rule"):
+        arch.MuP().wrap_optimizer(torch.optim.LBFGS(mlp([8]).parameters()), mlp([8]))
+    with pytest.raises(TypeError, match="MLP"):
+        arch.MuP().transform_model(transformer(("pre",)))
+
+
+def _coordinate_change(arch, width, mup, rule, lr, steps=3):
+    """Mean |Δ logit| after ``steps`` steps on one fixed batch (the mup package's coordinate
+    check records the mean |coordinate| of each layer over the first few steps)."""
+    net = mlp([width, width])
+    if mup:
+        shapes = arch.mlp_base_shapes(net, BASE)
+        arch.mu_readout(net, shapes)
+        arch.mup_init_(net, shapes)
+        groups = arch.mup_param_groups(net, shapes, lr, rule)
+    else:
+        groups = [{"params": list(net.parameters()), "lr": lr}]
+    opt = torch.optim.Adam(groups) if rule == "adam" else torch.optim.SGD(groups, lr=lr)
+    generator = torch.Generator().manual_seed(1)
+    x, y = torch.randn(32, 16, generator=generator), torch.randint(0, 10, (32,),
+                                                                    generator=generator)
+    with torch.no_grad():
+        before = net(x)
+    for _ in range(steps):
+        opt.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+    with torch.no_grad():
+        return float((net(x) - before).abs().mean())
+
+
+@pytest.mark.parametrize("rule,lr", [("adam", 1e-2), ("sgd", 0.1)])
+def test_coordinate_check_logit_updates_stay_order_one_under_mup_only(arch, rule, lr):
+    """Widths 64, 256, 1024 (×4, ×16): under µP the logits move by the same order of
+    magnitude at every width; under the standard parametrization (torch's init, one lr) the
+    move grows with width (∝ width in the limit)."""
+    mup = [_coordinate_change(arch, w, True, rule, lr) for w in (64, 256, 1024)]
+    sp = [_coordinate_change(arch, w, False, rule, lr) for w in (64, 256, 1024)]
+    assert all(0.5 < m / mup[0] < 2 for m in mup[1:]), mup
+    assert sp[1] / sp[0] > 2 and sp[2] / sp[0] > 6, sp
+
+
+# ============================================================================ heldout runs
+
+
+def _interrupted_and_straight_runs_agree(cfg, tmp_path, monkeypatch):
+    """As tests/test_contracts.py::test_technique_resume_is_exact: break after step 9."""
+    straight = Store(tmp_path / "straight")
+    execute(cfg, straight)
+    broken = Store(tmp_path / "broken")
+    original = Trainer._evaluate
+
+    def interrupt(self):
+        original(self)
+        if self.state.step == 9:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_evaluate", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        execute(cfg, broken)
+    monkeypatch.setattr(Trainer, "_evaluate", original)
+    result = execute(cfg, broken)
+    assert result.resumed_from == 8
+    assert broken.metrics(cfg.identity) == straight.metrics(cfg.identity)
+    return straight.metrics(cfg.identity)
+
+
+def test_mix_ln_runs_in_heldout_and_resumes_exactly(arch, tmp_path, monkeypatch):
+    cfg = tiny_config("model=transformer", "task.p=11", "model.d_model=16", "model.n_heads=2",
+                      "model.n_layers=4", "techniques=mix_ln")
+    rows = _interrupted_and_straight_runs_agree(cfg, tmp_path, monkeypatch)
+    keys = {key for step, key, _ in rows if step == 12}
+    assert {f"grad_norm/block{i}" for i in range(4)} <= keys
+    assert all(math.isfinite(value) for _, _, value in rows)
+
+
+def test_grad_norm_report_runs_on_an_mlp(arch, tmp_path):
+    cfg = tiny_config("model.hidden=[16,16]", "techniques=grad_norm_report", "steps=3")
+    metrics = execute(cfg, Store(tmp_path)).metrics
+    assert {"grad_norm/linear1", "grad_norm/linear2", "grad_norm/head"} <= set(metrics)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_mup_runs_in_heldout_and_resumes_exactly(arch, tmp_path, monkeypatch, optimizer):
+    cfg = tiny_config("model=mlp", "model.hidden=[32,32]", f"optimizer.name={optimizer}",
+                      "techniques=mup")
+    cfg = parse_overrides(cfg, ["techniques.mup.base_width=16"])
+    rows = _interrupted_and_straight_runs_agree(cfg, tmp_path, monkeypatch)
+    assert all(math.isfinite(value) for _, _, value in rows)
+    without = parse_overrides(cfg, ["techniques=[]"])
+    standard = execute(without, Store(tmp_path / "sp")).metrics
+    assert standard != Store(tmp_path / "straight").final_metrics(cfg.identity)
