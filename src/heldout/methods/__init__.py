@@ -38,6 +38,12 @@ from heldout.methods.regularization import (
     entropy,
     entropy_regularization,
 )
+from heldout.methods.robust import (
+    RobustMeanGradients,
+    median_of_means,
+    running_median,
+    winsorized_mean,
+)
 from heldout.methods.schedules import (
     BatchLRScaling,
     LRSchedule,
@@ -50,6 +56,14 @@ from heldout.methods.schedules import (
 )
 from heldout.methods.selection import HardBatches, select_hard_batches
 from heldout.methods.sharpness import SAM, SharpnessAware, preserve_batchnorm_stats
+from heldout.methods.sharpness_family import (
+    ASAM,
+    TRAM,
+    UDIM,
+    AdaptiveSharpnessAware,
+    TrustRegionAware,
+    UnknownDomainInconsistency,
+)
 from heldout.methods.soups import (
     SWA,
     GaussianAveraging,
@@ -64,6 +78,16 @@ from heldout.methods.soups import (
 )
 
 __all__ = [
+    "ASAM",
+    "TRAM",
+    "UDIM",
+    "AdaptiveSharpnessAware",
+    "RobustMeanGradients",
+    "TrustRegionAware",
+    "UnknownDomainInconsistency",
+    "median_of_means",
+    "running_median",
+    "winsorized_mean",
     "SWA",
     "GaussianAveraging",
     "MagnitudePruning",

@@ -1,0 +1,138 @@
+"""Per-step cost of ASAM, TRAM, UDIM and robust-mean gradients against a plain SGD step.
+
+Setting: an MLP 40-256-256-10 (heldout.models.MLP, ReLU, no BatchNorm) on random data
+(4000 x 40 features, 10 classes), minibatches of 128, SGD with momentum, one torch thread.
+
+Sides (each trains its own copy of the same initial model on the same batch sequence):
+  plain   the closure (forward, cross-entropy, backward), then SGD;
+  asam    ASAM(rho=0.5, eta=0.01): two forward-backward passes;
+  tram    TRAM(logit_scale=1, previous-iterate target): two passes + a no-grad target forward;
+  udim    UDIM after its warm-up: a double-backward pass for the input perturbation and e, the
+          SAM pass, a forward of 2 x 128 rows with per-example last-layer gradients and the
+          penalty's backward;
+  robust  robust-mean gradients (winsorized, c = 0.1): the closure plus per-example gradients
+          of all 77k parameters (vmap(grad), chunks of 64) and the per-coordinate winsorized
+          mean, as the Trainer runs it (on_after_backward).
+
+Steps are interleaved one by one (the order of the sides rotates each step) so that load from
+other processes hits all sides alike; each round sums ``--steps`` steps per side. Ratio = side
+step time / plain step time, median over rounds.
+
+Run: ``PYTHONPATH=src .venv/bin/python bench/wrapper_cost.py [--rounds 5 --steps 30]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from heldout.methods.robust import RobustMeanGradients
+from heldout.methods.sharpness_family import ASAM, TRAM, UDIM
+from heldout.models import MLP
+from heldout.tasks.base import InputSpec
+
+Step = Callable[[Tensor, Tensor], None]
+
+
+def sgd(model: nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+
+
+def side(model: nn.Module, wrap: Callable[[torch.optim.Optimizer, nn.Module], Any] | None,
+         after_backward: Callable[[Any], None] | None = None) -> Step:
+    opt = sgd(model) if wrap is None else wrap(sgd(model), model)
+    batch: list = [None]
+
+    def closure() -> Tensor:
+        opt.zero_grad(set_to_none=True)
+        x, y = batch[0]
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        if after_backward is not None:
+            after_backward(SimpleNamespace(model=model, batch=(x, y, None)))
+        return loss
+
+    def step(x: Tensor, y: Tensor) -> None:
+        batch[0] = (x, y)
+        if isinstance(opt, UDIM):
+            opt.set_batch(x, y)
+        opt.step(closure)
+
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=30, help="steps per side per round")
+    parser.add_argument("--n", type=int, default=4000)
+    parser.add_argument("--features", type=int, default=40)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+
+    gen = torch.Generator().manual_seed(args.seed)
+    x = torch.randn(args.n, args.features, generator=gen)
+    y = torch.randint(0, 10, (args.n,), generator=gen)
+    order = torch.randperm(args.n, generator=gen)
+    batches = [(x[idx], y[idx]) for idx in order.split(args.batch_size)
+               if len(idx) == args.batch_size]
+    torch.manual_seed(args.seed)
+    model = MLP(hidden=(256, 256)).build(InputSpec("continuous", (args.features,)), 10)
+    print(f"MLP {args.features}-256-256-10: {sum(p.numel() for p in model.parameters())} "
+          f"parameters, batch {args.batch_size}")
+
+    robust = RobustMeanGradients(estimator="winsorized", clip_fraction=0.1)
+    builders: dict[str, Callable[[nn.Module], Step]] = {
+        "plain": lambda m: side(m, None),
+        "asam": lambda m: side(m, lambda o, mm: ASAM(o, rho=0.5, eta=0.01, model=mm)),
+        "tram": lambda m: side(m, lambda o, mm: TRAM(o, mm, logit_scale=1.0)),
+        "udim": lambda m: side(m, lambda o, mm: UDIM(o, mm, rho=0.05, input_step=0.005)),
+        "robust": lambda m: side(m, None, robust.on_after_backward),
+    }
+    sides = {name: build(copy.deepcopy(model)) for name, build in builders.items()}
+    names = list(sides)
+    for i in range(3):  # warm-up
+        for name in names:
+            sides[name](*batches[i % len(batches)])
+    per_round: dict[str, list[float]] = {name: [] for name in names}
+    cursor = 0
+    for _ in range(args.rounds):
+        totals = dict.fromkeys(names, 0.0)
+        for i in range(args.steps):
+            xb, yb = batches[cursor % len(batches)]
+            cursor += 1
+            shift = i % len(names)
+            for name in names[shift:] + names[:shift]:
+                start = time.perf_counter()
+                sides[name](xb, yb)
+                totals[name] += time.perf_counter() - start
+        for name in names:
+            per_round[name].append(totals[name] / args.steps)
+
+    print(f"{args.rounds} rounds x {args.steps} steps per side")
+    print(f"{'side':>8} {'ms/step':>9} {'ratio median':>13} {'min':>7} {'max':>7}")
+    ratios = {}
+    for name in names:
+        r = [a / b for a, b in zip(per_round[name], per_round["plain"], strict=True)]
+        ratios[name] = statistics.median(r)
+        print(f"{name:>8} {1e3 * statistics.median(per_round[name]):>9.3f} "
+              f"{ratios[name]:>13.3f} {min(r):>7.3f} {max(r):>7.3f}")
+    print("RESULT wrapper_cost " + " ".join(f"{name}={ratios[name]:.2f}"
+                                            for name in names if name != "plain"))
+
+
+if __name__ == "__main__":
+    main()

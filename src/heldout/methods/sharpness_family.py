@@ -1,0 +1,738 @@
+"""The sharpness family beyond SAM: ASAM, TRAM and UDIM, each an optimizer wrapper built on
+:class:`~heldout.methods.sharpness.SAM`'s machinery (scaled gradient norm, the move to w + e
+and back, BatchNorm statistics frozen after the first pass), plus its Trainer adapter.
+
+* **ASAM** rescales the ball by T_w = |w| + η, but only for weight-like parameters (the
+  official rule: the parameter's name contains ``"weight"``), so biases are perturbed as in
+  SAM and the sharpness of a ReLU network is invariant to rescaling its layers.
+* **TRAM** sets SAM's radius from function space: ρ_t = logit_scale · D(target ‖ current),
+  the divergence between the softmax of a "parameter target" (initial weights, previous
+  iterate or an EMA) and of the current model on the batch; then e = ρ_t g/‖g‖.
+* **UDIM** perturbs the inputs towards an "unknown domain", takes a SAM step from the clean
+  data and adds the gradient of an inconsistency penalty on the last layer's per-example
+  gradients (clean vs perturbed inputs).
+
+BatchNorm pitfall (as for SAM): every extra forward pass would move the running statistics
+again. Each wrapper lets the first, unperturbed pass update them and runs its other passes
+with the statistics frozen (pass ``preserve_batchnorm=False`` to turn that off).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+
+from heldout.engine.technique import Technique
+from heldout.methods.sharpness import SAM, preserve_batchnorm_stats
+from heldout.registry import TECHNIQUES
+
+__all__ = [
+    "ASAM",
+    "TRAM",
+    "UDIM",
+    "AdaptiveSharpnessAware",
+    "TrustRegionAware",
+    "UnknownDomainInconsistency",
+    "inconsistency_penalty",
+    "logit_divergence",
+    "per_example_linear_gradients",
+    "udim_input_perturbation",
+]
+
+Divergence = Literal["forward", "reverse", "symmetric"]
+InputNormalization = Literal["batch", "example"]
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode for the duration; every module's own flag is restored afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, mode in modes:
+            module.training = mode
+
+
+def _trainable(optimizer: torch.optim.Optimizer) -> list[Tensor]:
+    return [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+
+
+# =========================================================================== ASAM
+
+
+class ASAM(SAM):
+    """Adaptive SAM around any base optimizer: e = ρ T² g / ‖T g‖ with T = diag(|w| + η) for
+    weight-like parameters and T = I for the others (biases).
+
+    A parameter is weight-like when its name in ``model`` contains ``"weight"`` (the official
+    code's rule, so BatchNorm's γ is rescaled and biases are not). Without ``model`` the names
+    are unknown and every parameter is rescaled (davda54's ``adaptive=True`` convention). With
+    η = 0, rescaling a ReLU layer by c and the next by 1/c rescales e by the same factors, so
+    the perturbed function, and the sharpness ASAM minimizes, is unchanged.
+
+    Use ``step(closure)`` as for :class:`~heldout.methods.sharpness.SAM` (two forward-backward
+    passes; ``model`` also freezes the BatchNorm statistics in the second).
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+        >>> opt = ASAM(torch.optim.SGD(model.parameters(), lr=0.1), rho=0.5, model=model)
+        >>> x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+        >>> def closure():
+        ...     opt.zero_grad(); loss = F.cross_entropy(model(x), y); loss.backward()
+        ...     return loss
+        >>> loss = opt.step(closure)
+
+    References:
+        ASAM: Adaptive Sharpness-Aware Minimization for Scale-Invariant Learning of Deep
+        Neural Networks (arXiv:2102.11600); official code SamsungLabs/ASAM (``asam.py``).
+    """
+
+    def __init__(
+        self,
+        base: torch.optim.Optimizer,
+        rho: float = 0.5,
+        eta: float = 0.01,
+        model: nn.Module | None = None,
+        preserve_batchnorm: bool = True,
+    ) -> None:
+        if eta < 0:
+            raise ValueError(f"eta must be >= 0, got {eta}")
+        super().__init__(base, rho, adaptive=True, eta=eta,
+                         model=model if preserve_batchnorm else None)
+        self.model = model
+        self._unscaled = set() if model is None else {
+            id(p) for name, p in model.named_parameters() if "weight" not in name
+        }
+
+    def _scales(self, group: dict, params: list[Tensor]) -> list[Tensor]:
+        """T = |w| + η for weight-like parameters, 1 for the others (SAM's scale hook)."""
+        scales = super()._scales(group, params)
+        for scale, p in zip(scales, params, strict=True):
+            if id(p) in self._unscaled:
+                scale.fill_(1.0)
+        return scales
+
+
+@TECHNIQUES.register(
+    "asam",
+    summary="Adaptive SAM: a rho-ball scaled by |w| + eta on the weights, invariant to "
+    "rescaling the layers of a ReLU network.",
+    search_space={"rho": ("log_uniform", 0.05, 2.0)},
+    references=(
+        "ASAM: Adaptive Sharpness-Aware Minimization for Scale-Invariant Learning of Deep "
+        "Neural Networks (arXiv:2102.11600)",
+    ),
+)
+@dataclass
+class AdaptiveSharpnessAware(Technique):
+    """Wrap the optimizer in :class:`ASAM` (two forward-backward passes per step)."""
+
+    rho: float = 0.5  # radius (official README: 0.5 on CIFAR-10, 1.0 on CIFAR-100)
+    eta: float = 0.01  # added to |w| in T_w (official class default)
+    preserve_batchnorm: bool = True  # keep BN statistics from the second pass out
+
+    touches = frozenset({"step"})
+
+    def __post_init__(self) -> None:
+        if self.rho < 0 or self.eta < 0:
+            raise ValueError(f"rho and eta must be >= 0, got rho={self.rho}, eta={self.eta}")
+
+    def wrap_optimizer(self, optimizer: torch.optim.Optimizer, model: nn.Module) -> Any:
+        return ASAM(optimizer, self.rho, self.eta, model, self.preserve_batchnorm)
+
+
+# =========================================================================== TRAM
+
+
+def logit_divergence(target_logits: Tensor, logits: Tensor, kind: Divergence = "forward") -> Tensor:
+    """Divergence between the softmax distributions of two sets of logits, in float32.
+
+    With P = softmax(target_logits) and Q = softmax(logits) row by row (the last dimension
+    holds the classes; other dimensions are rows): ``"forward"`` is KL(P ‖ Q) (target to
+    current), ``"reverse"`` KL(Q ‖ P), ``"symmetric"`` their sum. Each KL is summed over
+    classes and averaged over rows.
+
+    Example:
+        >>> p = torch.tensor([[0.0, 0.0]]); q = torch.tensor([[0.0, 0.0]])
+        >>> logit_divergence(p, q)
+        tensor(0.)
+
+    References:
+        TRAM: Bridging Trust Regions and Sharpness Aware Minimization (arXiv:2310.03646).
+        The official ``kl.py`` averages over batch × classes and divides by the batch size
+        once more; here the KL is per row (per example), so ``logit_scale`` is per-example.
+    """
+    if kind not in get_args(Divergence):
+        raise ValueError(f"unknown divergence {kind!r}; valid: {', '.join(get_args(Divergence))}")
+    classes = logits.shape[-1]
+    log_p = F.log_softmax(target_logits.reshape(-1, classes).float(), dim=-1)
+    log_q = F.log_softmax(logits.reshape(-1, classes).float(), dim=-1)
+
+    def kl(log_a: Tensor, log_b: Tensor) -> Tensor:  # KL(A ‖ B)
+        return F.kl_div(log_b, log_a, log_target=True, reduction="batchmean")
+
+    if kind == "forward":
+        return kl(log_p, log_q)
+    if kind == "reverse":
+        return kl(log_q, log_p)
+    return kl(log_p, log_q) + kl(log_q, log_p)
+
+
+class TRAM(SAM):
+    """Trust Region Aware Minimization around any base optimizer.
+
+    One step: (1) the closure's forward-backward gives g and the logits z at w; (2) the
+    target weights give z̃ on the same inputs (no gradient, eval mode, as the official
+    ``ParameterHistoryTarget``); (3) ρ_t = ``logit_scale`` · D(softmax z̃ ‖ softmax z)
+    (:func:`logit_divergence`); (4) the target absorbs the weights w of this step:
+    target ← decay · target + (1 − decay) · w; (5) e = ρ_t g/‖g‖ (ρ_t T²g/‖Tg‖ with
+    ``adaptive``), a second forward-backward at w + e, back to w, base step.
+
+    ``target_decay`` picks the target: 1 keeps the weights the wrapper was built with (the
+    initial or pre-trained model, TRAM-θ₀); 0 gives the previous iterate (TRAM-θ_{t−1}: at
+    step t the target holds w_{t−1}); in (0, 1) an EMA of past iterates. Buffers (BatchNorm
+    statistics) are averaged too; integer buffers are copied.
+
+    No change to the closure is needed: a forward hook on ``model`` records the inputs and
+    output of the closure's forward pass (its last call of ``model``). The output must be
+    the logits. ``last_radius`` holds ρ_t of the last step.
+
+    Example:
+        >>> model = nn.Linear(3, 2)
+        >>> opt = TRAM(torch.optim.SGD(model.parameters(), lr=0.1), model, logit_scale=1.0)
+        >>> x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+        >>> def closure():
+        ...     opt.zero_grad(); loss = F.cross_entropy(model(x), y); loss.backward()
+        ...     return loss
+        >>> loss = opt.step(closure)
+
+    References:
+        TRAM: Bridging Trust Regions and Sharpness Aware Minimization (arXiv:2310.03646);
+        official code tomsherborne/tram_optimizer (its ``first_step`` never multiplies e by
+        the gradient; here e = ρ_t g/‖g‖ as in the paper).
+    """
+
+    def __init__(
+        self,
+        base: torch.optim.Optimizer,
+        model: nn.Module,
+        logit_scale: float = 1.0,
+        divergence: Divergence = "forward",
+        target_decay: float = 0.0,
+        adaptive: bool = False,
+        preserve_batchnorm: bool = True,
+    ) -> None:
+        if logit_scale < 0:
+            raise ValueError(f"logit_scale must be >= 0, got {logit_scale}")
+        if not 0.0 <= target_decay <= 1.0:
+            raise ValueError(f"target_decay must be in [0, 1], got {target_decay}")
+        if divergence not in get_args(Divergence):
+            raise ValueError(f"unknown divergence {divergence!r}; valid: "
+                             f"{', '.join(get_args(Divergence))}")
+        super().__init__(base, rho=0.0, adaptive=adaptive, eta=0.0,
+                         model=model if preserve_batchnorm else None)
+        self.model = model
+        self.logit_scale = logit_scale
+        self.divergence = divergence
+        self.target_decay = target_decay
+        self.target = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.last_radius: Tensor | None = None
+
+    @torch.no_grad()
+    def target_logits(self, *args: Any, **kwargs: Any) -> Tensor:
+        """The target weights' output on the given model inputs (eval mode, no gradient)."""
+        with _eval_mode(self.model):
+            return functional_call(self.model, self.target, args, kwargs)
+
+    @torch.no_grad()
+    def update_target(self) -> None:
+        """target ← decay · target + (1 − decay) · current weights and buffers."""
+        if self.target_decay == 1.0:
+            return
+        for name, value in self.model.state_dict().items():
+            kept = self.target[name]
+            if kept.is_floating_point():
+                kept.lerp_(value, 1.0 - self.target_decay)
+            else:
+                kept.copy_(value)
+
+    @torch.no_grad()
+    def first_step(self, radius: Tensor | float = 0.0,  # type: ignore[override]
+                   zero_grad: bool = False) -> None:
+        """Move to w + e with e = radius · g/‖g‖ (T²g/‖Tg‖ in adaptive mode)."""
+        grad_norm = self._scaled_grad_norm()
+        factor = radius / (grad_norm + 1e-12)
+        for group in self.param_groups:
+            params = self._with_grads(group)
+            if not params:
+                continue
+            e = torch._foreach_mul([p.grad for p in params], factor)
+            if group["adaptive"]:
+                squares = self._scales(group, params)
+                torch._foreach_mul_(squares, squares)
+                torch._foreach_mul_(e, squares)
+            torch._foreach_add_(params, e)
+            self._moved.append((params, e))
+        if zero_grad:
+            self.zero_grad()
+
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Any:  # type: ignore[override]
+        if closure is None:
+            raise ValueError("TRAM.step needs a closure that runs the model, computes the loss "
+                             "and calls backward")
+        seen: dict[str, Any] = {}
+
+        def record(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            seen["call"], seen["logits"] = (args, kwargs), output
+
+        handle = self.model.register_forward_hook(record, with_kwargs=True)
+        try:
+            with torch.enable_grad():
+                loss = closure()
+        finally:
+            handle.remove()
+        if "call" not in seen:
+            raise RuntimeError("TRAM.step: the closure did not call the model given to TRAM")
+        args, kwargs = seen["call"]
+        radius = self.logit_scale * logit_divergence(
+            self.target_logits(*args, **kwargs), seen["logits"].detach(), self.divergence)
+        self.update_target()
+        self.first_step(radius)
+        with torch.enable_grad(), preserve_batchnorm_stats(None, self._bn_layers):
+            closure()
+        self.second_step()
+        self.last_radius = radius.detach()
+        return loss
+
+    def _wrapper_state(self) -> dict[str, Any]:
+        return {"target": {k: v.clone() for k, v in self.target.items()}}
+
+    def _load_wrapper_state(self, state: dict[str, Any]) -> None:
+        if sorted(state["target"]) != sorted(self.target):
+            raise ValueError("TRAM target weights do not match the model's state_dict keys")
+        for name, value in state["target"].items():
+            self.target[name].copy_(value)
+
+
+@TECHNIQUES.register(
+    "tram",
+    summary="TRAM: SAM whose radius is the logit divergence from a parameter target "
+    "(initial weights, previous iterate or an EMA).",
+    papers=(39,),
+    search_space={"logit_scale": ("log_uniform", 0.1, 100.0)},
+)
+@dataclass
+class TrustRegionAware(Technique):
+    """Wrap the optimizer in :class:`TRAM` (two forward-backward passes and one no-grad
+    forward of the target per step)."""
+
+    logit_scale: float = 1.0  # ρ_t = logit_scale · divergence (no default in the official code)
+    divergence: Divergence = "forward"  # forward KL(target‖current), reverse or symmetric
+    target_decay: float = 0.0  # 0: previous iterate (TRAM-θ_{t−1}); 1: initial weights; EMA
+    adaptive: bool = False  # scale e by w² as adaptive SAM (the official option)
+    preserve_batchnorm: bool = True  # keep BN statistics from the second pass out
+
+    touches = frozenset({"step"})
+
+    def __post_init__(self) -> None:
+        if self.logit_scale < 0 or not 0.0 <= self.target_decay <= 1.0:
+            raise ValueError("logit_scale must be >= 0 and target_decay in [0, 1], got "
+                             f"{self.logit_scale}, {self.target_decay}")
+
+    def wrap_optimizer(self, optimizer: torch.optim.Optimizer, model: nn.Module) -> Any:
+        return TRAM(optimizer, model, self.logit_scale, self.divergence, self.target_decay,
+                    self.adaptive, self.preserve_batchnorm)
+
+
+# =========================================================================== UDIM
+
+
+def per_example_linear_gradients(
+    features: Tensor, targets: Tensor, weight: Tensor, bias: Tensor | None = None
+) -> tuple[Tensor, ...]:
+    """Per-example gradients of CE(W h_i + b, y_i) with respect to W (and b), as
+    ``(n, *W.shape)`` (and ``(n, *b.shape)``), by ``vmap(grad(...))``.
+
+    The result stays differentiable with respect to ``features``, ``weight`` and ``bias``
+    (regular autograd composes with ``torch.func``), so a penalty on it can be
+    back-propagated into the whole network.
+
+    Example:
+        >>> h, y = torch.randn(5, 3), torch.randint(0, 2, (5,))
+        >>> gw, gb = per_example_linear_gradients(h, y, torch.zeros(2, 3), torch.zeros(2))
+        >>> gw.shape, gb.shape
+        (torch.Size([5, 2, 3]), torch.Size([5, 2]))
+    """
+    if features.dim() != 2:
+        raise ValueError(f"features must be (n, d), got shape {tuple(features.shape)}")
+
+    if bias is None:
+        def loss_one(w: Tensor, h: Tensor, y: Tensor) -> Tensor:
+            return F.cross_entropy(F.linear(h.unsqueeze(0), w), y.unsqueeze(0))
+
+        return (vmap(grad(loss_one), in_dims=(None, 0, 0))(weight, features, targets),)
+
+    def loss_one_biased(w: Tensor, b: Tensor, h: Tensor, y: Tensor) -> Tensor:
+        return F.cross_entropy(F.linear(h.unsqueeze(0), w, b), y.unsqueeze(0))
+
+    per_example = vmap(grad(loss_one_biased, argnums=(0, 1)), in_dims=(None, None, 0, 0))
+    return tuple(per_example(weight, bias, features, targets))
+
+
+def inconsistency_penalty(clean: Sequence[Tensor], perturbed: Sequence[Tensor]) -> Tensor:
+    """UDIM's inconsistency regularizer R on per-example gradients of the last layer.
+
+    ``clean[k]`` and ``perturbed[k]`` hold the per-example gradients ``(n, *shape_k)`` of
+    parameter k on the clean and the perturbed inputs. With G and G̃ the gradients of all
+    parameters side by side and μ the clean mean:
+    v = mean_i (G_i − μ)², ṽ = mean_i (G̃_i − μ)² (centred on the *clean* mean, as the
+    official code), v̄ = (v + ṽ)/2, and
+
+        R = ½ [mean_d (v_d − v̄_d)² + mean_d (ṽ_d − v̄_d)²] + Σ_k mean_i ‖G̃_{k,i}‖² / dim_k,
+
+    a Fishr-style variance match plus the perturbed gradients' squared norms per dimension.
+
+    Example:
+        >>> inconsistency_penalty([torch.tensor([[1.0], [3.0]])], [torch.tensor([[2.0], [6.0]])])
+        tensor(32.2500)
+    """
+    if len(clean) != len(perturbed) or not clean:
+        raise ValueError("clean and perturbed need the same non-zero number of parameters")
+    flat_clean = torch.cat([g.reshape(len(g), -1) for g in clean], dim=1)
+    flat_perturbed = torch.cat([g.reshape(len(g), -1) for g in perturbed], dim=1)
+    mean = flat_clean.mean(dim=0)
+    var_clean = (flat_clean - mean).pow(2).mean(dim=0)
+    var_perturbed = (flat_perturbed - mean).pow(2).mean(dim=0)
+    average = (var_clean + var_perturbed) / 2
+    variance_match = ((var_clean - average).pow(2).mean()
+                      + (var_perturbed - average).pow(2).mean()) / 2
+    norms = sum(g.reshape(len(g), -1).pow(2).sum(dim=1).mean() / g[0].numel() for g in perturbed)
+    return variance_match + norms
+
+
+def _normalize_direction(direction: Tensor, how: InputNormalization) -> Tensor:
+    if how == "batch":  # the official F.normalize(grad, dim=0): each feature across the batch
+        return F.normalize(direction, p=2.0, dim=0, eps=1e-12)
+    flat = direction.reshape(len(direction), -1)
+    return F.normalize(flat, p=2.0, dim=1, eps=1e-12).view_as(direction)
+
+
+def _ascent_pass(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    params: Sequence[Tensor],
+    rho: float,
+    site: nn.Module | None,
+) -> tuple[Tensor, list[Tensor | None], Tensor]:
+    """Forward-backward at (w, x + δ), δ = 0: returns the loss, e = ρ g̃/‖g̃‖ and the
+    gradient of CE + ρ‖∇_w CE‖ with respect to δ (double backward). ``site`` None: δ is added
+    to the inputs; else to the output of that module."""
+    deltas: list[Tensor] = []
+
+    def add_delta(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
+        delta = torch.zeros_like(output, requires_grad=True)
+        deltas.append(delta)
+        return output + delta
+
+    with torch.enable_grad():
+        if site is None:
+            delta = torch.zeros_like(inputs, requires_grad=True)
+            logits = model(inputs + delta)
+        else:
+            handle = site.register_forward_hook(add_delta)
+            try:
+                logits = model(inputs)
+            finally:
+                handle.remove()
+            if len(deltas) != 1:
+                raise RuntimeError(f"the perturbed module ran {len(deltas)} times; UDIM needs "
+                                   "a module that runs once per forward")
+            delta = deltas[0]
+        loss = F.cross_entropy(logits, targets)
+        grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+        used = [g for g in grads if g is not None]
+        grad_norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in used]))
+        (direction,) = torch.autograd.grad(loss + rho * grad_norm, [delta])
+    scale = rho / (grad_norm.detach() + 1e-12)
+    e = [None if g is None else g.detach() * scale for g in grads]
+    return loss.detach(), e, direction
+
+
+def udim_input_perturbation(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    rho: float = 0.05,
+    input_step: float = 0.005,
+    normalize: InputNormalization = "batch",
+) -> Tensor:
+    """UDIM's perturbed inputs x̃ = x + ρ_x · normalize(∇_x [CE(x) + ρ ‖∇_θ CE(x)‖]).
+
+    ``normalize="batch"`` (the official code) scales each input coordinate's column of the
+    gradient to unit norm across the batch; ``"example"`` normalizes each example's gradient.
+    The gradient of the gradient norm is a double backward. ``model`` is left unchanged
+    (BatchNorm running statistics move as in one training forward pass).
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+        >>> x, y = torch.randn(5, 3), torch.randint(0, 2, (5,))
+        >>> udim_input_perturbation(net, x, y, input_step=0.1).shape
+        torch.Size([5, 3])
+
+    References:
+        Unknown Domain Inconsistency Minimization for Domain Generalization
+        (arXiv:2403.07329), official code aailabkaist/UDIM (``IADA_FINAL``).
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    _, _, direction = _ascent_pass(model, inputs, targets, params, rho, None)
+    return inputs.detach() + input_step * _normalize_direction(direction, normalize)
+
+
+def _last_linear(model: nn.Module) -> nn.Linear:
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear; pass classifier=")
+    return linears[-1]
+
+
+class UDIM(SAM):
+    """Unknown Domain Inconsistency Minimization around any base optimizer.
+
+    Call ``set_batch(x, y)`` before each ``step(closure)``. For the first ``warmup_steps``
+    steps it is plain SAM with radius ρ. Afterwards one step is:
+
+    1. x̃ = x + δ with δ = ρ_x · normalize(∇_δ [CE(x + δ) + ρ ‖∇_w CE(x + δ)‖]) at δ = 0
+       (:func:`udim_input_perturbation`), and e = ρ g̃/‖g̃‖ with g̃ = ∇_w CE(x + δ) from the
+       same pass (at δ = 0, as the official code starts x̃ from x);
+    2. g_sam: the closure at w + e (BatchNorm statistics frozen), then back to w;
+    3. R = :func:`inconsistency_penalty` of the classifier's per-example gradients on
+       [x; x̃] (:func:`per_example_linear_gradients`, one forward of the 2n rows);
+    4. the base optimizer steps with g_sam + λ ∇_w R.
+
+    ``classifier`` is the last linear layer (default: the last ``nn.Linear`` of ``model``);
+    the model's output must be its output. ``perturb_at`` says where δ is added: ``"input"``
+    (floating-point inputs), a module name (its output, e.g. a token embedding), or
+    ``"auto"``: the inputs when they are floating point, else the output of the first module
+    that holds parameters. ``last_inconsistency`` holds R of the last step. The passes of
+    steps 1 and 3 use cross-entropy; the closure's loss (the Trainer's) is used in step 2.
+
+    Sources. The structure (SAM on the source data, an input perturbation that ascends the
+    loss plus ρ times its gradient norm, a last-layer gradient-variance penalty between
+    clean and perturbed data) is the paper's; the details follow the official code
+    (``IADA_FINAL.step``), checked line by line: δ starts at 0, so e comes from the clean
+    gradient; the input direction is normalized across the batch dimension; the variance of
+    the perturbed gradients is centred on the clean mean; R adds the perturbed per-example
+    squared gradient norms divided by each parameter's size; the per-example losses are not
+    divided by the batch size (BackPACK's ``BatchGrad`` of the summed loss). Simplified or
+    left out: the AdvStyle variant (ascending the images' channel mean and std instead of the
+    pixels), the per-domain penalty (``domain_wise_inconsistency``), the ρ scheduler (ρ is
+    constant, as in the published runs), loading a pretrained ERM/SAM checkpoint, and
+    BatchNorm replaced by functorch-safe layers (here BN normalizes by the batch — the 2n
+    rows of step 3 together — with its running statistics frozen after step 1).
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> opt = UDIM(torch.optim.SGD(model.parameters(), lr=0.1), model, input_step=0.1)
+        >>> x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+        >>> def closure():
+        ...     opt.zero_grad(); loss = F.cross_entropy(model(x), y); loss.backward()
+        ...     return loss
+        >>> opt.set_batch(x, y); loss = opt.step(closure)
+
+    References:
+        Unknown Domain Inconsistency Minimization for Domain Generalization
+        (arXiv:2403.07329); official code aailabkaist/UDIM (``iada_final.py``).
+    """
+
+    def __init__(
+        self,
+        base: torch.optim.Optimizer,
+        model: nn.Module,
+        rho: float = 0.05,
+        input_step: float = 0.005,
+        weight: float = 1.0,
+        warmup_steps: int = 0,
+        classifier: nn.Linear | None = None,
+        perturb_at: str = "auto",
+        normalize: InputNormalization = "batch",
+        preserve_batchnorm: bool = True,
+    ) -> None:
+        if input_step < 0 or weight < 0 or warmup_steps < 0:
+            raise ValueError("input_step, weight and warmup_steps must be >= 0, got "
+                             f"{input_step}, {weight}, {warmup_steps}")
+        if normalize not in get_args(InputNormalization):
+            raise ValueError(f"normalize must be 'batch' or 'example', got {normalize!r}")
+        super().__init__(base, rho, adaptive=False, eta=0.0,
+                         model=model if preserve_batchnorm else None)
+        self.model = model
+        self.rho = rho  # of the UDIM phase; the warm-up SAM steps read each group's "rho"
+        self.input_step = input_step
+        self.weight = weight
+        self.warmup_steps = warmup_steps
+        self.classifier = classifier if classifier is not None else _last_linear(model)
+        modules = dict(model.named_modules())
+        if perturb_at not in ("auto", "input") and perturb_at not in modules:
+            raise ValueError(f"perturb_at={perturb_at!r} is not 'auto', 'input' or a module of "
+                             "the model")
+        self.perturb_at = perturb_at
+        self.normalize = normalize
+        self.steps = 0
+        self.last_inconsistency: Tensor | None = None
+        self._batch: tuple[Tensor, Tensor] | None = None
+
+    def set_batch(self, inputs: Tensor, targets: Tensor) -> None:
+        """The batch of the next step (class indices as targets)."""
+        self._batch = (inputs, targets)
+
+    def _site(self, inputs: Tensor) -> nn.Module | None:
+        if self.perturb_at == "input" or (self.perturb_at == "auto"
+                                          and inputs.is_floating_point()):
+            if not inputs.is_floating_point():
+                raise ValueError("UDIM perturbs the inputs, which are not floating point; "
+                                 "set perturb_at to a module (an embedding)")
+            return None
+        if self.perturb_at != "auto":
+            return dict(self.model.named_modules())[self.perturb_at]
+        return next(m for m in self.model.modules()
+                    if m is not self.model and any(True for _ in m.parameters(recurse=False)))
+
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Any:  # type: ignore[override]
+        if closure is None:
+            raise ValueError("UDIM.step needs a closure that recomputes the loss and gradients")
+        warming_up = self.steps < self.warmup_steps
+        loss = super().step(closure) if warming_up else self._udim_step(closure)
+        self.steps += 1
+        self._batch = None
+        return loss
+
+    def _udim_step(self, closure: Callable[[], Tensor]) -> Tensor:
+        if self._batch is None:
+            raise RuntimeError("UDIM needs the batch: call set_batch(x, y) before each step")
+        inputs, targets = self._batch
+        params = _trainable(self)
+        site = self._site(inputs)
+        # 1. input perturbation and e, from one double-backward pass at (w, x)
+        loss, e, direction = _ascent_pass(self.model, inputs, targets, params, self.rho, site)
+        delta = self.input_step * _normalize_direction(direction, self.normalize)
+        moved = [(p, v) for p, v in zip(params, e, strict=True) if v is not None]
+        # 2. the SAM gradient on clean data at w + e
+        with torch.no_grad():
+            torch._foreach_add_([p for p, _ in moved], [v for _, v in moved])
+        try:
+            with torch.enable_grad(), preserve_batchnorm_stats(None, self._bn_layers):
+                closure()
+        finally:
+            with torch.no_grad():
+                torch._foreach_sub_([p for p, _ in moved], [v for _, v in moved])
+        # 3. the inconsistency penalty at w, on [x; x̃]
+        with torch.enable_grad(), preserve_batchnorm_stats(None, self._bn_layers):
+            penalty = self._inconsistency(inputs, targets, delta, site)
+            penalty_grads = torch.autograd.grad(penalty, params, allow_unused=True)
+        # 4. g_sam + λ ∇R
+        with torch.no_grad():
+            for p, g in zip(params, penalty_grads, strict=True):
+                if g is None:
+                    continue
+                if p.grad is None:
+                    p.grad = self.weight * g
+                else:
+                    p.grad.add_(g, alpha=self.weight)
+        self.base.step()
+        self.last_inconsistency = penalty.detach()
+        return loss
+
+    def _inconsistency(self, inputs: Tensor, targets: Tensor, delta: Tensor,
+                       site: nn.Module | None) -> Tensor:
+        seen: dict[str, Tensor] = {}
+
+        def record(module: nn.Module, args: tuple, output: Tensor) -> None:
+            seen["features"], seen["logits"] = args[0], output
+
+        def shift(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
+            return output + torch.cat([torch.zeros_like(delta), delta])
+
+        handles = [self.classifier.register_forward_hook(record)]
+        if site is not None:
+            handles.append(site.register_forward_hook(shift))
+        try:
+            if site is None:
+                logits = self.model(torch.cat([inputs, inputs + delta]))
+            else:
+                logits = self.model(torch.cat([inputs, inputs]))
+        finally:
+            for handle in handles:
+                handle.remove()
+        if seen.get("logits") is not logits:
+            raise ValueError("UDIM: the model's output is not its classifier's output; pass the "
+                             "last linear layer as classifier=")
+        both = torch.cat([targets, targets])
+        grads = per_example_linear_gradients(seen["features"], both, self.classifier.weight,
+                                             self.classifier.bias)
+        n = len(targets)
+        return inconsistency_penalty([g[:n] for g in grads], [g[n:] for g in grads])
+
+    def _wrapper_state(self) -> dict[str, Any]:
+        return {"steps": self.steps, "warmup_steps": self.warmup_steps}
+
+    def _load_wrapper_state(self, state: dict[str, Any]) -> None:
+        self.steps = state["steps"]
+        self.warmup_steps = state["warmup_steps"]
+
+
+@TECHNIQUES.register(
+    "udim",
+    summary="UDIM: SAM plus an inconsistency penalty between the last-layer gradients on "
+    "clean and adversarially perturbed inputs.",
+    papers=(57,),
+    search_space={"rho": ("choice", [0.01, 0.02, 0.05, 0.1]),
+                  "input_step": ("log_uniform", 1e-3, 10.0)},
+)
+@dataclass
+class UnknownDomainInconsistency(Technique):
+    """Wrap the optimizer in :class:`UDIM`; hand it each batch at ``on_batch_start`` (list
+    UDIM after techniques that change the batch) and its warm-up length at ``on_fit_start``.
+
+    Follows the official code where paper and code differ (the code's choices are the ones
+    listed in :class:`UDIM`); omits the AdvStyle variant (ascending the images' channel
+    statistics), TRAM-like ρ schedules and the per-domain split of the penalty.
+    """
+
+    rho: float = 0.05  # SAM radius (scripts: 0.05; grid 0.01-0.1)
+    input_step: float = 0.005  # ρ_x, the input step (code default; scripts' 10 is AdvStyle's)
+    weight: float = 1.0  # λ on the inconsistency gradient (scripts' worst_weight)
+    warmup_fraction: float = 0.2  # plain SAM for this share of the steps (scripts: ratio 5)
+    perturb_at: str = "auto"  # "input", a module name, or auto (embedding for token inputs)
+    normalize: InputNormalization = "batch"  # the code normalizes across the batch
+    preserve_batchnorm: bool = True  # BN statistics move in the first pass only
+    _optimizer: UDIM | None = field(default=None, init=False, repr=False)
+
+    touches = frozenset({"step"})
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.warmup_fraction <= 1.0:
+            raise ValueError(f"warmup_fraction must be in [0, 1], got {self.warmup_fraction}")
+
+    def wrap_optimizer(self, optimizer: torch.optim.Optimizer, model: nn.Module) -> Any:
+        self._optimizer = UDIM(optimizer, model, self.rho, self.input_step, self.weight,
+                               perturb_at=self.perturb_at, normalize=self.normalize,
+                               preserve_batchnorm=self.preserve_batchnorm)
+        return self._optimizer
+
+    def on_fit_start(self, state: Any) -> None:
+        if self._optimizer is not None:
+            self._optimizer.warmup_steps = int(self.warmup_fraction * state.max_steps)
+
+    def on_batch_start(self, state: Any) -> None:
+        if self._optimizer is not None and state.batch is not None:
+            inputs, targets = state.batch[0], state.batch[1]
+            self._optimizer.set_batch(inputs, targets)
