@@ -71,6 +71,7 @@ class LargeBatchGapCloses(Claim):
                  "learning rate by sqrt(batch ratio), Ghost BatchNorm and adapting the regime "
                  "to the same number of updates close it.")
     epochs: int = EPOCHS  # epochs of the small-batch run
+    ci_epochs: int = 6  # at scale="ci": a smoke test of the protocol, not evidence
 
     default_seeds = 3
 
@@ -79,7 +80,8 @@ class LargeBatchGapCloses(Claim):
         passed, numbers, run_ids = [], {}, []
         for seed in seeds:
             acc = {}
-            for label, cfg in large_batch_configs(seed, self.epochs).items():
+            epochs = self.ci_epochs if scale == "ci" else self.epochs
+            for label, cfg in large_batch_configs(seed, epochs).items():
                 acc[label] = self.execute(cfg, store, progress)[cfg.steps]["test/accuracy"]
                 run_ids.append(cfg.identity)
             small, plain = acc["small batch"], acc["large batch"]

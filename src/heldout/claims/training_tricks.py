@@ -48,6 +48,7 @@ class PSKDCalibration(Claim):
     statement = ("Progressive self-knowledge distillation improves calibration (lower ECE) "
                  "without costing accuracy.")
     epochs: int = 40  # passes over the training set
+    ci_epochs: int = 5  # at scale="ci": a smoke test of the protocol, not evidence
     alpha_final: float = 0.8  # α_T
     tolerance: float = 0.005  # the accuracy drop still counted as "equal"
 
@@ -60,7 +61,8 @@ class PSKDCalibration(Claim):
             out = {}
             for label, techniques in (("ce", ""), ("pskd", "pskd")):
                 extra = [f"techniques.pskd.alpha_final={self.alpha_final}"] if techniques else []
-                cfg = mnist1d_mlp_config(seed, self.epochs, techniques, extra=extra)
+                epochs = self.ci_epochs if scale == "ci" else self.epochs
+                cfg = mnist1d_mlp_config(seed, epochs, techniques, extra=extra)
                 final = self.execute(cfg, store, progress)[cfg.steps]
                 out[label] = {"test_accuracy": final["test/accuracy"],
                               "test_ece": final["test/ece"]}
@@ -101,6 +103,7 @@ class HardBatchesEffect(Claim):
     statement = ("Training only on the hardest mini-batches, at the same update budget, "
                  "improves generalization.")
     epochs: int = 40  # update budget, in passes over the training set
+    ci_epochs: int = 5  # at scale="ci": a smoke test of the protocol, not evidence
     fraction: float = 0.5  # δ
     margin: float = 0.01  # the accuracy difference counted as an effect
 
@@ -114,7 +117,8 @@ class HardBatchesEffect(Claim):
             for label, fraction in (("plain", 1.0), ("hard", self.fraction)):
                 extra = [f"techniques.hard_batches.fraction={fraction}",
                          f"techniques.hard_batches.seed={seed}"]
-                cfg = mnist1d_mlp_config(seed, self.epochs, "hard_batches", extra=extra)
+                epochs = self.ci_epochs if scale == "ci" else self.epochs
+                cfg = mnist1d_mlp_config(seed, epochs, "hard_batches", extra=extra)
                 out[label] = self.execute(cfg, store, progress)[cfg.steps]["test/accuracy"]
                 run_ids.append(cfg.identity)
             diffs.append(out["hard"] - out["plain"])
