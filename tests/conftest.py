@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from heldout.config import RunConfig, parse_overrides
 from heldout.store import Store
@@ -21,3 +22,43 @@ def tiny_config(*overrides: str) -> RunConfig:
         "model=mlp", "model.hidden=[32]", "optimizer.lr=0.01", "steps=12", "eval_every=3",
         "checkpoint_every=4", *overrides,
     ])
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tiny tensors: one thread per test process is fastest and steady on a shared machine
+    (pytest-xdist runs one process per core)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def assert_resume_is_exact(cfg: RunConfig, tmp_path, monkeypatch, stop_after: int = 9,
+                           resumed_from: int = 8) -> list:
+    """Run ``cfg`` unbroken, and again interrupted right after the evaluation at
+    ``stop_after``; rerunning the interrupted one must resume from the checkpoint at
+    ``resumed_from`` and end with the same metric history, value for value."""
+    from heldout.engine.trainer import Trainer
+    from heldout.runner import execute
+
+    straight = Store(tmp_path / "straight")
+    execute(cfg, straight)
+    broken = Store(tmp_path / "broken")
+    original = Trainer._evaluate
+
+    def interrupt(self):
+        original(self)
+        if self.state.step == stop_after:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_evaluate", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        execute(cfg, broken)
+    assert broken.get_run(cfg.identity).status == "failed"
+    monkeypatch.setattr(Trainer, "_evaluate", original)
+    result = execute(cfg, broken)
+    assert result.resumed_from == resumed_from
+    history = straight.metrics(cfg.identity)
+    assert broken.metrics(cfg.identity) == history
+    return history

@@ -24,15 +24,7 @@ from heldout.runner import execute
 from heldout.store import Store
 from heldout.tasks.base import InputSpec
 
-from .conftest import tiny_config
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from .conftest import assert_resume_is_exact, tiny_config
 
 
 @pytest.fixture
@@ -344,32 +336,10 @@ def test_coordinate_check_logit_updates_stay_order_one_under_mup_only(arch, rule
 # ============================================================================ heldout runs
 
 
-def _interrupted_and_straight_runs_agree(cfg, tmp_path, monkeypatch):
-    """As tests/test_contracts.py::test_technique_resume_is_exact: break after step 9."""
-    straight = Store(tmp_path / "straight")
-    execute(cfg, straight)
-    broken = Store(tmp_path / "broken")
-    original = Trainer._evaluate
-
-    def interrupt(self):
-        original(self)
-        if self.state.step == 9:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Trainer, "_evaluate", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        execute(cfg, broken)
-    monkeypatch.setattr(Trainer, "_evaluate", original)
-    result = execute(cfg, broken)
-    assert result.resumed_from == 8
-    assert broken.metrics(cfg.identity) == straight.metrics(cfg.identity)
-    return straight.metrics(cfg.identity)
-
-
 def test_mix_ln_runs_in_heldout_and_resumes_exactly(arch, tmp_path, monkeypatch):
     cfg = tiny_config("model=transformer", "task.p=11", "model.d_model=16", "model.n_heads=2",
                       "model.n_layers=4", "techniques=mix_ln")
-    rows = _interrupted_and_straight_runs_agree(cfg, tmp_path, monkeypatch)
+    rows = assert_resume_is_exact(cfg, tmp_path, monkeypatch)
     keys = {key for step, key, _ in rows if step == 12}
     assert {f"grad_norm/block{i}" for i in range(4)} <= keys
     assert all(math.isfinite(value) for _, _, value in rows)
@@ -386,7 +356,7 @@ def test_mup_runs_in_heldout_and_resumes_exactly(arch, tmp_path, monkeypatch, op
     cfg = tiny_config("model=mlp", "model.hidden=[32,32]", f"optimizer.name={optimizer}",
                       "techniques=mup")
     cfg = parse_overrides(cfg, ["techniques.mup.base_width=16"])
-    rows = _interrupted_and_straight_runs_agree(cfg, tmp_path, monkeypatch)
+    rows = assert_resume_is_exact(cfg, tmp_path, monkeypatch)
     assert all(math.isfinite(value) for _, _, value in rows)
     without = parse_overrides(cfg, ["techniques=[]"])
     standard = execute(without, Store(tmp_path / "sp")).metrics

@@ -27,15 +27,6 @@ from heldout.measures.bounds import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is fastest, and steady on a shared, loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_binary_kl_by_hand():
     # kl(0.1 ‖ 0.2) = 0.1 ln 0.5 + 0.9 ln(0.9/0.8)
     assert binary_kl(0.1, 0.2) == pytest.approx(0.036690014034750584)

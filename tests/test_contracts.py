@@ -11,7 +11,7 @@ from heldout.registry import CLAIMS, MEASURES, MODELS, TASKS, TECHNIQUES
 from heldout.runner import build, execute
 from heldout.store import Store
 
-from .conftest import tiny_config
+from .conftest import assert_resume_is_exact, tiny_config
 
 # Parameters that make a component fast or applicable in a tiny run; defaults otherwise.
 TECHNIQUE_PARAMS = {
@@ -70,28 +70,7 @@ def test_technique_state_round_trips(name):
 @pytest.mark.parametrize("name", TECHNIQUES.names())
 def test_technique_resume_is_exact(name, tmp_path, monkeypatch):
     """Interrupt a run after its step-8 checkpoint, rerun it: same history as unbroken."""
-    cfg = technique_config(name)
-    straight = Store(tmp_path / "straight")
-    execute(cfg, straight)
-
-    broken = Store(tmp_path / "broken")
-    from heldout.engine.trainer import Trainer
-
-    original = Trainer._evaluate
-
-    def interrupt(self):
-        original(self)
-        if self.state.step == 9:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Trainer, "_evaluate", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        execute(cfg, broken)
-    assert broken.get_run(cfg.identity).status == "failed"
-    monkeypatch.setattr(Trainer, "_evaluate", original)
-    result = execute(cfg, broken)
-    assert result.resumed_from == 8
-    assert broken.metrics(cfg.identity) == straight.metrics(cfg.identity)
+    assert_resume_is_exact(technique_config(name), tmp_path, monkeypatch)
 
 
 def _assert_same(a, b):

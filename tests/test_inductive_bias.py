@@ -21,16 +21,6 @@ from heldout.measures.inductive_bias import (
     perturbed_hypothesis_losses,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is fastest, and steady on a shared, loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 stats = pytest.importorskip("scipy.stats")
 
 

@@ -33,15 +33,6 @@ from heldout.models.mlp import mlp_network
 from heldout.tasks.base import InputSpec
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is fastest, and steady on a shared, loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _phi(x: float) -> float:
     """Standard normal CDF."""
     return 0.5 * (1 + math.erf(x / math.sqrt(2)))

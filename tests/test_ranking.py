@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from heldout.measures.ranking import (
     conditional_mi_score,
@@ -15,15 +14,6 @@ from heldout.measures.ranking import (
     kendall_tau,
     rank_measures,
 )
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is fastest, and steady on a shared, loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_kendall_tau_on_four_runs_by_hand():

@@ -23,17 +23,7 @@ from heldout.registry import TECHNIQUES
 from heldout.runner import execute
 from heldout.store import Store
 
-from .conftest import tiny_config
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP spin-waits on the shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+from .conftest import assert_resume_is_exact, tiny_config
 
 # ----------------------------------------------------------------------------- estimators
 
@@ -180,25 +170,8 @@ def test_technique_runs_in_heldout_and_resumes_exactly(estimator, tmp_path, monk
     cfg = tiny_config("model.batch_norm=true", "batch_size=16",
                       "techniques=robust_mean_gradients")
     cfg = parse_overrides(cfg, [f"techniques.robust_mean_gradients.estimator={estimator}"])
-    straight = Store(tmp_path / "straight")
-    result = execute(cfg, straight)
-    assert result.status == "done" and all(math.isfinite(v) for v in result.metrics.values())
-
-    broken = Store(tmp_path / "broken")
-    original = Trainer._evaluate
-
-    def interrupt(self):
-        original(self)
-        if self.state.step == 9:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Trainer, "_evaluate", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        execute(cfg, broken)
-    monkeypatch.setattr(Trainer, "_evaluate", original)
-    resumed = execute(cfg, broken)
-    assert resumed.resumed_from == 8
-    assert broken.metrics(cfg.identity) == straight.metrics(cfg.identity)
+    history = assert_resume_is_exact(cfg, tmp_path, monkeypatch)
+    assert all(math.isfinite(v) for _, _, v in history)
 
 
 def test_composes_with_sam_on_a_batchnorm_model(tmp_path):

@@ -53,14 +53,6 @@ def center(seed=1):
     return (sign * (0.5 + torch.rand(D, generator=gen))).double()  # |w| in [0.5, 1.5]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP spin-waits on the shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 EIGS = [3.0, 1.0] + torch.linspace(-0.5, 0.9, D - 2).tolist()
 

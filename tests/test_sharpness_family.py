@@ -30,16 +30,7 @@ from heldout.registry import TECHNIQUES
 from heldout.runner import execute
 from heldout.store import Store
 
-from .conftest import tiny_config
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP spin-waits on the shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from .conftest import assert_resume_is_exact, tiny_config
 
 
 def _closure(opt, model, x, y, calls=None):
@@ -434,25 +425,8 @@ def test_technique_runs_in_heldout_and_resumes_exactly(name, tmp_path, monkeypat
     """A tiny run (token inputs, BatchNorm, minibatches) differs from plain training, and an
     interrupted run resumed from its step-8 checkpoint has the unbroken run's history."""
     cfg = _config(name)
-    straight = Store(tmp_path / "straight")
-    result = execute(cfg, straight)
-    assert result.status == "done" and all(math.isfinite(v) for v in result.metrics.values())
+    history = assert_resume_is_exact(cfg, tmp_path, monkeypatch)
+    assert all(math.isfinite(v) for _, _, v in history)
     plain = execute(tiny_config("model.batch_norm=true", "batch_size=16"),
                     Store(tmp_path / "plain"))
-    assert result.metrics != plain.metrics
-
-    broken = Store(tmp_path / "broken")
-    original = Trainer._evaluate
-
-    def interrupt(self):
-        original(self)
-        if self.state.step == 9:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Trainer, "_evaluate", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        execute(cfg, broken)
-    monkeypatch.setattr(Trainer, "_evaluate", original)
-    resumed = execute(cfg, broken)
-    assert resumed.resumed_from == 8
-    assert broken.metrics(cfg.identity) == straight.metrics(cfg.identity)
+    assert Store(tmp_path / "straight").final_metrics(cfg.identity) != plain.metrics

@@ -37,19 +37,8 @@ from heldout.methods.soups import (
     uniform_soup,
 )
 from heldout.registry import TECHNIQUES
-from heldout.runner import execute
-from heldout.store import Store
 
-from .conftest import tiny_config
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP spin-waits on the shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from .conftest import assert_resume_is_exact, tiny_config
 
 
 def _numpy(state):
@@ -538,19 +527,4 @@ def test_resume_mid_average_is_exact(name, tmp_path, monkeypatch):
     """As the registry's contract test, with averaging under way at the checkpoint."""
     cfg = tiny_config("model.batch_norm=true", "batch_size=16", f"techniques={name}")
     cfg = parse_overrides(cfg, RESUME_CASES[name])
-    straight = Store(tmp_path / "straight")
-    execute(cfg, straight)
-    original = Trainer._evaluate
-
-    def interrupt(self):
-        original(self)
-        if self.state.step == 9:
-            raise KeyboardInterrupt
-
-    broken = Store(tmp_path / "broken")
-    monkeypatch.setattr(Trainer, "_evaluate", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        execute(cfg, broken)
-    monkeypatch.setattr(Trainer, "_evaluate", original)
-    assert execute(cfg, broken).resumed_from == 8
-    assert broken.metrics(cfg.identity) == straight.metrics(cfg.identity)
+    assert_resume_is_exact(cfg, tmp_path, monkeypatch)

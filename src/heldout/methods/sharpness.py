@@ -90,7 +90,7 @@ class SAM(OptimizerWrapper):
         return [p for p in group["params"] if p.grad is not None]
 
     def _scales(self, group: dict, params: list[Tensor]) -> list[Tensor]:
-        """T = |w| + eta per parameter (adaptive mode)."""
+        """T = |w| + eta per parameter (adaptive mode); the hook ASAM overrides."""
         scales = torch._foreach_abs(params)
         if group["eta"]:
             torch._foreach_add_(scales, group["eta"])
@@ -112,14 +112,15 @@ class SAM(OptimizerWrapper):
         return torch.stack(norms).norm(p=2)
 
     @torch.no_grad()
-    def first_step(self, zero_grad: bool = False) -> None:
-        """Move to w + e, the (first-order) worst point of the ρ-ball."""
+    def first_step(self, zero_grad: bool = False, rho: Tensor | float | None = None) -> None:
+        """Move to w + e, the (first-order) worst point of the ρ-ball; ``rho`` overrides the
+        groups' radius (TRAM sets it from a divergence each step)."""
         grad_norm = self._scaled_grad_norm()
         for group in self.param_groups:
             params = self._with_grads(group)
             if not params:
                 continue
-            factor = group["rho"] / (grad_norm + 1e-12)
+            factor = (group["rho"] if rho is None else rho) / (grad_norm + 1e-12)
             e = torch._foreach_mul([p.grad for p in params], factor)
             if group["adaptive"]:
                 squares = self._scales(group, params)

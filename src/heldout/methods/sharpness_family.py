@@ -265,25 +265,10 @@ class TRAM(SAM):
             else:
                 kept.copy_(value)
 
-    @torch.no_grad()
     def first_step(self, radius: Tensor | float = 0.0,  # type: ignore[override]
                    zero_grad: bool = False) -> None:
         """Move to w + e with e = radius · g/‖g‖ (T²g/‖Tg‖ in adaptive mode)."""
-        grad_norm = self._scaled_grad_norm()
-        factor = radius / (grad_norm + 1e-12)
-        for group in self.param_groups:
-            params = self._with_grads(group)
-            if not params:
-                continue
-            e = torch._foreach_mul([p.grad for p in params], factor)
-            if group["adaptive"]:
-                squares = self._scales(group, params)
-                torch._foreach_mul_(squares, squares)
-                torch._foreach_mul_(e, squares)
-            torch._foreach_add_(params, e)
-            self._moved.append((params, e))
-        if zero_grad:
-            self.zero_grad()
+        super().first_step(zero_grad, rho=radius)
 
     def step(self, closure: Callable[[], Tensor] | None = None) -> Any:  # type: ignore[override]
         if closure is None:
