@@ -9,7 +9,8 @@ Metric keys are ``"<split>/<name>"``, e.g. ``"test/accuracy"``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import cached_property
 from typing import Any, ClassVar, Literal
 
@@ -17,7 +18,20 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-__all__ = ["EvalContext", "Measure", "evaluate"]
+__all__ = ["EvalContext", "Measure", "eval_mode", "evaluate"]
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode for the duration (BatchNorm reads its running statistics, dropout is off);
+    every module's own training flag is restored afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, mode in modes:
+            module.training = mode
 
 
 class EvalContext:

@@ -9,7 +9,6 @@ NTK (:mod:`heldout.measures.kernel`) shares the eval-mode and parameter handling
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -20,7 +19,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from heldout.measures.base import EvalContext, Measure
+from heldout.measures.base import EvalContext, Measure, eval_mode
 from heldout.registry import MEASURES
 
 __all__ = [
@@ -78,18 +77,6 @@ def _check_batch_norm(model: nn.Module) -> None:
             )
 
 
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode for the duration (BatchNorm reads its running statistics, dropout is off)."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, mode in modes:
-            module.training = mode
-
-
 def iter_per_example_gradients(
     model: nn.Module,
     inputs: Tensor,
@@ -140,7 +127,7 @@ def _gradient_chunks(
     per_example = vmap(grad(loss_of_one), in_dims=(None, 0, 0))
     for start in range(0, len(inputs), chunk_size):
         x, y = inputs[start : start + chunk_size], targets[start : start + chunk_size]
-        with _eval_mode(model), torch.enable_grad():  # the mode is restored between chunks
+        with eval_mode(model), torch.enable_grad():  # the mode is restored between chunks
             grads = per_example(params, x, y)
         yield start, {name: grads[name] for name in params}
 

@@ -19,11 +19,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 
-from heldout.measures.base import EvalContext, Measure
+from heldout.measures.base import EvalContext, Measure, eval_mode
 from heldout.measures.coherence import (
     _check_batch_norm,
     _differentiable_parameters,
-    _eval_mode,
     _sample_indices,
 )
 from heldout.registry import MEASURES
@@ -58,7 +57,7 @@ def _jacobian_block(
     out: Tensor | None = None
     for start in range(0, len(inputs), chunk_size):
         x = inputs[start : start + chunk_size]
-        with _eval_mode(model), torch.enable_grad():
+        with eval_mode(model), torch.enable_grad():
             jac = per_example(params, x)
         if out is None:
             block = next(iter(jac.values())).shape[1]
@@ -101,7 +100,7 @@ def empirical_ntk(model: nn.Module, inputs: Tensor, *, chunk_size: int = 32) -> 
     n = len(inputs)
     if n == 0:
         return torch.zeros(0, 0, dtype=torch.float64)
-    with _eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         outputs = model(inputs[:1]).reshape(-1).numel()
     width = sum(p.numel() for p in _differentiable_parameters(model).values())
     block = max(1, min(outputs, _JACOBIAN_BUDGET // (n * width)))
@@ -244,7 +243,7 @@ class NTKAlignment(Measure):
         index = _sample_indices(len(y), self.sample_size, self.seed).to(y.device)
         x, y = x[index], y[index]
         kernel = empirical_ntk(ctx.model, x, chunk_size=self.chunk_size)
-        with _eval_mode(ctx.model), torch.no_grad():
+        with eval_mode(ctx.model), torch.no_grad():
             num_outputs = ctx.model(x[:1]).reshape(-1).numel()
         targets = target_matrix(y, num_outputs)
         out = {"ntk_alignment": kernel_alignment(kernel, targets, centered=self.centered)}

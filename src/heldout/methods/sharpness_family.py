@@ -19,8 +19,7 @@ with the statistics frozen (pass ``preserve_batchnorm=False`` to turn that off).
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -30,6 +29,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from heldout.engine.technique import Technique
+from heldout.measures.base import eval_mode
 from heldout.methods.sharpness import SAM, preserve_batchnorm_stats
 from heldout.registry import TECHNIQUES
 
@@ -48,18 +48,6 @@ __all__ = [
 
 Divergence = Literal["forward", "reverse", "symmetric"]
 InputNormalization = Literal["batch", "example"]
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode for the duration; every module's own flag is restored afterwards."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, mode in modes:
-            module.training = mode
 
 
 def _trainable(optimizer: torch.optim.Optimizer) -> list[Tensor]:
@@ -250,7 +238,7 @@ class TRAM(SAM):
     @torch.no_grad()
     def target_logits(self, *args: Any, **kwargs: Any) -> Tensor:
         """The target weights' output on the given model inputs (eval mode, no gradient)."""
-        with _eval_mode(self.model):
+        with eval_mode(self.model):
             return functional_call(self.model, self.target, args, kwargs)
 
     @torch.no_grad()
