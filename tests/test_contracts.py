@@ -1,7 +1,9 @@
 """Contract tests generated from the registries: every registered component gets them."""
 
 import copy
+import functools
 import math
+import tempfile
 
 import pytest
 import torch
@@ -35,8 +37,19 @@ TASK_PARAMS = {
 }
 
 
+@functools.cache
+def _teacher() -> dict:
+    """A finished tiny run to distil from (one per test process)."""
+    home = tempfile.mkdtemp(prefix="heldout-teacher-")
+    cfg = tiny_config("steps=6")
+    execute(cfg, Store(home))
+    return {"teacher_run": cfg.identity, "home": home}
+
+
 def technique_config(name, *extra):
-    params = TECHNIQUE_PARAMS.get(name, {})
+    params = dict(TECHNIQUE_PARAMS.get(name, {}))
+    if name == "knowledge_distillation":
+        params.update(_teacher())
     cfg = tiny_config("model.batch_norm=true", "batch_size=16", f"techniques={name}",
                       *TECHNIQUE_SETTING.get(name, []), *extra)
     return parse_overrides(cfg, [f"techniques.{name}.{k}={v}" for k, v in params.items()])

@@ -150,3 +150,48 @@ def test_hard_batches_first_visit_all_then_the_hardest():
     third, fourth = torch.sort(spy.losses[6], descending=True).indices[:2].tolist()
     assert spy.seen[6:8] == [partition[third], partition[fourth]]
     assert len(spy.seen) == 9  # the same update budget as plain training
+
+
+def test_distillation_loss_by_hand():
+    from heldout.methods import distillation_loss
+
+    student = torch.tensor([[1.0, 0.0, -1.0]])
+    teacher = torch.tensor([[0.0, 2.0, 0.0]])
+    y = torch.tensor([2])
+    t = 2.0
+    p_t = torch.softmax(teacher / t, -1)
+    log_p_s = torch.log_softmax(student / t, -1)
+    kl = (p_t * (torch.log(p_t) - log_p_s)).sum()
+    ce = -torch.log_softmax(student, -1)[0, 2]
+    expected = 0.7 * t * t * kl + 0.3 * ce
+    assert float(distillation_loss(student, teacher, y, t, 0.7)) == pytest.approx(float(expected))
+
+
+def test_knowledge_distillation_from_a_teacher_run(tmp_path):
+    from heldout.config import parse_overrides
+    from heldout.methods import KnowledgeDistillation
+    from heldout.runner import build, execute
+    from heldout.store import Store
+
+    from .conftest import tiny_config
+
+    home = tmp_path / "home"
+    teacher_cfg = tiny_config("steps=20")
+    execute(teacher_cfg, Store(home))
+    student_cfg = parse_overrides(tiny_config("model.hidden=[8]"), [
+        "techniques=knowledge_distillation",
+        f"techniques.knowledge_distillation.teacher_run={teacher_cfg.identity[:6]}",
+        f"techniques.knowledge_distillation.home={home}",
+    ])
+    trainer = build(student_cfg)
+    kd = trainer.techniques[0]
+    assert isinstance(kd, KnowledgeDistillation)
+    trainer.state.max_steps = 1
+    trainer.fit()
+    teacher = build(teacher_cfg, checkpoint_path=Store(home).run_dir(teacher_cfg.identity)
+                    / "checkpoint.pt")
+    teacher.resume()
+    x, y, _ = trainer.state.batch
+    torch.testing.assert_close(kd._teacher(x), teacher.model.eval()(x))
+    with pytest.raises(ValueError, match="needs teacher_run"):
+        KnowledgeDistillation().on_fit_start(trainer.state)

@@ -21,7 +21,14 @@ from heldout.methods.boosting import (
     keep_first_units,
     newton_step,
 )
-from heldout.methods.distill import PSKD, pskd_alpha, pskd_targets, soft_cross_entropy
+from heldout.methods.distill import (
+    PSKD,
+    KnowledgeDistillation,
+    distillation_loss,
+    pskd_alpha,
+    pskd_targets,
+    soft_cross_entropy,
+)
 from heldout.methods.gradients import PerpendicularGradient, PerpGrad, perpendicular_gradient
 from heldout.methods.losses import (
     LabelSmoothing,
@@ -78,6 +85,8 @@ from heldout.methods.soups import (
 )
 
 __all__ = [
+    "KnowledgeDistillation",
+    "distillation_loss",
     "ASAM",
     "TRAM",
     "UDIM",

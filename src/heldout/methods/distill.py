@@ -1,4 +1,5 @@
-"""Distillation: progressive self-knowledge distillation (PS-KD, #2)."""
+"""Distillation: knowledge distillation from a teacher run (the base of the distillation
+papers) and progressive self-knowledge distillation (PS-KD, #2)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,19 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from heldout.engine.technique import Technique
 from heldout.registry import TECHNIQUES
 
-__all__ = ["PSKD", "pskd_alpha", "pskd_targets", "soft_cross_entropy"]
+__all__ = [
+    "PSKD",
+    "KnowledgeDistillation",
+    "distillation_loss",
+    "pskd_alpha",
+    "pskd_targets",
+    "soft_cross_entropy",
+]
 
 
 def pskd_alpha(epoch: int, total_epochs: int, alpha_final: float = 0.8) -> float:
@@ -100,3 +108,79 @@ class PSKD(Technique):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._predictions = state.get("predictions")
         self._visited = state.get("visited")
+
+
+def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, targets: Tensor,
+                      temperature: float = 4.0, alpha: float = 0.9) -> Tensor:
+    """α·T²·KL(softmax(z_t/T) ‖ softmax(z_s/T)) + (1 − α)·CE(z_s, y), batch means.
+
+    The T² factor keeps the soft term's gradient scale independent of T.
+
+    Example:
+        >>> z = torch.tensor([[1.0, 0.0]])
+        >>> float(distillation_loss(z, z, torch.tensor([0]), alpha=1.0))  # same logits: 0
+        0.0
+
+    References:
+        Distilling the Knowledge in a Neural Network (arXiv:1503.02531).
+    """
+    soft_teacher = F.log_softmax(teacher_logits.detach() / temperature, dim=-1)
+    soft_student = F.log_softmax(student_logits / temperature, dim=-1)
+    kl = F.kl_div(soft_student, soft_teacher, log_target=True, reduction="batchmean")
+    hard = F.cross_entropy(student_logits, targets)
+    return alpha * temperature**2 * kl + (1 - alpha) * hard
+
+
+@TECHNIQUES.register(
+    "knowledge_distillation",
+    summary="Distil a teacher run's predictions into the student (temperature-softened KL plus "
+    "cross-entropy).",
+    search_space={"temperature": ("choice", [2.0, 4.0, 8.0]), "alpha": ("uniform", 0.5, 0.95)},
+    references=("Distilling the Knowledge in a Neural Network (arXiv:1503.02531)",),
+)
+@dataclass
+class KnowledgeDistillation(Technique):
+    """Train on :func:`distillation_loss` against a finished teacher run of the store (its
+    last checkpoint, evaluated in eval mode with the weights evaluation used, e.g. EMA). The
+    teacher must take the same inputs (the same task)."""
+
+    teacher_run: str = ""  # id (or unique prefix, or name) of the teacher run in the store
+    temperature: float = 4.0  # T (Hinton et al. use 1-20; 4 is a common choice)
+    alpha: float = 0.9  # weight of the soft term
+    home: str | None = None  # the store's directory (None: $HELDOUT_HOME or ./.heldout)
+    _teacher: nn.Module | None = field(default=None, init=False, repr=False)
+
+    touches = frozenset({"loss"})
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0 <= self.alpha <= 1:
+            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+
+    def on_fit_start(self, state: Any) -> None:
+        if self._teacher is not None:
+            return
+        if not self.teacher_run:
+            raise ValueError("knowledge_distillation needs teacher_run: the id of a finished run")
+        from heldout.config import config_from_dict
+        from heldout.runner import CHECKPOINT_NAME, build
+        from heldout.store.sqlite import Store
+
+        store = Store(self.home)
+        record = store.get_run(self.teacher_run)
+        if record.status != "done":
+            raise ValueError(f"teacher run {record.id} is {record.status}, not done")
+        trainer = build(config_from_dict(record.config),
+                        checkpoint_path=store.run_dir(record.id) / CHECKPOINT_NAME)
+        trainer.resume()
+        teacher = next((m for t in trainer.techniques
+                        if (m := t.eval_model(trainer.state)) is not None), trainer.model)
+        self._teacher = teacher.eval().requires_grad_(False)
+
+    def loss(self, logits: Tensor, targets: Tensor, state: Any) -> Tensor:
+        if self._teacher is None:
+            self.on_fit_start(state)
+        with torch.no_grad():
+            teacher_logits = self._teacher(state.batch[0])
+        return distillation_loss(logits, teacher_logits, targets, self.temperature, self.alpha)
