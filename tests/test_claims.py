@@ -145,3 +145,15 @@ def test_claim_protocol_at_ci_scale(name, store):
 def test_large_batch_gap_three_seeds(store):
     verdict = CLAIMS.build("large-batch-gap").run([0, 1, 2], store)
     assert verdict.verdict == "holds", verdict.numbers
+
+
+def test_greedy_soup_protocol_small(store):
+    """A small soup (short runs): the greedy soup never scores below its best ingredient on
+    the validation split it was built on, and the verdict follows the rule."""
+    claim = CLAIMS.build("greedy-soup", pretrain_steps=60, finetune_steps=30)
+    verdict = claim.run([0], store)
+    numbers = verdict.numbers["seed0"]
+    assert 1 <= numbers["greedy_soup_size"] <= 6
+    assert verdict.verdict == ("holds" if numbers["greedy_soup_test"]
+                               >= numbers["best_single_test"] else "does not hold")
+    assert len(store.runs("done")) == 7

@@ -88,3 +88,24 @@ def test_checkpoint_is_recorded_as_an_artifact(store):
     assert artifact["name"] == "checkpoint"
     data = Path(artifact["path"]).read_bytes()
     assert hashlib.sha256(data).hexdigest() == artifact["sha256"]
+
+
+def test_init_from_starts_from_a_finished_run(store):
+    import torch
+
+    from heldout.runner import build
+
+    base = tiny_config()
+    execute(base, store)
+    saved = torch.load(store.run_dir(base.identity) / "checkpoint.pt", weights_only=True)
+    tuned = tiny_config(f"init_from={base.identity}", "optimizer.lr=0.001")
+    trainer = build(tuned, store=store)
+    for key, value in saved["model"].items():
+        assert torch.equal(trainer.initial_state[key], value)
+    result = execute(tuned, store)
+    assert result.status == "done" and tuned.identity != base.identity
+    wrong = tiny_config(f"init_from={base.identity}", "model.hidden=[16]")
+    with pytest.raises(ValueError, match="do not fit this model"):
+        build(wrong, store=store)
+    with pytest.raises(KeyError, match="no run"):
+        build(tiny_config("init_from=nosuchrun"), store=store)

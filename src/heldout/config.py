@@ -94,6 +94,7 @@ class RunConfig:
     eval_every: int = 10  # steps between evaluations (also at step 0 and the last step)
     checkpoint_every: int = 100  # steps between checkpoints (also at the last step)
     seed: int = 0  # seeds the split, the initialization and the batch order
+    init_from: str | None = None  # a finished run's id: its final weights initialize the model
     name: str | None = None  # a free label; not part of the identity
 
     def __post_init__(self) -> None:
@@ -301,6 +302,7 @@ def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
         "eval_every": cfg.eval_every,
         "checkpoint_every": cfg.checkpoint_every,
         "seed": cfg.seed,
+        "init_from": cfg.init_from,
         "name": cfg.name,
     }
 

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from heldout.config import Component, OptimizerConfig, RunConfig, config_to_dict
+from heldout.engine.checkpoint import load_checkpoint
 from heldout.engine.trainer import (
     Logger,
     NonFiniteLossError,
@@ -80,6 +81,19 @@ def make_optimizer(cfg: OptimizerConfig):
     return factory
 
 
+def _load_weights(model: torch.nn.Module, run_id: str, store: Store) -> None:
+    record = store.get_run(run_id)
+    if record.status != "done":
+        raise RunFailed(record.id, f"init_from needs a finished run, {record.id} is "
+                        f"{record.status}")
+    state = load_checkpoint(store.run_dir(record.id) / CHECKPOINT_NAME)["model"]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"init_from {record.id}: its weights do not fit this model "
+                         f"({str(err).splitlines()[0]})") from None
+
+
 def _build(registry, component: Component) -> Any:
     return registry.build(component.name, **dict(component.params))
 
@@ -96,12 +110,16 @@ def build(
     checkpoint_path: Any = None,
     loggers: Sequence[Logger] = (),
     device: Any = None,
+    store: Store | None = None,
 ) -> Trainer:
-    """The Trainer for ``cfg``: task splits, seeded model, optimizer, techniques, measures."""
+    """The Trainer for ``cfg``: task splits, seeded model, optimizer, techniques, measures.
+    With ``cfg.init_from`` the model starts from that run's final weights (from ``store``)."""
     task = _build(TASKS, cfg.task)
     splits = task.splits(cfg.seed)
     seed_everything(cfg.seed)
     model = _build(MODELS, cfg.model).build(splits.input, splits.num_classes)
+    if cfg.init_from:
+        _load_weights(model, cfg.init_from, store or Store())
     dtype = getattr(torch, cfg.loss_dtype)
     if splits.regression:
         def loss_fn(outputs, targets):
@@ -207,7 +225,8 @@ def execute(
     if progress:
         stream = progress if not isinstance(progress, bool) else None
         loggers.append(ProgressPrinter(cfg.steps, stream, label=f"{run_id} "))
-    trainer = build(cfg, checkpoint_path=checkpoint, loggers=loggers, device=device)
+    trainer = build(cfg, checkpoint_path=checkpoint, loggers=loggers, device=device,
+                    store=store)
     resumed_from = trainer.resume() if checkpoint.exists() else None
     store.start_run(run_id, resumed_from or 0)
     try:
@@ -244,7 +263,7 @@ def measure_run(
     if not checkpoint.exists():
         raise FileNotFoundError(f"run {record.id} has no checkpoint at {checkpoint}")
     cfg = config_from_dict(record.config)
-    trainer = build(cfg, checkpoint_path=checkpoint, device=device)
+    trainer = build(cfg, checkpoint_path=checkpoint, device=device, store=store)
     step = trainer.resume()
     valid = list(trainer.eval_data)
     for split in splits or ():

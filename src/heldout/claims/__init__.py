@@ -18,12 +18,14 @@ from heldout.claims.memorization import (
     corrupted_modular_config,
 )
 from heldout.claims.sharpness import SharpnessWeaklyCorrelated, sharpness_population
+from heldout.claims.soups import GreedySoupBeatsBestIngredient, soup_configs
 from heldout.claims.training_tricks import HardBatchesEffect, PSKDCalibration, mnist1d_mlp_config
 
 __all__ = [
     "Claim",
     "CoherenceRealVsRandom",
     "GBNNTruncation",
+    "GreedySoupBeatsBestIngredient",
     "GrokkingNLMAlignment",
     "HardBatchesEffect",
     "IPRPruningRemovesMemorization",
@@ -46,6 +48,7 @@ __all__ = [
     "record",
     "seed_vote",
     "sharpness_population",
+    "soup_configs",
     "time_to_fraction",
     "xor_config",
 ]

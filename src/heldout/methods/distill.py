@@ -171,7 +171,7 @@ class KnowledgeDistillation(Technique):
         record = store.get_run(self.teacher_run)
         if record.status != "done":
             raise ValueError(f"teacher run {record.id} is {record.status}, not done")
-        trainer = build(config_from_dict(record.config),
+        trainer = build(config_from_dict(record.config), store=store,
                         checkpoint_path=store.run_dir(record.id) / CHECKPOINT_NAME)
         trainer.resume()
         teacher = next((m for t in trainer.techniques

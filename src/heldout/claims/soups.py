@@ -1,0 +1,116 @@
+"""Claim from model soups (Wortsman et al., ICML 2022, arXiv:2203.05482), as used by "Sparse
+Model Soups" (Zimmer et al., ICLR 2024; catalog #60): averaging the weights of models
+fine-tuned from one initialization with different hyper-parameters, greedily by held-out
+accuracy, is at least as accurate as the best single model."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from heldout.claims.base import Claim, Verdict, record, seed_vote
+from heldout.config import RunConfig, parse_overrides
+from heldout.measures import Accuracy, evaluate
+from heldout.methods.soups import greedy_soup, uniform_soup
+from heldout.registry import CLAIMS
+from heldout.runner import CHECKPOINT_NAME, build
+from heldout.store.sqlite import Store
+
+__all__ = ["GreedySoupBeatsBestIngredient", "soup_configs"]
+
+
+def _mnist1d_mlp(seed: int, data_seed: int, steps: int, lr: float, *extra: str) -> RunConfig:
+    return parse_overrides(RunConfig(), [
+        "task=mnist1d", f"task.data_seed={data_seed}", "model=mlp", "model.hidden=[256,256]",
+        "optimizer.name=sgd", f"optimizer.lr={lr}", "optimizer.momentum=0.9", "batch_size=128",
+        f"steps={steps}", f"eval_every={steps}", f"checkpoint_every={steps}",
+        "measures=accuracy,loss", f"seed={seed}", *extra,
+    ])
+
+
+def soup_configs(seed: int, pretrain_steps: int, finetune_steps: int
+                 ) -> tuple[RunConfig, list[RunConfig]]:
+    """A pre-training run, and six fine-tuning runs that start from its weights and differ in
+    learning rate, label smoothing and batch order (the same data split for all)."""
+    pretrain = _mnist1d_mlp(seed, seed, pretrain_steps, 0.05)
+    ingredients = [
+        _mnist1d_mlp(seed * 100 + order, seed, finetune_steps, lr,
+                     f"init_from={pretrain.identity}",
+                     *(["techniques=label_smoothing",
+                        f"techniques.label_smoothing.smoothing={smoothing}"] if smoothing
+                       else []))
+        for (lr, smoothing), order in itertools.product(
+            ((0.01, 0.0), (0.03, 0.0), (0.01, 0.1)), (1, 2))
+    ]
+    return pretrain, ingredients
+
+
+@CLAIMS.register(
+    "greedy-soup",
+    summary="A greedy soup of fine-tuned models is at least as accurate on held-out data as "
+    "the best single model.",
+    papers=(60,),
+    references=("Model soups: averaging weights of multiple fine-tuned models improves "
+                "accuracy without increasing inference time (arXiv:2203.05482)",),
+)
+@dataclass
+class GreedySoupBeatsBestIngredient(Claim):
+    """PASS per seed when the greedy soup (ingredients added in order of validation accuracy,
+    kept if validation accuracy does not drop) has test accuracy >= that of the single
+    ingredient with the best validation accuracy. The uniform soup is reported too."""
+
+    statement = ("Averaging the weights of models fine-tuned from the same initialization, "
+                 "greedily by held-out accuracy, improves on the best single model at no "
+                 "inference cost.")
+    pretrain_steps: int = 600  # pre-training steps (~20 epochs of MNIST-1D at batch 128)
+    finetune_steps: int = 300  # steps of each of the six fine-tuning runs
+
+    default_seeds = 3
+
+    def run(self, seeds: Sequence[int], store: Store, *, scale: str = "full",
+            progress: bool = False) -> Verdict:
+        passed, numbers, run_ids = [], {}, []
+        for seed in seeds:
+            pretrain, ingredients = soup_configs(seed, self.pretrain_steps, self.finetune_steps)
+            self.execute(pretrain, store, progress)
+            run_ids.append(pretrain.identity)
+            models = []
+            for cfg in ingredients:
+                self.execute(cfg, store, progress)
+                trainer = build(cfg, store=store,
+                                checkpoint_path=store.run_dir(cfg.identity) / CHECKPOINT_NAME)
+                trainer.resume()
+                models.append(trainer.model)
+                run_ids.append(cfg.identity)
+            val, test = trainer.eval_data["val"], trainer.eval_data["test"]
+            probe = copy.deepcopy(models[0])
+
+            def accuracy(state_dict, split, probe=probe) -> float:
+                probe.load_state_dict(state_dict)
+                return evaluate(probe, {"s": split}, [Accuracy()])["s/accuracy"]
+
+            val_scores = [accuracy(m.state_dict(), val) for m in models]
+            best = max(range(len(models)), key=lambda i: val_scores[i])
+            soup = greedy_soup(models, lambda sd, val=val: accuracy(sd, val), scores=val_scores)
+            result = {
+                "best_single_test": accuracy(models[best].state_dict(), test),
+                "greedy_soup_test": accuracy(soup.state_dict, test),
+                "uniform_soup_test": accuracy(uniform_soup(models), test),
+                "greedy_soup_size": len(soup.chosen),
+                "ingredient_val": val_scores,
+            }
+            ok = result["greedy_soup_test"] >= result["best_single_test"]
+            passed.append(ok)
+            numbers[f"seed{seed}"] = {**result, "pass": ok}
+        rows = [n for n in numbers.values()]
+        summary = ("greedy soup − best single test accuracy: "
+                   + ", ".join(f"{(n['greedy_soup_test'] - n['best_single_test']) * 100:+.1f}"
+                               for n in rows)
+                   + " pp (uniform soup − best: "
+                   + ", ".join(f"{(n['uniform_soup_test'] - n['best_single_test']) * 100:+.1f}"
+                               for n in rows)
+                   + f"); {sum(passed)}/{len(seeds)} seeds pass")
+        return record(store, self.verdict(seed_vote(passed), summary, numbers, seeds, run_ids,
+                                          scale))
