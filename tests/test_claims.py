@@ -157,3 +157,14 @@ def test_greedy_soup_protocol_small(store):
     assert verdict.verdict == ("holds" if numbers["greedy_soup_test"]
                                >= numbers["best_single_test"] else "does not hold")
     assert len(store.runs("done")) == 7
+
+
+def test_mup_transfer_protocol_ci_scale(store):
+    verdict = CLAIMS.build("mup-transfer").run([0], store, scale="ci")
+    numbers = verdict.numbers
+    assert numbers["widths"] == [32, 64, 128]
+    assert len(store.runs()) == 2 * 3 * 6
+    shift = {p: numbers[p]["max_shift_in_grid_steps"] for p in ("mup", "sp")}
+    expected = ("holds" if shift["mup"] <= 1 and shift["sp"] >= 2 else
+                "does not hold" if shift["mup"] >= 2 else "inconclusive")
+    assert verdict.verdict == expected

@@ -17,6 +17,7 @@ from heldout.claims.memorization import (
     IPRPruningRemovesMemorization,
     corrupted_modular_config,
 )
+from heldout.claims.mup import MuPTransfer, mup_config
 from heldout.claims.sharpness import SharpnessWeaklyCorrelated, sharpness_population
 from heldout.claims.soups import GreedySoupBeatsBestIngredient, soup_configs
 from heldout.claims.training_tricks import HardBatchesEffect, PSKDCalibration, mnist1d_mlp_config
@@ -31,6 +32,7 @@ __all__ = [
     "IPRPruningRemovesMemorization",
     "LargeBatchGapCloses",
     "LazyRichGrokking",
+    "MuPTransfer",
     "PSKDCalibration",
     "PerpAdamWGeneralizes",
     "SharpnessWeaklyCorrelated",
@@ -45,6 +47,7 @@ __all__ = [
     "large_batch_configs",
     "lazy_rich_config",
     "mnist1d_mlp_config",
+    "mup_config",
     "record",
     "seed_vote",
     "sharpness_population",
