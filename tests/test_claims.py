@@ -168,3 +168,12 @@ def test_mup_transfer_protocol_ci_scale(store):
     expected = ("holds" if shift["mup"] <= 1 and shift["sp"] >= 2 else
                 "does not hold" if shift["mup"] >= 2 else "inconclusive")
     assert verdict.verdict == expected
+
+
+def test_local_complexity_protocol_ci_scale(store):
+    verdict = CLAIMS.build("local-complexity-descent").run([0], store, scale="ci")
+    numbers = verdict.numbers["seed0"]
+    curve = numbers["lc_train_curve"]
+    assert len(curve) == 13 and all(value >= 0 for _, value in curve)
+    assert numbers["lc_peak"] == max(value for _, value in curve)
+    assert verdict.verdict == ("holds" if all(numbers["checks"].values()) else "does not hold")

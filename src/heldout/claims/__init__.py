@@ -13,6 +13,10 @@ from heldout.claims.grokking import (
 )
 from heldout.claims.large_batch import LargeBatchGapCloses, large_batch_configs
 from heldout.claims.lazy_rich import LazyRichGrokking, lazy_rich_config, time_to_fraction
+from heldout.claims.local_complexity import (
+    LocalComplexityDoubleDescent,
+    local_complexity_config,
+)
 from heldout.claims.memorization import (
     IPRPruningRemovesMemorization,
     corrupted_modular_config,
@@ -32,6 +36,7 @@ __all__ = [
     "IPRPruningRemovesMemorization",
     "LargeBatchGapCloses",
     "LazyRichGrokking",
+    "LocalComplexityDoubleDescent",
     "MuPTransfer",
     "PSKDCalibration",
     "PerpAdamWGeneralizes",
@@ -46,6 +51,7 @@ __all__ = [
     "grokking_config",
     "large_batch_configs",
     "lazy_rich_config",
+    "local_complexity_config",
     "mnist1d_mlp_config",
     "mup_config",
     "record",

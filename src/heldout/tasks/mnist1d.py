@@ -106,7 +106,8 @@ class MNIST1D(Task):
     ``dataset_seed``. Its test part (the last 20%) is the test split; ``round(val_fraction *
     n)`` random examples of its train part, chosen by the run seed, are the val split. Then
     ``round(label_noise * n_train)`` random train labels are replaced by a random different
-    class (``clean_y`` keeps the true ones).
+    class (``clean_y`` keeps the true ones). ``max_train`` keeps only the first training
+    examples (the local-complexity paper trains on 1,000).
 
     References:
         Greydanus, Kobak. Scaling down Deep Learning with MNIST-1D. arXiv:2011.14439.
@@ -121,6 +122,7 @@ class MNIST1D(Task):
     dataset_seed: int = 42  # seed of the MNIST-1D generator (42 is the published data set)
     val_fraction: float = 0.1  # fraction of the generator's train part held out as val
     label_noise: float = 0.0  # fraction of train labels replaced by a different class
+    max_train: int | None = None  # keep only the first max_train training examples
     data_seed: int | None = None  # if set, splits and corrupts instead of the run's seed
 
     def __post_init__(self) -> None:
@@ -130,6 +132,8 @@ class MNIST1D(Task):
         check_range("label_noise", self.label_noise, 0, 1)
         if self.data_seed is not None:
             check_range("data_seed", self.data_seed, 0)
+        if self.max_train is not None:
+            check_range("max_train", self.max_train, 1)
 
     @property
     def input(self) -> InputSpec:
@@ -142,6 +146,8 @@ class MNIST1D(Task):
         val, train = random_partition(
             len(y), split_counts(len(y), (self.val_fraction,)), stream_generator(seed, "split")
         )
+        if self.max_train is not None:
+            train = train[: self.max_train]
         noise = stream_generator(seed, "label_noise")
         return Splits(
             train=noisy_split(x[train], y[train], self.label_noise, 10, noise),
