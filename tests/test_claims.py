@@ -177,3 +177,12 @@ def test_local_complexity_protocol_ci_scale(store):
     assert len(curve) == 13 and all(value >= 0 for _, value in curve)
     assert numbers["lc_peak"] == max(value for _, value in curve)
     assert verdict.verdict == ("holds" if all(numbers["checks"].values()) else "does not hold")
+
+
+def test_information_compression_protocol_ci_scale(store):
+    verdict = CLAIMS.build("information-compression").run([0], store, scale="ci")
+    numbers = verdict.numbers["seed0"]
+    assert numbers["layer"] == 5 and len(numbers["curve"]) == 21
+    assert all(0 <= value <= 12 for _, value in numbers["curve"])  # ≤ log2(4096) bits
+    expected = numbers["fitting_phase"] and numbers["compression_phase"]
+    assert verdict.verdict == ("holds" if expected else "does not hold")

@@ -34,6 +34,7 @@ TASK_PARAMS = {
     "digits": {},
     "single_index": {"dim": 10, "n_train": 30, "n_val": 5, "n_test": 20},
     "moons": {"n_train": 40, "n_val": 10, "n_test": 20},
+    "bit_patterns": {"n_bits": 6, "val_fraction": 0.1},
 }
 
 

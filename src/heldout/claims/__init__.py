@@ -11,6 +11,7 @@ from heldout.claims.grokking import (
     collapse_margins,
     grokking_config,
 )
+from heldout.claims.information import InformationCompression, information_config
 from heldout.claims.large_batch import LargeBatchGapCloses, large_batch_configs
 from heldout.claims.lazy_rich import LazyRichGrokking, lazy_rich_config, time_to_fraction
 from heldout.claims.local_complexity import (
@@ -34,6 +35,7 @@ __all__ = [
     "GrokkingNLMAlignment",
     "HardBatchesEffect",
     "IPRPruningRemovesMemorization",
+    "InformationCompression",
     "LargeBatchGapCloses",
     "LazyRichGrokking",
     "LocalComplexityDoubleDescent",
@@ -49,6 +51,7 @@ __all__ = [
     "corrupted_modular_config",
     "gbnn_configs",
     "grokking_config",
+    "information_config",
     "large_batch_configs",
     "lazy_rich_config",
     "local_complexity_config",

@@ -4,6 +4,7 @@ Importing this package registers the built-in tasks in :data:`heldout.registry.T
 """
 
 from heldout.tasks.base import InputSpec, Split, Splits, Task
+from heldout.tasks.bits import BitPatterns
 from heldout.tasks.digits import Digits
 from heldout.tasks.mnist1d import MNIST1D
 from heldout.tasks.modular import ModularArithmetic, modular_table
@@ -13,6 +14,7 @@ from heldout.tasks.xor import XORClusters
 
 __all__ = [
     "MNIST1D",
+    "BitPatterns",
     "BreastCancer",
     "Digits",
     "InputSpec",
