@@ -2,6 +2,7 @@ import dataclasses
 import json
 
 import pytest
+import torch
 
 from heldout.config import (
     ConfigError,
@@ -126,7 +127,8 @@ def test_loss_choice_reaches_the_trainer():
     x, y, _ = next(trainer.batches)
     from heldout.engine.trainer import mse_to_one_hot
 
-    assert float(trainer.loss_fn(trainer.model(x), y)) == float(
-        mse_to_one_hot(trainer.model(x), y))
+    with torch.no_grad():
+        assert float(trainer.loss_fn(trainer.model(x), y)) == float(
+            mse_to_one_hot(trainer.model(x), y))
     with pytest.raises(ConfigError, match="loss: expected one of 'cross_entropy', 'mse'"):
         parse_overrides(RunConfig(), ["loss=hinge"])
