@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -71,20 +72,34 @@ class Splits:
     test: Split
     input: InputSpec
     num_classes: int
+    # Further evaluation splits, e.g. per domain of a multi-domain task: "val@rot30" is the
+    # validation part of domain "rot30". Names use "@" (never "/", which separates metrics).
+    extra: Mapping[str, Split] = field(default_factory=dict)
 
     names = ("train", "val", "test")
 
+    def __post_init__(self) -> None:
+        for name in self.extra:
+            if "/" in name or name in self.names:
+                raise ValueError(f"extra split {name!r}: must not contain '/' or reuse "
+                                 f"{', '.join(self.names)}")
+
     def __getitem__(self, name: str) -> Split:
-        if name not in self.names:
-            raise KeyError(f"unknown split {name!r}; valid splits: {', '.join(self.names)}")
-        return getattr(self, name)
+        if name in self.names:
+            return getattr(self, name)
+        if name in self.extra:
+            return self.extra[name]
+        valid = [*self.names, *self.extra]
+        raise KeyError(f"unknown split {name!r}; valid splits: {', '.join(valid)}")
 
     @property
     def regression(self) -> bool:
         return self.train.y.is_floating_point()
 
     def items(self) -> list[tuple[str, Split]]:
-        return [(n, self[n]) for n in self.names if len(self[n])]
+        """The non-empty splits: train, val, test, then the extra ones in their order."""
+        named = [(n, getattr(self, n)) for n in self.names]
+        return [(n, s) for n, s in [*named, *self.extra.items()] if len(s)]
 
 
 class Task:
