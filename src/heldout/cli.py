@@ -6,6 +6,8 @@
     heldout list [techniques|measures|tasks|models|claims|papers]
     heldout runs ls|show|export ...
     heldout claims list | run [NAME ...] [--seeds N] [--scale ci|full]
+    heldout sweep SPEC.yaml [--executor local|ray] [--workers N] [--address A]
+    heldout sweep status SWEEP
     heldout flagship [--steps N] [--out DIR]
     heldout report RUN ... [--out DIR]
     heldout measure RUN --measure NAME [--split S] [--set k=v]
@@ -83,6 +85,15 @@ def _parser() -> argparse.ArgumentParser:
     crun.add_argument("names", nargs="*", help="claims to run (default: all)")
     crun.add_argument("--seeds", type=int, help="number of seeds (0, 1, ... N-1)")
     crun.add_argument("--scale", choices=["ci", "full"], default="full")
+
+    sweep = sub.add_parser("sweep", help="run a sweep spec (again: only what is not done), "
+                           "or `sweep status SWEEP`")
+    sweep.add_argument("spec", help="a sweep YAML, or `status`")
+    sweep.add_argument("sweep", nargs="?", help="status: a sweep id or name")
+    sweep.add_argument("--executor", choices=["local", "ray"], default="local")
+    sweep.add_argument("--workers", type=int, default=2, help="local: processes at a time; "
+                       "ray without --address: CPUs of the local instance")
+    sweep.add_argument("--address", help="ray: a cluster to join (default: start a local one)")
 
     flagship = sub.add_parser("flagship", help="the grokking comparison with its HTML report")
     flagship.add_argument("--steps", type=int, default=None)
@@ -327,6 +338,39 @@ def _rank(args: argparse.Namespace, store: Store) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace, store: Store) -> int:
+    from heldout.experiments.sweep import load_sweep, run_sweep, sweep_status
+
+    if args.spec == "status":
+        if not args.sweep:
+            raise UsageError("sweep status needs a sweep id or name")
+        try:
+            status = sweep_status(store, args.sweep)
+        except KeyError as err:
+            raise UsageError(str(err.args[0])) from None
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(status["counts"].items()))
+        print(f"{status['runs']} runs: {counts}")
+        for failure in status["failures"]:
+            print(f"  failed {failure['run_id']} ({failure['technique']}, seed "
+                  f"{failure['seed']}): {failure['error']}")
+        return 0
+    spec = load_sweep(args.spec)
+    if args.workers < 1:
+        raise UsageError("--workers must be >= 1")
+
+    def report(outcome) -> None:
+        line = f"{outcome.run_id} {outcome.status}"
+        print(line + (f": {outcome.error}" if outcome.error else ""), flush=True)
+
+    print(f"sweep {spec.name} ({spec.identity}); store {store.path}", flush=True)
+    run_sweep(spec, store, executor=args.executor, workers=args.workers,
+              address=args.address, progress=report)
+    status = sweep_status(store, spec.identity)
+    print(f"{status['runs']} runs: " + ", ".join(
+        f"{k} {v}" for k, v in sorted(status["counts"].items())))
+    return 1 if status["failures"] else 0
+
+
 def _cmd_flagship(args: argparse.Namespace, store: Store) -> int:
     from heldout.flagship import run_flagship
 
@@ -360,6 +404,7 @@ _COMMANDS = {
     "runs": _cmd_runs,
     "claims": _cmd_claims,
     "flagship": _cmd_flagship,
+    "sweep": _cmd_sweep,
     "measure": _cmd_measure,
     "report": _cmd_report,
 }

@@ -236,7 +236,8 @@ class Trainer:
     # ------------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue bit-identically: weights, optimizer (wrappers
-        included), technique state, data position, global RNG states and the step."""
+        included), technique and measure state, data position, global RNG states, the step,
+        and the metric history so far (so no evaluation is lost with a killed process)."""
         return {
             "step": self.state.step,
             "model": self.model.state_dict(),
@@ -244,6 +245,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "techniques": {t.name: t.state_dict() for t in self.techniques},
             "measures": [m.state_dict() for m in self.measures],
+            "history": [[step, dict(metrics)] for step, metrics in self.history],
             "batches": self.batches.state_dict(),
             "rng": capture_rng(),
             "loss": None if self.state.loss is None else self.state.loss.cpu(),
@@ -268,6 +270,7 @@ class Trainer:
         restore_rng(ckpt["rng"])
         self.state.step = ckpt["step"]
         self.state.loss = ckpt["loss"]
+        self.history = [(int(step), dict(metrics)) for step, metrics in ckpt.get("history", [])]
 
     def save_checkpoint(self, path: str | Path | None = None) -> Path:
         for logger in self.loggers:  # metrics reach the store before the checkpoint does

@@ -63,6 +63,18 @@ CREATE TABLE IF NOT EXISTS artifacts (
     sha256 TEXT,
     PRIMARY KEY (run_id, name)
 );
+CREATE TABLE IF NOT EXISTS sweeps (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    spec_json TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sweep_runs (
+    sweep_id TEXT NOT NULL REFERENCES sweeps(id) ON DELETE CASCADE,
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    meta_json TEXT NOT NULL,
+    PRIMARY KEY (sweep_id, run_id)
+);
 CREATE TABLE IF NOT EXISTS claims (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     claim TEXT NOT NULL,
@@ -306,6 +318,50 @@ class Store:
              "seeds": json.loads(r["seeds_json"]), "run_ids": json.loads(r["run_ids_json"])}
             for r in rows
         ]
+
+    # --------------------------------------------------------------------- sweeps
+    def record_sweep(self, sweep_id: str, name: str, spec: Mapping[str, Any],
+                     runs: Sequence[tuple[str, Mapping[str, Any], Mapping[str, Any], int]]
+                     ) -> None:
+        """Register a sweep and its planned runs ``(run_id, config, meta, seed)`` as queued,
+        in one transaction; what is already recorded is left as it is."""
+        now = time.time()
+        with self._transaction() as db:
+            db.execute("INSERT OR IGNORE INTO sweeps (id, name, spec_json, created) "
+                       "VALUES (?, ?, ?, ?)", (sweep_id, name, json.dumps(spec, sort_keys=True),
+                                               now))
+            db.executemany(
+                "INSERT OR IGNORE INTO runs (id, name, config_json, seed, status, created) "
+                "VALUES (?, NULL, ?, ?, 'queued', ?)",
+                [(rid, json.dumps(cfg, sort_keys=True), seed, now) for rid, cfg, _, seed in runs],
+            )
+            db.executemany(
+                "INSERT OR IGNORE INTO sweep_runs (sweep_id, run_id, meta_json) VALUES (?,?,?)",
+                [(sweep_id, rid, json.dumps(meta, sort_keys=True)) for rid, _, meta, _ in runs],
+            )
+
+    def sweeps(self) -> list[dict[str, Any]]:
+        with self._connect() as db:
+            return [dict(r) for r in db.execute(
+                "SELECT id, name, created FROM sweeps ORDER BY created")]
+
+    def sweep_runs(self, sweep_id: str) -> list[tuple[RunRecord, dict[str, Any]]]:
+        """The runs of a sweep (by id, unique prefix or name) with their protocol metadata."""
+        with self._connect() as db:
+            row = db.execute("SELECT id FROM sweeps WHERE id = ? OR name = ? ORDER BY created "
+                             "DESC", (sweep_id, sweep_id)).fetchone()
+            if row is None:
+                rows = db.execute("SELECT id FROM sweeps WHERE id LIKE ?",
+                                  (sweep_id + "%",)).fetchall()
+                if len(rows) != 1:
+                    known = ", ".join(s["id"] for s in db.execute("SELECT id FROM sweeps"))
+                    raise KeyError(f"no sweep {sweep_id!r} in {self.path}; sweeps: "
+                                   f"{known or 'none'}")
+                row = rows[0]
+            members = db.execute(
+                "SELECT r.*, s.meta_json FROM sweep_runs s JOIN runs r ON r.id = s.run_id "
+                "WHERE s.sweep_id = ? ORDER BY r.created, r.id", (row["id"],)).fetchall()
+        return [(_record(m), json.loads(m["meta_json"])) for m in members]
 
     # --------------------------------------------------------------------- export
     def export(self, run_ids: Sequence[str] | None = None, fmt: str = "csv") -> str:

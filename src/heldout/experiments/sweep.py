@@ -1,0 +1,304 @@
+"""Sweep specs: tasks × techniques × hyper-parameter draws × seeds × held-out domains.
+
+A spec (YAML or Python) expands into run configs. Each run's id is the hash of its canonical
+config, so running a sweep again runs only what is not done. Hyper-parameter draw 0 is the
+defaults; draw k > 0 samples every searched hyper-parameter from a generator seeded by
+(sweep seed, k, the hyper-parameter's name), so adding one hyper-parameter to the search
+leaves the other draws unchanged (as DomainBed's ``hparams_registry`` does).
+
+Example spec::
+
+    name: rotation-digits
+    base: {model: {name: mlp, hidden: [64]}, optimizer: {name: adam, lr: 0.001},
+           steps: 300, eval_every: 100, measures: [accuracy, loss, ece, group_accuracy]}
+    tasks: [{name: digits_shift, shift: rotation}]
+    techniques: [erm, sam, ema]       # erm: no technique; "sam+ema" combines
+    hparams: 4                        # draws per technique (draw 0 = defaults)
+    seeds: 3
+    held_out: each                    # multi-domain tasks: hold out each domain in turn
+    search: {optimizer.lr: [log_uniform, 0.0001, 0.01]}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from heldout.config import ConfigError, RunConfig, config_from_dict
+from heldout.registry import TASKS, TECHNIQUES
+
+__all__ = [
+    "PlannedRun",
+    "SweepSpec",
+    "draw_value",
+    "expand",
+    "load_sweep",
+    "run_sweep",
+    "sweep_from_dict",
+    "sweep_status",
+]
+
+BASELINE = "erm"  # the technique name that means "no technique"
+SELECTION_RULES = ("train_domain_val", "lodo", "oracle", "last")
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """What a sweep runs; see the module docstring for the YAML form."""
+
+    name: str
+    tasks: tuple[Mapping[str, Any], ...]
+    techniques: tuple[str, ...] = (BASELINE,)
+    base: Mapping[str, Any] = field(default_factory=dict)
+    hparams: int = 1
+    seeds: tuple[int, ...] = (0,)
+    held_out: str | tuple[tuple[int, ...], ...] = "each"
+    search: Mapping[str, Sequence[Any]] = field(default_factory=dict)
+    selection: tuple[str, ...] = ("train_domain_val", "oracle", "last")
+    sweep_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.hparams < 1:
+            raise ConfigError(f"hparams: must be >= 1, got {self.hparams}")
+        unknown = [r for r in self.selection if r not in SELECTION_RULES]
+        if unknown:
+            raise ConfigError(f"selection: unknown rule(s) {unknown}; valid rules: "
+                              f"{', '.join(SELECTION_RULES)}")
+        for technique in self.techniques:
+            for part in _parts(technique):
+                if part not in TECHNIQUES:
+                    raise ConfigError(f"techniques: unknown technique {part!r}; valid: "
+                                      f"{BASELINE}, {', '.join(TECHNIQUES.names())}")
+        for key, space in self.search.items():
+            _check_space(f"search.{key}", space)
+
+    @property
+    def identity(self) -> str:
+        data = {k: v for k, v in _plain(self.__dict__).items() if k != "name"}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of a sweep and where it sits in the protocol."""
+
+    config: RunConfig
+    task: str  # the task's label in tables
+    technique: str
+    hparams: int  # draw index; 0 = defaults
+    seed: int
+    held_out: tuple[str, ...]  # held-out domain names (empty for single-domain tasks)
+    domains: tuple[str, ...]  # every domain name of the task (empty if single-domain)
+    values: Mapping[str, Any]  # the drawn hyper-parameters (empty for draw 0)
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return {"task": self.task, "technique": self.technique, "hparams": self.hparams,
+                "seed": self.seed, "held_out": list(self.held_out),
+                "domains": list(self.domains), "values": dict(self.values)}
+
+
+def _parts(technique: str) -> list[str]:
+    return [] if technique == BASELINE else [p for p in technique.split("+") if p]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _check_space(key: str, space: Any) -> None:
+    if not isinstance(space, list | tuple) or not space:
+        raise ConfigError(f"{key}: a search space is [uniform, lo, hi], [log_uniform, lo, hi], "
+                          f"[int_uniform, lo, hi] or [choice, [values]]; got {space!r}")
+    kind = space[0]
+    if kind in ("uniform", "log_uniform", "int_uniform"):
+        if len(space) != 3 or not all(isinstance(v, int | float) for v in space[1:]):
+            raise ConfigError(f"{key}: {kind} needs two numbers, got {list(space[1:])!r}")
+        if kind == "log_uniform" and min(space[1:]) <= 0:
+            raise ConfigError(f"{key}: log_uniform needs positive bounds")
+    elif kind == "choice":
+        if len(space) != 2 or not isinstance(space[1], list | tuple) or not space[1]:
+            raise ConfigError(f"{key}: choice needs a non-empty list, got {space[1:]!r}")
+    else:
+        raise ConfigError(f"{key}: unknown search kind {kind!r}; valid kinds: uniform, "
+                          "log_uniform, int_uniform, choice")
+
+
+def draw_value(space: Sequence[Any], sweep_seed: int, draw: int, name: str) -> Any:
+    """The value of hyper-parameter ``name`` in ``draw``: a pure function of the three, so
+    adding another hyper-parameter never changes this one's draws."""
+    key = zlib.crc32(name.encode())
+    rng = np.random.default_rng(np.random.SeedSequence([sweep_seed, draw, key]))
+    kind = space[0]
+    if kind == "uniform":
+        return float(rng.uniform(space[1], space[2]))
+    if kind == "log_uniform":
+        return float(math.exp(rng.uniform(math.log(space[1]), math.log(space[2]))))
+    if kind == "int_uniform":
+        return int(rng.integers(space[1], space[2] + 1))
+    values = list(space[1])
+    return values[int(rng.integers(len(values)))]
+
+
+def _domain_names(task: Mapping[str, Any]) -> tuple[str, ...]:
+    entry = TASKS.get(task["name"])
+    instance = entry.build(**{k: v for k, v in task.items() if k != "name"})
+    names = getattr(instance, "domain_names", None)
+    return tuple(names() if callable(names) else names or ())
+
+
+def _held_out_sets(spec: SweepSpec, domains: tuple[str, ...]) -> list[tuple[int, ...]]:
+    if not domains:
+        return [()]
+    if spec.held_out == "each":
+        base = [(i,) for i in range(len(domains))]
+    elif isinstance(spec.held_out, str):
+        raise ConfigError(f"held_out: 'each' or a list of domain-index lists, got "
+                          f"{spec.held_out!r}")
+    else:
+        base = [tuple(h) for h in spec.held_out]
+    sets = list(base)
+    if "lodo" in spec.selection:  # leave-one-domain-out needs each training domain held out too
+        for held in base:
+            sets += [tuple(sorted((*held, d))) for d in range(len(domains)) if d not in held]
+    return list(dict.fromkeys(sets))
+
+
+def expand(spec: SweepSpec) -> list[PlannedRun]:
+    """Every run of ``spec``, in a fixed order."""
+    runs = []
+    for task in spec.tasks:
+        domains = _domain_names(task)
+        label = task.get("label") or task["name"]
+        task_params = {k: v for k, v in task.items() if k != "label"}
+        for held in _held_out_sets(spec, domains):
+            for technique in spec.techniques:
+                parts = _parts(technique)
+                space = dict(spec.search)
+                for part in parts:
+                    for param, sub in TECHNIQUES.get(part).search_space.items():
+                        space.setdefault(f"techniques.{part}.{param}", sub)
+                for draw in range(spec.hparams):
+                    values = {} if draw == 0 else {
+                        name: draw_value(sub, spec.sweep_seed, draw, name)
+                        for name, sub in sorted(space.items())}
+                    for seed in spec.seeds:
+                        runs.append(_planned(spec, task_params, label, domains, held,
+                                             technique, parts, draw, seed, values))
+    return runs
+
+
+def _planned(spec: SweepSpec, task: Mapping[str, Any], label: str, domains: tuple[str, ...],
+             held: tuple[int, ...], technique: str, parts: list[str], draw: int, seed: int,
+             values: Mapping[str, Any]) -> PlannedRun:
+    data = json.loads(json.dumps(_plain(spec.base)))
+    data["task"] = {**task, **({"held_out": list(held)} if domains else {})}
+    data["techniques"] = [{"name": p} for p in parts]
+    data["seed"] = seed
+    for key, value in values.items():
+        _assign(data, key, value)
+    data.setdefault("name", None)
+    try:
+        cfg = config_from_dict(data)
+    except ConfigError as err:
+        raise ConfigError(f"sweep {spec.name}: {err}") from None
+    return PlannedRun(cfg, label, technique, draw, seed,
+                      tuple(domains[i] for i in held), domains, values)
+
+
+def _assign(data: dict[str, Any], dotted: str, value: Any) -> None:
+    head, *rest = dotted.split(".")
+    if head == "techniques":
+        name, param = rest
+        next(t for t in data["techniques"] if t["name"] == name)[param] = value
+        return
+    node = data.setdefault(head, {})
+    if not rest:
+        data[head] = value
+        return
+    if isinstance(node, str):
+        node = data[head] = {"name": node}
+    for part in rest[:-1]:
+        node = node.setdefault(part, {})
+    node[rest[-1]] = value
+
+
+def load_sweep(path: str | Path) -> SweepSpec:
+    """Read a sweep spec from YAML; unknown keys or names give one clear line."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read sweep spec ({err.strerror})") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    return sweep_from_dict(data, default_name=Path(path).stem)
+
+
+def sweep_from_dict(data: Mapping[str, Any], default_name: str = "sweep") -> SweepSpec:
+    fields = set(SweepSpec.__dataclass_fields__)
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown sweep key; valid keys: "
+                          f"{', '.join(sorted(fields))}")
+    if "tasks" not in data or not data["tasks"]:
+        raise ConfigError("tasks: a sweep needs at least one task")
+    tasks = tuple({"name": t} if isinstance(t, str) else dict(t) for t in data["tasks"])
+    for task in tasks:
+        if "name" not in task:
+            raise ConfigError(f"tasks: every task needs a name, got {task!r}")
+    seeds = data.get("seeds", 1)
+    seeds = tuple(range(seeds)) if isinstance(seeds, int) else tuple(seeds)
+    held = data.get("held_out", "each")
+    if not isinstance(held, str):
+        held = tuple(tuple([h] if isinstance(h, int) else h) for h in held)
+    base = dict(data.get("base", {}))
+    for key in ("task", "techniques", "seed"):
+        if key in base:
+            raise ConfigError(f"base.{key}: set by the sweep (use tasks / techniques / seeds)")
+    return SweepSpec(
+        name=str(data.get("name", default_name)), tasks=tasks,
+        techniques=tuple(data.get("techniques", [BASELINE])), base=base,
+        hparams=int(data.get("hparams", 1)), seeds=seeds, held_out=held,
+        search=dict(data.get("search", {})),
+        selection=tuple(data.get("selection", ("train_domain_val", "oracle", "last"))),
+        sweep_seed=int(data.get("sweep_seed", 0)),
+    )
+
+
+def run_sweep(spec: SweepSpec, store: Any, *, executor: str = "local", workers: int = 2,
+              address: str | None = None, progress: Any = None) -> list[Any]:
+    """Record the sweep's plan in ``store`` and run what is not done; return the outcomes."""
+    from heldout.config import config_to_dict
+    from heldout.experiments.executors import make_executor, run_jobs
+
+    planned = expand(spec)
+    store.record_sweep(spec.identity, spec.name, _plain(spec.__dict__), [
+        (p.config.identity, config_to_dict(p.config), p.meta, p.seed) for p in planned])
+    runner = make_executor(executor, store.home, workers=workers, address=address)
+    return run_jobs([p.config for p in planned], store, runner, progress)
+
+
+def sweep_status(store: Any, sweep: str) -> dict[str, Any]:
+    """Counts per state and the failures with their errors."""
+    members = store.sweep_runs(sweep)
+    counts: dict[str, int] = {}
+    failures = []
+    for record, meta in members:
+        counts[record.status] = counts.get(record.status, 0) + 1
+        if record.status == "failed":
+            failures.append({"run_id": record.id, "technique": meta["technique"],
+                             "seed": meta["seed"], "error": record.error})
+    return {"runs": len(members), "counts": counts, "failures": failures}

@@ -1,0 +1,150 @@
+"""Sweeps: per-name seeded draws, idempotence, a killed driver, a killed worker."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from heldout.config import ConfigError
+from heldout.experiments.executors import LocalExecutor, run_jobs
+from heldout.experiments.sweep import draw_value, expand, run_sweep, sweep_from_dict, sweep_status
+from heldout.runner import execute
+from heldout.store import Store
+
+SPEC = {
+    "name": "tiny",
+    "base": {"model": {"name": "mlp", "hidden": [16]}, "optimizer": {"name": "adam", "lr": 0.01},
+             "steps": 30, "eval_every": 10, "checkpoint_every": 10},
+    "tasks": [{"name": "modular", "p": 11}],
+    "techniques": ["erm", "sam"],
+    "hparams": 3,
+    "seeds": 2,
+    "search": {"optimizer.lr": ["log_uniform", 0.001, 0.1]},
+}
+
+
+def test_expand_draws_and_defaults():
+    plan = expand(sweep_from_dict(SPEC))
+    assert len(plan) == 2 * 3 * 2
+    assert len({p.config.identity for p in plan}) == len(plan)
+    defaults = [p for p in plan if p.hparams == 0]
+    assert all(p.values == {} and p.config.optimizer.lr == 0.01 for p in defaults)
+    sam = [p for p in plan if p.technique == "sam" and p.hparams == 2]
+    assert set(sam[0].values) == {"optimizer.lr", "techniques.sam.rho"}
+    assert sam[0].config.techniques[0].params["rho"] == sam[0].values["techniques.sam.rho"]
+    assert 0.001 <= sam[0].values["optimizer.lr"] <= 0.1
+
+
+def test_adding_a_hyperparameter_leaves_the_other_draws_unchanged():
+    before = expand(sweep_from_dict(SPEC))
+    more = dict(SPEC, search={**SPEC["search"], "optimizer.eps": ["log_uniform", 1e-9, 1e-6]})
+    after = expand(sweep_from_dict(more))
+    for a, b in zip(before, after, strict=True):
+        for name, value in a.values.items():
+            assert b.values[name] == value
+    assert draw_value(["choice", [1, 2, 3]], 0, 5, "x") == draw_value(["choice", [1, 2, 3]], 0,
+                                                                      5, "x")
+    draws = {draw_value(["uniform", 0, 1], 0, k, "x") for k in range(1, 20)}
+    assert len(draws) == 19  # different draws differ
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"bogus": 1}, "bogus: unknown sweep key"),
+    ({"techniques": ["erm", "nope"]}, "unknown technique 'nope'"),
+    ({"search": {"optimizer.lr": ["gaussian", 0, 1]}}, "unknown search kind 'gaussian'"),
+    ({"selection": ["best"]}, "unknown rule(s) ['best']"),
+    ({"tasks": []}, "tasks: a sweep needs at least one task"),
+    ({"base": {"seed": 3}}, "base.seed: set by the sweep"),
+])
+def test_spec_errors_are_clear(change, message):
+    with pytest.raises(ConfigError) as err:
+        expand(sweep_from_dict({**SPEC, **change}))
+    assert message in str(err.value)
+
+
+def test_sweep_runs_each_planned_run_once_and_is_idempotent(tmp_path):
+    store = Store(tmp_path / "home")
+    spec = sweep_from_dict(SPEC)
+    outcomes = run_sweep(spec, store, workers=2)
+    assert len(outcomes) == 12 and all(o.status == "done" for o in outcomes)
+    status = sweep_status(store, "tiny")
+    assert status == {"runs": 12, "counts": {"done": 12}, "failures": []}
+    finished = {r.id: r.finished for r in store.runs()}
+    assert run_sweep(spec, store, workers=2) == []  # nothing left to do
+    assert {r.id: r.finished for r in store.runs()} == finished
+    # the metrics equal those of each run executed alone, in-process
+    plan = expand(spec)
+    alone = Store(tmp_path / "alone")
+    execute(plan[5].config, alone)
+    assert alone.metrics(plan[5].config.identity) == store.metrics(plan[5].config.identity)
+
+
+def _spec_file(tmp_path, **change):
+    import yaml
+
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump({**SPEC, **change}))
+    return path
+
+
+def test_driver_killed_mid_sweep_then_rerun(tmp_path):
+    spec_path = _spec_file(tmp_path, base={**SPEC["base"], "steps": 60})
+    reference = Store(tmp_path / "reference")
+    run_sweep(sweep_from_dict({**SPEC, "base": {**SPEC["base"], "steps": 60}}), reference,
+              workers=2)
+    home = tmp_path / "home"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "heldout.cli", "--home", str(home), "sweep",
+                             str(spec_path), "--workers", "2"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    done = 0
+    deadline = time.time() + 120
+    while time.time() < deadline and done < 3:
+        line = proc.stdout.readline()
+        done += line.strip().endswith(" done")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    store = Store(home)
+    before = {r.id: (r.finished, store.final_metrics(r.id)) for r in store.runs("done")}
+    assert 3 <= len(before) < 12
+    time.sleep(1.0)  # orphaned workers notice the driver is gone and stop
+    out = subprocess.run([sys.executable, "-m", "heldout.cli", "--home", str(home), "sweep",
+                          str(spec_path), "--workers", "2"], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "12 runs: done 12" in out.stdout
+    for run_id, (finished, final) in before.items():  # finished results untouched
+        record = store.get_run(run_id)
+        assert record.finished == finished and store.final_metrics(run_id) == final
+    for record in reference.runs():  # every run done once, with the uninterrupted history
+        assert store.metrics(record.id) == reference.metrics(record.id)
+
+
+def test_a_killed_worker_fails_its_run_and_a_rerun_resumes_it(tmp_path):
+    spec = sweep_from_dict({**SPEC, "techniques": ["erm"], "hparams": 1, "seeds": [0],
+                            "base": {**SPEC["base"], "steps": 400, "checkpoint_every": 20}})
+    (planned,) = expand(spec)
+    cfg = planned.config
+    store = Store(tmp_path / "home")
+    store.record_sweep(spec.identity, spec.name, {}, [(cfg.identity, {}, planned.meta, 0)])
+    executor = LocalExecutor(store.home, workers=1)
+    executor.submit(cfg)
+    checkpoint = store.run_dir(cfg.identity) / "checkpoint.pt"
+    deadline = time.time() + 120
+    outcomes = []
+    while time.time() < deadline and not checkpoint.exists():
+        outcomes += executor.poll(store, 0.05)
+    os.kill(executor._running[cfg.identity].pid, signal.SIGKILL)
+    while executor.busy:
+        outcomes += executor.poll(store, 0.1)
+    (outcome,) = outcomes
+    assert outcome.status == "failed" and "killed by signal 9" in outcome.error
+    assert store.get_run(cfg.identity).status == "failed"
+    (again,) = run_jobs([cfg], store, LocalExecutor(store.home, workers=1))
+    assert again.status == "done"
+    alone = Store(tmp_path / "alone")
+    execute(cfg, alone)
+    assert store.metrics(cfg.identity) == alone.metrics(cfg.identity)
