@@ -48,7 +48,6 @@ __all__ = [
 ]
 
 BASELINE = "erm"  # the technique name that means "no technique"
-SELECTION_RULES = ("train_domain_val", "lodo", "oracle", "last")
 
 
 @dataclass(frozen=True)
@@ -69,6 +68,8 @@ class SweepSpec:
     def __post_init__(self) -> None:
         if self.hparams < 1:
             raise ConfigError(f"hparams: must be >= 1, got {self.hparams}")
+        from heldout.experiments.selection import SELECTION_RULES
+
         unknown = [r for r in self.selection if r not in SELECTION_RULES]
         if unknown:
             raise ConfigError(f"selection: unknown rule(s) {unknown}; valid rules: "
