@@ -9,7 +9,7 @@
     heldout sweep SPEC.yaml [--executor local|ray] [--workers N] [--address A]
     heldout sweep status SWEEP
     heldout flagship [--steps N] [--out DIR]
-    heldout report RUN ... [--out DIR]
+    heldout report SWEEP|RUN ... [--out DIR]
     heldout measure RUN --measure NAME [--split S] [--set k=v]
     heldout measure rank RUN RUN ... --measure KEY [--gap KEY] [--axis CONFIG.KEY]
 
@@ -117,8 +117,8 @@ def _parser() -> argparse.ArgumentParser:
     measure.add_argument("--set", action="append", dest="params", default=[],
                          metavar="KEY=VALUE", help="a measure parameter (with one --measure)")
 
-    report = sub.add_parser("report", help="write an HTML report of runs")
-    report.add_argument("runs", nargs="+")
+    report = sub.add_parser("report", help="write an HTML report of a sweep or of runs")
+    report.add_argument("runs", nargs="+", help="a sweep id or name, or run ids")
     report.add_argument("--out", default="heldout-report")
     report.add_argument("--title", default="heldout report")
     return parser
@@ -383,6 +383,17 @@ def _cmd_flagship(args: argparse.Namespace, store: Store) -> int:
 def _cmd_report(args: argparse.Namespace, store: Store) -> int:
     from heldout.report.html import write_report
 
+    if len(args.runs) == 1:  # a sweep id or name?
+        try:
+            store.get_sweep(args.runs[0])
+        except KeyError:
+            pass
+        else:
+            from heldout.report.sweep import write_sweep_report
+
+            path = write_sweep_report(store, args.runs[0], Path(args.out))
+            print(f"report: {path.resolve()}")
+            return 0
     try:
         ids = [store.get_run(r).id for r in args.runs]
     except KeyError as err:

@@ -17,7 +17,17 @@ from typing import Any
 
 from heldout.store.sqlite import Store
 
-__all__ = ["first_step_reaching", "run_label", "write_report"]
+__all__ = [
+    "claims_html",
+    "configs_html",
+    "first_step_reaching",
+    "image_html",
+    "page_html",
+    "png_base64",
+    "run_label",
+    "table_html",
+    "write_report",
+]
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:72rem;color:#222;padding:0 1rem}
@@ -41,7 +51,7 @@ def first_step_reaching(curve: Sequence[tuple[int, float]], threshold: float) ->
     return next((step for step, value in curve if value >= threshold), None)
 
 
-def _png(fig: Any) -> str:
+def png_base64(fig: Any) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     return base64.b64encode(buf.getvalue()).decode("ascii")
@@ -85,7 +95,7 @@ def _curves(histories: Mapping[str, dict[str, list[tuple[int, float]]]]) -> list
         ax.grid(alpha=0.3)
     axes.flat[min(1, len(panels) - 1)].legend(loc="best", fontsize=8)
     fig.tight_layout()
-    images.append(("Learning curves", _png(fig)))
+    images.append(("Learning curves", png_base64(fig)))
     plt.close(fig)
     return images
 
@@ -111,60 +121,72 @@ def write_report(
     rows = []
     for r in records:
         final = store.final_metrics(r.id)
-        history = store.history(r.id)
-        reach = first_step_reaching(history.get("test/accuracy", []), 0.95)
+        reach = first_step_reaching(store.history(r.id).get("test/accuracy", []), 0.95)
 
         def num(key: str, fmt: str = "{:.4f}", final=final) -> str:
             return fmt.format(final[key]) if key in final else "–"
 
-        rows.append(
-            "<tr>" + "".join(f"<td>{c}</td>" for c in [
-                e(names[r.id]), f"<code>{e(r.id)}</code>", e(r.status), str(r.step),
-                num("train/accuracy"), num("test/accuracy"),
-                "never" if reach is None else str(reach),
-                num("train/loss", "{:.3g}"), num("test/loss", "{:.3g}"), num("test/ece"),
-                "–" if r.seconds is None else f"{r.seconds:.1f}",
-            ]) + "</tr>"
-        )
+        rows.append([
+            e(names[r.id]), f"<code>{e(r.id)}</code>", e(r.status), str(r.step),
+            num("train/accuracy"), num("test/accuracy"),
+            "never" if reach is None else str(reach),
+            num("train/loss", "{:.3g}"), num("test/loss", "{:.3g}"), num("test/ece"),
+            "–" if r.seconds is None else f"{r.seconds:.1f}",
+        ])
     header = ["run", "id", "status", "steps", "train acc", "test acc", "step test ≥ 95%",
               "train loss", "test loss", "test ECE", "seconds"]
-    table = ("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>"
-             + "".join(rows) + "</table>")
-
-    images = "".join(
-        f"<h2>{e(caption)}</h2><img alt='{e(caption)}' src='data:image/png;base64,{data}'>"
-        for caption, data in _curves(histories)
-    )
-    configs = "".join(
-        f"<details><summary>{e(names[r.id])} — <code>{e(r.id)}</code></summary><pre>"
-        f"{e(json.dumps(r.config, indent=2, sort_keys=True))}</pre></details>"
-        for r in records
-    )
-    claims_html = ""
-    results = store.claim_results() if claims else []
-    if results:
-        items = []
-        for c in results:
-            css = c["verdict"].replace(" ", "-")
-            items.append(
-                f"<tr><td>{e(c['claim'])}</td><td class='{css}'>{e(c['verdict'])}</td>"
-                f"<td>{e(c['summary'])}</td><td>{e(str(c['seeds']))}</td>"
-                f"<td>{e(c['scale'])}</td></tr>"
-            )
-        claims_html = ("<h2>Claims ledger</h2><table><tr><th>claim</th><th>verdict</th>"
-                       "<th>numbers</th><th>seeds</th><th>scale</th></tr>"
-                       + "".join(items) + "</table>")
-    from heldout import __version__
-
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    page = (
-        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-        f"<title>{e(title)}</title><style>{_CSS}</style></head><body>"
-        f"<h1>{e(title)}</h1><p>{e(intro)}</p><h2>Results</h2>{table}{images}"
-        f"{claims_html}<h2>Configs</h2>{configs}"
-        f"<p><small>heldout {e(__version__)}, {e(stamp)}; store {e(str(store.path))}"
-        f"</small></p></body></html>"
-    )
+    body = (f"<h2>Results</h2>{table_html(header, rows)}"
+            + "".join(image_html(c, d) for c, d in _curves(histories))
+            + (claims_html(store) if claims else "") + configs_html(records, names))
+    page = page_html(title, intro, body, store)
     path = out / "index.html"
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def table_html(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A table; ``header`` is escaped here, cells must be escaped HTML already."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def image_html(caption: str, png_base64: str) -> str:
+    e = html.escape
+    return (f"<h2>{e(caption)}</h2><img alt='{e(caption)}' "
+            f"src='data:image/png;base64,{png_base64}'>")
+
+
+def claims_html(store: Store) -> str:
+    """The claims ledger: the latest verdict of every claim run into ``store``."""
+    e = html.escape
+    rows = [[e(c["claim"]), f"<span class='{c['verdict'].replace(' ', '-')}'>"
+             f"{e(c['verdict'])}</span>", e(c["summary"]), e(str(c["seeds"])), e(c["scale"])]
+            for c in store.claim_results()]
+    if not rows:
+        return ""
+    return "<h2>Claims ledger</h2>" + table_html(
+        ["claim", "verdict", "numbers", "seeds", "scale"], rows)
+
+
+def configs_html(records: Sequence[Any], names: Mapping[str, str]) -> str:
+    e = html.escape
+    return "<h2>Configs</h2>" + "".join(
+        f"<details><summary>{e(names[r.id])} — <code>{e(r.id)}</code></summary><pre>"
+        f"{e(json.dumps(r.config, indent=2, sort_keys=True))}</pre></details>"
+        for r in records)
+
+
+def page_html(title: str, intro: str, body: str, store: Store) -> str:
+    """A whole self-contained page: inline CSS, no scripts, no outside requests."""
+    from heldout import __version__
+
+    e = html.escape
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return (
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{e(title)}</title><style>{_CSS}</style></head><body>"
+        f"<h1>{e(title)}</h1><p>{e(intro)}</p>{body}"
+        f"<p><small>heldout {e(__version__)}, {e(stamp)}; store {e(str(store.path))}"
+        f"</small></p></body></html>"
+    )

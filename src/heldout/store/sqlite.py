@@ -340,6 +340,20 @@ class Store:
                 [(sweep_id, rid, json.dumps(meta, sort_keys=True)) for rid, _, meta, _ in runs],
             )
 
+    def get_sweep(self, sweep_id: str) -> dict[str, Any]:
+        """A sweep by id, unique id prefix or name (the latest of that name)."""
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM sweeps WHERE id = ? OR name = ? ORDER BY created "
+                              "DESC", (sweep_id, sweep_id)).fetchall()
+            if not rows:
+                rows = db.execute("SELECT * FROM sweeps WHERE id LIKE ?",
+                                  (sweep_id + "%",)).fetchall()
+        if len(rows) == 0 or (len(rows) > 1 and rows[0]["name"] != sweep_id):
+            raise KeyError(f"no sweep {sweep_id!r} in {self.path}")
+        row = rows[0]
+        return {"id": row["id"], "name": row["name"], "spec": json.loads(row["spec_json"]),
+                "created": row["created"]}
+
     def sweeps(self) -> list[dict[str, Any]]:
         with self._connect() as db:
             return [dict(r) for r in db.execute(
@@ -347,20 +361,11 @@ class Store:
 
     def sweep_runs(self, sweep_id: str) -> list[tuple[RunRecord, dict[str, Any]]]:
         """The runs of a sweep (by id, unique prefix or name) with their protocol metadata."""
+        sweep = self.get_sweep(sweep_id)["id"]
         with self._connect() as db:
-            row = db.execute("SELECT id FROM sweeps WHERE id = ? OR name = ? ORDER BY created "
-                             "DESC", (sweep_id, sweep_id)).fetchone()
-            if row is None:
-                rows = db.execute("SELECT id FROM sweeps WHERE id LIKE ?",
-                                  (sweep_id + "%",)).fetchall()
-                if len(rows) != 1:
-                    known = ", ".join(s["id"] for s in db.execute("SELECT id FROM sweeps"))
-                    raise KeyError(f"no sweep {sweep_id!r} in {self.path}; sweeps: "
-                                   f"{known or 'none'}")
-                row = rows[0]
             members = db.execute(
                 "SELECT r.*, s.meta_json FROM sweep_runs s JOIN runs r ON r.id = s.run_id "
-                "WHERE s.sweep_id = ? ORDER BY r.created, r.id", (row["id"],)).fetchall()
+                "WHERE s.sweep_id = ? ORDER BY r.created, r.id", (sweep,)).fetchall()
         return [(_record(m), json.loads(m["meta_json"])) for m in members]
 
     # --------------------------------------------------------------------- export
