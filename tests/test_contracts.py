@@ -4,7 +4,9 @@ import copy
 import functools
 import math
 import tempfile
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -35,7 +37,29 @@ TASK_PARAMS = {
     "single_index": {"dim": 10, "n_train": 30, "n_val": 5, "n_test": 20},
     "moons": {"n_train": 40, "n_val": 10, "n_test": 20},
     "bit_patterns": {"n_bits": 6, "val_fraction": 0.1},
+    "mnist1d_shift": {"num_samples": 800},
 }
+
+
+@functools.cache
+def _user_files() -> dict:
+    """Small generated inputs for the loaders of a user's own data (one per test process)."""
+    root = Path(tempfile.mkdtemp(prefix="heldout-user-data-"))
+    for domain in "ab":
+        for label in "xy":
+            folder = root / "img" / domain / label
+            folder.mkdir(parents=True)
+            for j in range(10):
+                np.save(folder / f"{j}.npy", np.full((6, 6), 10 * j + ord(label), np.uint8))
+    rows = ["domain,label,f1,f2"] + [f"{'ab'[i % 2]},{'xy'[i // 2 % 2]},{i},{i * i % 7}"
+                                     for i in range(80)]
+    (root / "t.csv").write_text("\n".join(rows))
+    return {"image_folder_domains": {"root": str(root / "img"), "size": 6},
+            "table_domains": {"path": str(root / "t.csv")}}
+
+
+def task_params(name: str) -> dict:
+    return _user_files().get(name) or TASK_PARAMS.get(name, {})
 
 
 @functools.cache
@@ -122,7 +146,7 @@ def test_measure_computes_finite_values_deterministically(name, tmp_path):
 @pytest.mark.parametrize("name", TASKS.names())
 def test_task_gives_consistent_deterministic_splits(name, tmp_path, monkeypatch):
     monkeypatch.setenv("HELDOUT_CACHE", str(tmp_path / "cache"))
-    task = TASKS.build(name, **TASK_PARAMS.get(name, {}))
+    task = TASKS.build(name, **task_params(name))
     splits, again, other = task.splits(0), task.splits(0), task.splits(1)
     assert splits.input == task.input
     for split_name, split in splits.items():
@@ -146,7 +170,7 @@ def test_model_builds_on_some_task_and_is_seeded(model_name, tmp_path, monkeypat
     spec = MODELS.build(model_name)
     built = 0
     for task_name in TASKS.names():
-        splits = TASKS.build(task_name, **TASK_PARAMS.get(task_name, {})).splits(0)
+        splits = TASKS.build(task_name, **task_params(task_name)).splits(0)
         torch.manual_seed(0)
         try:
             a = spec.build(splits.input, splits.num_classes)

@@ -6,9 +6,19 @@ Importing this package registers the built-in tasks in :data:`heldout.registry.T
 from heldout.tasks.base import InputSpec, Split, Splits, Task
 from heldout.tasks.bits import BitPatterns
 from heldout.tasks.digits import Digits
+from heldout.tasks.loaders import ImageFolderDomains, TableDomains
 from heldout.tasks.mnist1d import MNIST1D
 from heldout.tasks.modular import ModularArithmetic, modular_table
 from heldout.tasks.regression import SingleIndexQuadratic
+from heldout.tasks.shift import (
+    DigitsShift,
+    DomainData,
+    DomainSuite,
+    LabelShift,
+    MNIST1DShift,
+    SpuriousCue,
+    rotate_images,
+)
 from heldout.tasks.tabular import BreastCancer, Moons
 from heldout.tasks.xor import XORClusters
 
@@ -17,13 +27,22 @@ __all__ = [
     "BitPatterns",
     "BreastCancer",
     "Digits",
+    "DigitsShift",
+    "DomainData",
+    "DomainSuite",
+    "ImageFolderDomains",
     "InputSpec",
+    "LabelShift",
+    "MNIST1DShift",
     "ModularArithmetic",
     "Moons",
     "SingleIndexQuadratic",
     "Split",
     "Splits",
+    "SpuriousCue",
+    "TableDomains",
     "Task",
     "XORClusters",
     "modular_table",
+    "rotate_images",
 ]
