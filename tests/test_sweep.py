@@ -148,3 +148,11 @@ def test_a_killed_worker_fails_its_run_and_a_rerun_resumes_it(tmp_path):
     alone = Store(tmp_path / "alone")
     execute(cfg, alone)
     assert store.metrics(cfg.identity) == alone.metrics(cfg.identity)
+
+
+def test_draws_that_repeat_the_defaults_are_planned_once():
+    plan = expand(sweep_from_dict({**SPEC, "search": {}, "techniques": ["erm", "sam"]}))
+    erm = [p for p in plan if p.technique == "erm"]
+    assert len(erm) == 2 and {p.hparams for p in erm} == {0}  # nothing to search: draw 0 only
+    assert len([p for p in plan if p.technique == "sam"]) == 3 * 2  # sam has rho to draw
+    assert len({p.config.identity for p in plan}) == len(plan)

@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int)
     run.add_argument("--restart", action="store_true", help="discard a previous run of this "
                      "config and start over")
+    run.add_argument("--sink", help="also send metrics to TensorBoard / MLflow, e.g. "
+                     "tensorboard:tb-logs,mlflow:mlflow.db")
 
     resume = sub.add_parser("resume", help="resume an unfinished run from its last checkpoint")
     resume.add_argument("run")
@@ -162,12 +164,23 @@ def _cmd_run(args: argparse.Namespace, store: Store) -> int:
     if args.seed is not None:
         flags.append(f"seed={args.seed}")
     cfg = parse_overrides(cfg, flags + overrides)
-    return _run(cfg, store, restart=args.restart)
+    if args.sink:
+        from heldout.store.sinks import SINKS
+
+        for item in args.sink.split(","):
+            name, sep, target = item.partition(":")
+            if name not in SINKS or not sep or not target:
+                raise UsageError(f"--sink {item!r}: expected NAME:TARGET with NAME one of "
+                                 f"{', '.join(SINKS.names())}")
+    return _run(cfg, store, restart=args.restart, sinks=args.sink)
 
 
-def _run(cfg: RunConfig, store: Store, restart: bool = False) -> int:
+def _run(cfg: RunConfig, store: Store, restart: bool = False, sinks: str | None = None) -> int:
     print(f"run {cfg.identity}  (record: {store.path}, files: {store.run_dir(cfg.identity)})")
-    result = execute(cfg, store, progress=True, restart=restart)
+    try:
+        result = execute(cfg, store, progress=True, restart=restart, sinks=sinks)
+    except ImportError as err:
+        raise UsageError(str(err)) from None
     if result.skipped:
         print(f"run {result.run_id} was already done; its final metrics (--restart to rerun):")
     elif result.resumed_from is not None:

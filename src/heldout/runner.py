@@ -210,8 +210,13 @@ def execute(
     progress: bool | TextIO = False,
     restart: bool = False,
     device: Any = None,
+    sinks: str | None = None,
 ) -> RunResult:
-    """Run ``cfg`` (or resume it, or return it if done) and record it in ``store``."""
+    """Run ``cfg`` (or resume it, or return it if done) and record it in ``store``.
+
+    ``sinks`` also streams the metrics to TensorBoard and/or MLflow, e.g.
+    ``"tensorboard:runs/tb,mlflow:mlflow.db"`` (see :func:`heldout.store.sinks.make_sinks`).
+    """
     store = store or Store()
     run_id = cfg.identity
     record = store.create_run(run_id, config_to_dict(cfg), cfg.seed, cfg.name)
@@ -225,6 +230,12 @@ def execute(
     if progress:
         stream = progress if not isinstance(progress, bool) else None
         loggers.append(ProgressPrinter(cfg.steps, stream, label=f"{run_id} "))
+    extra = []
+    if sinks:
+        from heldout.store.sinks import make_sinks
+
+        extra = make_sinks(sinks, run_id, config_to_dict(cfg))
+    loggers += extra
     trainer = build(cfg, checkpoint_path=checkpoint, loggers=loggers, device=device,
                     store=store)
     resumed_from = trainer.resume() if checkpoint.exists() else None
@@ -234,17 +245,35 @@ def execute(
     except NonFiniteLossError as err:
         store.finish_run(run_id, status="failed", seconds=trainer.seconds, step=err.step,
                          error=str(err))
+        _close(extra, failed=True)
         raise RunFailed(run_id, str(err)) from err
     except BaseException as err:
         message = "".join(traceback.format_exception_only(type(err), err)).strip()
         store.finish_run(run_id, status="failed", seconds=trainer.seconds,
                          step=trainer.state.step, error=message or type(err).__name__)
+        _close(extra, failed=True)
         raise
+    _close(extra, failed=False)
     store.set_checkpoint(run_id, str(checkpoint), trainer.state.step)
     store.add_artifact(run_id, "checkpoint", checkpoint, _sha256(checkpoint))
     store.finish_run(run_id, status="done", seconds=trainer.seconds, step=trainer.state.step)
     return RunResult(run_id, "done", store.final_metrics(run_id), resumed_from, False,
                      store.get_run(run_id))
+
+
+def _close(sinks: Sequence[Any], failed: bool) -> None:
+    for sink in sinks:
+        if hasattr(sink, "close"):
+            try:
+                sink.close("FAILED") if failed and _takes_status(sink) else sink.close()
+            except Exception:  # noqa: BLE001 - a sink must not hide the run's own outcome
+                traceback.print_exc()
+
+
+def _takes_status(sink: Any) -> bool:
+    import inspect
+
+    return "status" in inspect.signature(sink.close).parameters
 
 
 def measure_run(

@@ -276,7 +276,8 @@ def run_jobs(configs: Iterable[RunConfig], store: Store, executor: Any,
              on_outcome: Any = None) -> list[Outcome]:
     """Run every config not yet done, ``executor.capacity`` at a time; the caller's process
     is the only one that writes ``store``."""
-    pending = [c for c in configs if store.get_run(c.identity).status != "done"]
+    unique = {c.identity: c for c in configs}  # a run is never submitted twice at once
+    pending = [c for c in unique.values() if store.get_run(c.identity).status != "done"]
     outcomes: list[Outcome] = []
     try:
         while pending or executor.busy:

@@ -179,7 +179,8 @@ def _held_out_sets(spec: SweepSpec, domains: tuple[str, ...]) -> list[tuple[int,
 
 
 def expand(spec: SweepSpec) -> list[PlannedRun]:
-    """Every run of ``spec``, in a fixed order."""
+    """Every run of ``spec``, in a fixed order, each run once (a draw that repeats another
+    run's config is not planned twice)."""
     runs = []
     for task in spec.tasks:
         domains = _domain_names(task)
@@ -192,14 +193,18 @@ def expand(spec: SweepSpec) -> list[PlannedRun]:
                 for part in parts:
                     for param, sub in TECHNIQUES.get(part).search_space.items():
                         space.setdefault(f"techniques.{part}.{param}", sub)
-                for draw in range(spec.hparams):
+                # with nothing to search, every draw would repeat the defaults: plan draw 0 only
+                for draw in range(spec.hparams if space else 1):
                     values = {} if draw == 0 else {
                         name: draw_value(sub, spec.sweep_seed, draw, name)
                         for name, sub in sorted(space.items())}
                     for seed in spec.seeds:
                         runs.append(_planned(spec, task_params, label, domains, held,
                                              technique, parts, draw, seed, values))
-    return runs
+    unique: dict[str, PlannedRun] = {}
+    for run in runs:
+        unique.setdefault(run.config.identity, run)
+    return list(unique.values())
 
 
 def _planned(spec: SweepSpec, task: Mapping[str, Any], label: str, domains: tuple[str, ...],
