@@ -17,7 +17,8 @@ setup() {
   [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
   local stamp
   stamp=$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
-  if [ "$(cat "$VENV/.heldout-setup" 2>/dev/null)" != "$stamp" ]; then
+  if [ "$(cat "$VENV/.heldout-setup" 2>/dev/null)" != "$stamp" ] ||
+     ! "$VENV/bin/python" -c 'import heldout' 2>/dev/null; then
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
     # torch first and pinned, so nothing else can pull a multi-GB CUDA build
     "$VENV/bin/python" -m pip install --quiet -c constraints.txt "torch==2.13.0"

@@ -8,7 +8,7 @@ from heldout.runner import execute
 from heldout.store import Store
 
 from .conftest import tiny_config
-from .test_sweep import SPEC
+from .test_sweep import SPEC, assert_matches_alone, vectorized_group
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed")
 
@@ -29,7 +29,9 @@ def test_ray_sweep_matches_runs_done_alone(tmp_path, local_ray):
     alone = Store(tmp_path / "alone")
     for planned in expand(spec):
         execute(planned.config, alone)
-        assert store.metrics(planned.config.identity) == alone.metrics(planned.config.identity)
+        assert_matches_alone(store, alone, planned.config.identity)
+    erm = [p.config.identity for p in expand(spec) if p.technique == "erm"]
+    assert vectorized_group(store, erm[0]) == erm  # two learning rates, trained together
     assert run_sweep(spec, store, executor="ray") == []  # idempotent
 
 

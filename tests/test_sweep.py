@@ -1,15 +1,17 @@
 """Sweeps: per-name seeded draws, idempotence, a killed driver, a killed worker."""
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from heldout.config import ConfigError
-from heldout.experiments.executors import LocalExecutor, run_jobs
+from heldout.experiments.executors import LocalExecutor, plan_jobs, run_jobs
 from heldout.experiments.sweep import draw_value, expand, run_sweep, sweep_from_dict, sweep_status
 from heldout.runner import execute
 from heldout.store import Store
@@ -75,11 +77,56 @@ def test_sweep_runs_each_planned_run_once_and_is_idempotent(tmp_path):
     finished = {r.id: r.finished for r in store.runs()}
     assert run_sweep(spec, store, workers=2) == []  # nothing left to do
     assert {r.id: r.finished for r in store.runs()} == finished
-    # the metrics equal those of each run executed alone, in-process
+    # the six erm runs differ only in seed and learning rate: trained together, in one group;
+    # the sam runs one by one. Every run's metrics equal those of the run executed alone
+    # (bit for bit when trained alone in the sweep too, to float rounding when vectorized).
     plan = expand(spec)
+    erm = [p.config.identity for p in plan if p.technique == "erm"]
+    for planned in plan:
+        assert vectorized_group(store, planned.config.identity) == (
+            erm if planned.technique == "erm" else None)
     alone = Store(tmp_path / "alone")
-    execute(plan[5].config, alone)
-    assert alone.metrics(plan[5].config.identity) == store.metrics(plan[5].config.identity)
+    for planned in (plan[0], plan[-1]):
+        execute(planned.config, alone)
+        assert_matches_alone(store, alone, planned.config.identity)
+
+
+def vectorized_group(store: Store, run_id: str) -> list[str] | None:
+    """The run ids a run was trained together with, or None if it was trained alone."""
+    paths = [a["path"] for a in store.artifacts(run_id) if a["name"] == "vectorized_group"]
+    return json.loads(Path(paths[0]).read_text())["copies"] if paths else None
+
+
+def assert_matches_alone(store: Store, alone: Store, run_id: str) -> None:
+    ours, theirs = store.metrics(run_id), alone.metrics(run_id)
+    if vectorized_group(store, run_id) is None:
+        assert ours == theirs
+        return
+    assert [row[:2] for row in ours] == [row[:2] for row in theirs]
+    assert [row[2] for row in ours] == pytest.approx([row[2] for row in theirs], rel=1e-5,
+                                                     abs=1e-6)
+
+
+def test_vectorize_1_runs_every_config_alone(tmp_path):
+    spec = sweep_from_dict({**SPEC, "techniques": ["erm"], "hparams": 1})
+    store = Store(tmp_path / "home")
+    outcomes = run_sweep(spec, store, workers=2, vectorize=1)
+    assert len(outcomes) == 2 and all(o.status == "done" for o in outcomes)
+    alone = Store(tmp_path / "alone")
+    for planned in expand(spec):
+        assert vectorized_group(store, planned.config.identity) is None
+        execute(planned.config, alone)
+        assert store.metrics(planned.config.identity) == alone.metrics(planned.config.identity)
+
+
+def test_plan_jobs_groups_what_can_be_vectorized():
+    plan = [p.config for p in expand(sweep_from_dict({**SPEC, "seeds": 5}))]
+    jobs = plan_jobs(plan, max_copies=4)
+    assert sorted(c.identity for job in jobs for c in job) == sorted(c.identity for c in plan)
+    sizes = sorted(len(job) for job in jobs)
+    assert sizes == [1] * 15 + [3, 4, 4, 4]  # erm: 15 copies in 4 groups; sam: alone
+    assert all(len({c.techniques for c in job}) == 1 for job in jobs)
+    assert [len(job) for job in plan_jobs(plan, max_copies=1)] == [1] * 30
 
 
 def _spec_file(tmp_path, **change):
@@ -137,7 +184,8 @@ def test_a_killed_worker_fails_its_run_and_a_rerun_resumes_it(tmp_path):
     outcomes = []
     while time.time() < deadline and not checkpoint.exists():
         outcomes += executor.poll(store, 0.05)
-    os.kill(executor._running[cfg.identity].pid, signal.SIGKILL)
+    process, _ = executor._running[cfg.identity]
+    os.kill(process.pid, signal.SIGKILL)
     while executor.busy:
         outcomes += executor.poll(store, 0.1)
     (outcome,) = outcomes
@@ -156,3 +204,35 @@ def test_draws_that_repeat_the_defaults_are_planned_once():
     assert len(erm) == 2 and {p.hparams for p in erm} == {0}  # nothing to search: draw 0 only
     assert len([p for p in plan if p.technique == "sam"]) == 3 * 2  # sam has rho to draw
     assert len({p.config.identity for p in plan}) == len(plan)
+
+
+def test_a_killed_group_fails_all_its_runs_and_a_rerun_trains_them(tmp_path):
+    spec = sweep_from_dict({**SPEC, "techniques": ["erm"], "hparams": 1, "seeds": 3,
+                            "base": {**SPEC["base"], "steps": 3000, "eval_every": 1000}})
+    plan = expand(spec)
+    store = Store(tmp_path / "home")
+    store.record_sweep(spec.identity, spec.name, {}, [
+        (p.config.identity, {}, p.meta, p.seed) for p in plan])
+    configs = [p.config for p in plan]
+    (job,) = plan_jobs(configs)
+    assert len(job) == 3
+    executor = LocalExecutor(store.home, workers=1)
+    executor.submit(job)
+    deadline = time.time() + 120
+    outcomes = []
+    while time.time() < deadline and store.get_run(configs[0].identity).status != "running":
+        outcomes += executor.poll(store, 0.05)
+    process, run_ids = executor._running[configs[0].identity]
+    assert run_ids == tuple(c.identity for c in configs)
+    os.kill(process.pid, signal.SIGKILL)
+    while executor.busy:
+        outcomes += executor.poll(store, 0.1)
+    assert sorted(o.run_id for o in outcomes) == sorted(run_ids)
+    assert all(o.status == "failed" and "killed by signal 9" in o.error for o in outcomes)
+    again = run_jobs(configs, store, LocalExecutor(store.home, workers=1), vectorize=8)
+    assert sorted(o.run_id for o in again) == sorted(run_ids)
+    assert all(o.status == "done" for o in again)
+    for cfg in configs:
+        assert vectorized_group(store, cfg.identity) == list(run_ids)
+        assert [step for step, key, _ in store.metrics(cfg.identity)
+                if key == "train/accuracy"] == [0, 1000, 2000, 3000]

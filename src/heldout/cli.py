@@ -6,7 +6,7 @@
     heldout list [techniques|measures|tasks|models|claims|papers]
     heldout runs ls|show|export ...
     heldout claims list | run [NAME ...] [--seeds N] [--scale ci|full]
-    heldout sweep SPEC.yaml [--executor local|ray] [--workers N] [--address A]
+    heldout sweep SPEC.yaml [--executor local|ray] [--workers N] [--address A] [--vectorize K]
     heldout sweep status SWEEP
     heldout flagship [--steps N] [--out DIR]
     heldout report SWEEP|RUN ... [--out DIR]
@@ -96,6 +96,10 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--workers", type=int, default=2, help="local: processes at a time; "
                        "ray without --address: CPUs of the local instance")
     sweep.add_argument("--address", help="ray: a cluster to join (default: start a local one)")
+    sweep.add_argument("--vectorize", type=int, default=8, metavar="K",
+                       help="train up to K runs that differ only in seed (lr, weight decay) "
+                       "together in one process where the technique allows (1: never; "
+                       "default 8)")
 
     flagship = sub.add_parser("flagship", help="the grokking comparison with its HTML report")
     flagship.add_argument("--steps", type=int, default=None)
@@ -370,6 +374,8 @@ def _cmd_sweep(args: argparse.Namespace, store: Store) -> int:
     spec = load_sweep(args.spec)
     if args.workers < 1:
         raise UsageError("--workers must be >= 1")
+    if args.vectorize < 1:
+        raise UsageError("--vectorize must be >= 1")
 
     def report(outcome) -> None:
         line = f"{outcome.run_id} {outcome.status}"
@@ -377,7 +383,7 @@ def _cmd_sweep(args: argparse.Namespace, store: Store) -> int:
 
     print(f"sweep {spec.name} ({spec.identity}); store {store.path}", flush=True)
     run_sweep(spec, store, executor=args.executor, workers=args.workers,
-              address=args.address, progress=report)
+              address=args.address, progress=report, vectorize=args.vectorize)
     status = sweep_status(store, spec.identity)
     print(f"{status['runs']} runs: " + ", ".join(
         f"{k} {v}" for k, v in sorted(status["counts"].items())))

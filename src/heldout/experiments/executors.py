@@ -1,10 +1,16 @@
 """Executors behind one narrow interface — ``submit``, ``poll``, ``cancel`` — and the sweep
 driver that is the store's single writer.
 
-- :class:`LocalExecutor`: a process per run, at most ``workers`` at a time. Workers never write
+A job is one config, or a group of configs that differ only in seed (and learning rate or
+weight decay) trained together by :func:`heldout.engine.vectorized.train_vectorized`;
+:func:`plan_jobs` forms the groups where :func:`~heldout.engine.vectorized.can_vectorize`
+allows and leaves every other config a job of its own.
+
+- :class:`LocalExecutor`: a process per job, at most ``workers`` at a time. Workers never write
   the store: they stream their metrics to the driver through a queue and write only their own
-  checkpoint files. A worker that crashes or is killed marks its run failed with the reason.
-- :class:`RayExecutor`: one Ray task per run; a local Ray instance is started when no address
+  checkpoint files. A worker that crashes or is killed marks its unfinished runs failed with
+  the reason.
+- :class:`RayExecutor`: one Ray task per job; a local Ray instance is started when no address
   is given, a cluster is joined when one is (its workers must see the same ``HELDOUT_HOME``
   directory for checkpoints). Metrics come back when the task ends.
 
@@ -14,12 +20,13 @@ reports every evaluation exactly once.
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import queue as queue_module
 import time
 import traceback
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,7 +34,10 @@ from typing import Any, Protocol
 from heldout.config import RunConfig, config_from_dict, config_to_dict
 from heldout.store.sqlite import Store
 
-__all__ = ["Executor", "LocalExecutor", "Outcome", "RayExecutor", "make_executor", "run_jobs"]
+__all__ = ["Executor", "LocalExecutor", "Outcome", "RayExecutor", "make_executor", "plan_jobs",
+           "run_jobs"]
+
+Job = tuple[RunConfig, ...]
 
 
 @dataclass(frozen=True)
@@ -79,22 +89,122 @@ def _train(config: dict[str, Any], home: str, emit: Any, threads: int) -> dict[s
         return {"status": "failed", "error": str(err), "seconds": trainer.seconds,
                 "step": err.step}
     except Exception as err:  # noqa: BLE001 - the run fails, the sweep goes on
-        message = "".join(traceback.format_exception_only(type(err), err)).strip()
-        return {"status": "failed", "error": message, "seconds": trainer.seconds,
+        return {"status": "failed", "error": _message(err), "seconds": trainer.seconds,
                 "step": trainer.state.step}
     return {"status": "done", "error": None, "seconds": trainer.seconds,
             "step": trainer.state.step, "checkpoint": str(checkpoint)}
 
 
-def _local_worker(config: dict[str, Any], home: str, messages: Any, run_id: str,
-                  parent: int, threads: int) -> None:
-    def emit(kind: str, payload: Any) -> None:
+def _message(err: BaseException) -> str:
+    return "".join(traceback.format_exception_only(type(err), err)).strip()
+
+
+class _ForwardingStore:
+    """The store as a vectorized group in a worker sees it: reads go to the store (read-only
+    here), writes become messages ``emit(run_id, kind, payload)`` for the driver."""
+
+    def __init__(self, store: Store, emit: Any) -> None:
+        self._store, self._emit = store, emit
+        self._checkpoints: dict[str, tuple[str, int]] = {}
+        self.started: set[str] = set()
+        self.finished: set[str] = set()
+
+    def __getattr__(self, name: str) -> Any:  # home, run_dir, has_run, get_run, runs, ...
+        return getattr(self._store, name)
+
+    def create_run(self, run_id: str, config: Any, seed: int, name: str | None = None) -> Any:
+        return self._store.get_run(run_id)  # the driver recorded it before submitting
+
+    def start_run(self, run_id: str, resume_step: int = 0) -> None:
+        self.started.add(run_id)
+        self._emit(run_id, "started", resume_step)
+
+    def log_metrics(self, run_id: str, rows: Iterable[tuple[int, str, str, float]]) -> None:
+        rows = list(rows)
+        if rows:
+            self._emit(run_id, "metrics", rows)
+
+    def add_artifact(self, run_id: str, name: str, path: Any, sha256: str | None = None) -> None:
+        self._emit(run_id, "artifact", (name, str(path), sha256))
+
+    def set_checkpoint(self, run_id: str, path: str | None, step: int) -> None:
+        if path is not None:
+            self._checkpoints[run_id] = (path, step)
+
+    def finish_run(self, run_id: str, *, status: str, seconds: float, step: int,
+                   error: str | None = None) -> None:
+        checkpoint = self._checkpoints.get(run_id)
+        self.finished.add(run_id)
+        self._emit(run_id, "finished", {
+            "status": status, "error": error, "seconds": seconds, "step": step,
+            "checkpoint": checkpoint[0] if checkpoint and status == "done" else None})
+
+
+def _train_job(configs: Sequence[dict[str, Any]], home: str, emit: Any, threads: int) -> None:
+    """Run one job in this process: ``emit(run_id, kind, payload)`` reports progress, and each
+    run of the job ends with its ``"finished"`` message. A group is trained vectorized; if
+    its copies turn out not to stack (training sets of different shapes), before anything
+    started, its configs run one after the other instead."""
+    cfgs = [config_from_dict(c) for c in configs]
+    if len(cfgs) > 1:
+        import torch
+
+        from heldout.engine.vectorized import train_vectorized
+
+        torch.set_num_threads(threads)
+        store = _ForwardingStore(Store(home), emit)
+        try:
+            train_vectorized(cfgs, store)
+        except Exception as err:  # noqa: BLE001 - the runs fail, the sweep goes on
+            if isinstance(err, ValueError) and not store.started:
+                store.finished.clear()
+            else:
+                for cfg in cfgs:
+                    if cfg.identity not in store.finished:
+                        emit(cfg.identity, "finished", {
+                            "status": "failed", "error": _message(err), "seconds": 0.0,
+                            "step": 0})
+                return
+        else:
+            for cfg in cfgs:  # skipped because already done: nothing changes
+                if cfg.identity not in store.finished:
+                    record = Store(home).get_run(cfg.identity)
+                    emit(cfg.identity, "finished", {
+                        "status": record.status, "error": record.error, "seconds": 0.0,
+                        "step": record.step, "checkpoint": record.checkpoint})
+            return
+    for cfg, config in zip(cfgs, configs, strict=True):
+        run_id = cfg.identity
+        result = _train(config, home, lambda kind, payload, r=run_id: emit(r, kind, payload),
+                        threads)
+        emit(run_id, "finished", result)
+
+
+def _local_worker(configs: list[dict[str, Any]], home: str, messages: Any, parent: int,
+                  threads: int) -> None:
+    def emit(run_id: str, kind: str, payload: Any) -> None:
         if os.getppid() != parent:  # the driver died: stop, the next sweep resumes the run
             os._exit(3)
         messages.put((run_id, kind, payload))
 
-    result = _train(config, home, emit, threads)
-    messages.put((run_id, "finished", result))
+    _train_job(configs, home, emit, threads)
+
+
+def _as_job(job: RunConfig | Sequence[RunConfig]) -> Job:
+    return (job,) if isinstance(job, RunConfig) else tuple(job)
+
+
+def _apply(store: Store, run_id: str, kind: str, payload: Any,
+           finished: dict[str, dict[str, Any]]) -> None:
+    """Write one worker message to the store (the driver's side)."""
+    if kind == "started":
+        store.start_run(run_id, payload)
+    elif kind == "metrics":
+        store.log_metrics(run_id, payload)
+    elif kind == "artifact":
+        store.add_artifact(run_id, *payload)
+    elif kind == "finished":
+        finished[run_id] = payload
 
 
 class Executor(Protocol):
@@ -102,14 +212,14 @@ class Executor(Protocol):
 
     capacity: int
 
-    def submit(self, config: RunConfig) -> None: ...
+    def submit(self, job: RunConfig | Sequence[RunConfig]) -> None: ...
     def poll(self, store: Store, timeout: float = 0.5) -> list[Outcome]: ...
     def cancel(self, run_id: str) -> None: ...
     def close(self) -> None: ...
 
 
 class LocalExecutor:
-    """A process per run (spawned, so CUDA and threads start clean), ``workers`` at a time."""
+    """A process per job (spawned, so CUDA and threads start clean), ``workers`` at a time."""
 
     def __init__(self, home: str | Path, workers: int = 2, threads_per_worker: int = 1) -> None:
         self.home = str(home)
@@ -120,16 +230,17 @@ class LocalExecutor:
         self._running: dict[str, Any] = {}
         self._finished: dict[str, dict[str, Any]] = {}
 
-    def submit(self, config: RunConfig) -> None:
-        run_id = config.identity
+    def submit(self, job: RunConfig | Sequence[RunConfig]) -> None:
+        """Start a job: one config, or configs to train together (vectorized)."""
+        configs = _as_job(job)
         process = self._ctx.Process(
             target=_local_worker,
-            args=(config_to_dict(config), self.home, self._messages, run_id, os.getpid(),
-                  self.threads),
+            args=([config_to_dict(c) for c in configs], self.home, self._messages,
+                  os.getpid(), self.threads),
             daemon=True,
         )
         process.start()
-        self._running[run_id] = process
+        self._running[configs[0].identity] = (process, tuple(c.identity for c in configs))
 
     def _drain(self, store: Store, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -139,41 +250,38 @@ class LocalExecutor:
                 run_id, kind, payload = self._messages.get(timeout=remaining)
             except queue_module.Empty:
                 return
-            if kind == "started":
-                store.start_run(run_id, payload)
-            elif kind == "metrics":
-                store.log_metrics(run_id, payload)
-            elif kind == "finished":
-                self._finished[run_id] = payload
+            _apply(store, run_id, kind, payload, self._finished)
             deadline = time.monotonic()  # keep draining what is already there, then return
 
     def poll(self, store: Store, timeout: float = 0.5) -> list[Outcome]:
         self._drain(store, timeout)
         outcomes = []
-        for run_id, process in list(self._running.items()):
-            if process.is_alive() and run_id not in self._finished:
+        for key, (process, run_ids) in list(self._running.items()):
+            if process.is_alive() and not all(r in self._finished for r in run_ids):
                 continue
             process.join(timeout=5)
             self._drain(store, 0.1)  # the last messages of a process that just ended
-            result = self._finished.pop(run_id, None)
-            if result is None:
-                code = process.exitcode
-                reason = (f"worker killed by signal {-code}" if code is not None and code < 0
-                          else f"worker exited with code {code} before finishing")
-                result = {"status": "failed", "error": reason, "seconds": 0.0,
-                          "step": store.get_run(run_id).step}
-            _finish(store, run_id, result)
-            outcomes.append(Outcome(run_id, result["status"], result["error"]))
-            del self._running[run_id]
+            code = process.exitcode
+            reason = (f"worker killed by signal {-code}" if code is not None and code < 0
+                      else f"worker exited with code {code} before finishing")
+            for run_id in run_ids:
+                result = self._finished.pop(run_id, None)
+                if result is None:
+                    result = {"status": "failed", "error": reason, "seconds": 0.0,
+                              "step": store.get_run(run_id).step}
+                _finish(store, run_id, result)
+                outcomes.append(Outcome(run_id, result["status"], result["error"]))
+            del self._running[key]
         return outcomes
 
     def cancel(self, run_id: str) -> None:
-        process = self._running.get(run_id)
-        if process is not None and process.is_alive():
-            process.terminate()
+        """Stop the job that runs ``run_id`` (with the other runs of its group)."""
+        for process, run_ids in self._running.values():
+            if run_id in run_ids and process.is_alive():
+                process.terminate()
 
     def close(self) -> None:
-        for process in self._running.values():
+        for process, _ in self._running.values():
             if process.is_alive():
                 process.terminate()
         self._running.clear()
@@ -190,15 +298,14 @@ def _finish(store: Store, run_id: str, result: Mapping[str, Any]) -> None:
                      step=result.get("step") or 0, error=result.get("error"))
 
 
-def _ray_task(config: dict[str, Any], home: str, threads: int) -> dict[str, Any]:
-    events: list[tuple[str, Any]] = []
-    result = _train(config, home, lambda kind, payload: events.append((kind, payload)),
-                    threads)
-    return {**result, "events": events}
+def _ray_task(configs: list[dict[str, Any]], home: str, threads: int) -> list[tuple[str, str, Any]]:
+    events: list[tuple[str, str, Any]] = []
+    _train_job(configs, home, lambda *event: events.append(event), threads)
+    return events
 
 
 class RayExecutor:
-    """One Ray task per run. ``address=None`` starts a local Ray instance (``num_cpus`` CPUs);
+    """One Ray task per job. ``address=None`` starts a local Ray instance (``num_cpus`` CPUs);
     an address such as ``"auto"`` or ``"ray://host:10001"`` joins a cluster."""
 
     def __init__(self, home: str | Path, address: str | None = None,
@@ -218,11 +325,14 @@ class RayExecutor:
         self.capacity = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self.threads = threads_per_worker
         self._remote = ray.remote(num_cpus=1, max_retries=0)(_ray_task)
-        self._refs: dict[Any, str] = {}
+        self._refs: dict[Any, tuple[str, ...]] = {}
 
-    def submit(self, config: RunConfig) -> None:
-        ref = self._remote.remote(config_to_dict(config), self.home, self.threads)
-        self._refs[ref] = config.identity
+    def submit(self, job: RunConfig | Sequence[RunConfig]) -> None:
+        """Start a job: one config, or configs to train together (vectorized)."""
+        configs = _as_job(job)
+        ref = self._remote.remote([config_to_dict(c) for c in configs], self.home,
+                                  self.threads)
+        self._refs[ref] = tuple(c.identity for c in configs)
 
     def poll(self, store: Store, timeout: float = 0.5) -> list[Outcome]:
         if not self._refs:
@@ -231,25 +341,28 @@ class RayExecutor:
                                   timeout=timeout)
         outcomes = []
         for ref in ready:
-            run_id = self._refs.pop(ref)
+            run_ids = self._refs.pop(ref)
+            finished: dict[str, dict[str, Any]] = {}
+            reason = "the task ended without a result"
             try:
-                result = self._ray.get(ref)
+                events = self._ray.get(ref)
             except Exception as err:  # noqa: BLE001 - a crashed or killed worker
-                result = {"status": "failed", "seconds": 0.0,
-                          "step": store.get_run(run_id).step,
-                          "error": f"{type(err).__name__}: {str(err).splitlines()[0]}"}
-            for kind, payload in result.get("events", []):
-                if kind == "started":
-                    store.start_run(run_id, payload)
-                elif kind == "metrics":
-                    store.log_metrics(run_id, payload)
-            _finish(store, run_id, result)
-            outcomes.append(Outcome(run_id, result["status"], result["error"]))
+                events = []
+                reason = f"{type(err).__name__}: {str(err).splitlines()[0]}"
+            for run_id, kind, payload in events:
+                _apply(store, run_id, kind, payload, finished)
+            for run_id in run_ids:
+                result = finished.get(run_id) or {
+                    "status": "failed", "seconds": 0.0, "step": store.get_run(run_id).step,
+                    "error": reason}
+                _finish(store, run_id, result)
+                outcomes.append(Outcome(run_id, result["status"], result["error"]))
         return outcomes
 
     def cancel(self, run_id: str) -> None:
-        for ref, rid in list(self._refs.items()):
-            if rid == run_id:
+        """Stop the job that runs ``run_id`` (with the other runs of its group)."""
+        for ref, run_ids in list(self._refs.items()):
+            if run_id in run_ids:
                 self._ray.cancel(ref, force=True)
 
     def close(self) -> None:
@@ -272,12 +385,45 @@ def make_executor(name: str, home: str | Path, *, workers: int = 2,
     raise ValueError(f"unknown executor {name!r}; valid executors: local, ray")
 
 
+def plan_jobs(configs: Iterable[RunConfig], max_copies: int = 8) -> list[Job]:
+    """Group configs that differ only in seed, learning rate or weight decay into jobs of at
+    most ``max_copies`` trained together, where :func:`can_vectorize` allows (``max_copies``
+    <= 1: no groups); every other config is a job of its own. Order follows the first member.
+
+    Example:
+        >>> from heldout.config import RunConfig
+        >>> jobs = plan_jobs([RunConfig(seed=s) for s in range(5)], max_copies=4)
+        >>> [len(job) for job in jobs]
+        [4, 1]
+    """
+    from heldout.engine.vectorized import can_vectorize, vectorization_key
+
+    unique = list({c.identity: c for c in configs}.values())
+    if max_copies <= 1:
+        return [(c,) for c in unique]
+    families: dict[str, list[RunConfig]] = {}
+    for cfg in unique:
+        families.setdefault(json.dumps(vectorization_key(cfg), sort_keys=True),
+                            []).append(cfg)
+    jobs: list[Job] = []
+    for family in families.values():
+        if len(family) > 1 and can_vectorize(family)[0]:
+            jobs.extend(tuple(family[i:i + max_copies])
+                        for i in range(0, len(family), max_copies))
+        else:
+            jobs.extend((c,) for c in family)
+    order = {c.identity: i for i, c in enumerate(unique)}
+    return sorted(jobs, key=lambda job: order[job[0].identity])
+
+
 def run_jobs(configs: Iterable[RunConfig], store: Store, executor: Any,
-             on_outcome: Any = None) -> list[Outcome]:
-    """Run every config not yet done, ``executor.capacity`` at a time; the caller's process
-    is the only one that writes ``store``."""
+             on_outcome: Any = None, *, vectorize: int = 1) -> list[Outcome]:
+    """Run every config not yet done, ``executor.capacity`` jobs at a time; configs that
+    differ only in seed (lr, weight decay) train together in groups of up to ``vectorize``
+    (see :func:`plan_jobs`). The caller's process is the only one that writes ``store``."""
     unique = {c.identity: c for c in configs}  # a run is never submitted twice at once
-    pending = [c for c in unique.values() if store.get_run(c.identity).status != "done"]
+    pending = plan_jobs([c for c in unique.values()
+                         if store.get_run(c.identity).status != "done"], vectorize)
     outcomes: list[Outcome] = []
     try:
         while pending or executor.busy:

@@ -285,8 +285,13 @@ def sweep_from_dict(data: Mapping[str, Any], default_name: str = "sweep") -> Swe
 
 
 def run_sweep(spec: SweepSpec, store: Any, *, executor: str = "local", workers: int = 2,
-              address: str | None = None, progress: Any = None) -> list[Any]:
-    """Record the sweep's plan in ``store`` and run what is not done; return the outcomes."""
+              address: str | None = None, progress: Any = None,
+              vectorize: int = 8) -> list[Any]:
+    """Record the sweep's plan in ``store`` and run what is not done; return the outcomes.
+
+    Runs that differ only in seed (or learning rate / weight decay) train together, up to
+    ``vectorize`` copies per process, where the technique and model allow it
+    (:mod:`heldout.engine.vectorized`); ``vectorize=1`` runs every config separately."""
     from heldout.config import config_to_dict
     from heldout.experiments.executors import make_executor, run_jobs
 
@@ -294,7 +299,7 @@ def run_sweep(spec: SweepSpec, store: Any, *, executor: str = "local", workers: 
     store.record_sweep(spec.identity, spec.name, _plain(spec.__dict__), [
         (p.config.identity, config_to_dict(p.config), p.meta, p.seed) for p in planned])
     runner = make_executor(executor, store.home, workers=workers, address=address)
-    return run_jobs([p.config for p in planned], store, runner, progress)
+    return run_jobs([p.config for p in planned], store, runner, progress, vectorize=vectorize)
 
 
 def sweep_status(store: Any, sweep: str) -> dict[str, Any]:

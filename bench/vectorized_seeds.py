@@ -1,0 +1,153 @@
+"""Vectorized seeds: K seeds trained together by ``train_vectorized`` against K ``execute`` runs.
+
+Setting: (a + b) mod p (p=23, train fraction 0.5, val 0.1), heldout MLP with one hidden layer
+of 64, AdamW lr 0.01, the default measures (accuracy, loss, ECE on train/val/test, the gaps) at
+step 0, every ``--eval-every`` steps and the last step, one checkpoint per run (at the end).
+K = 32 configs that differ only in the seed. Two variants: minibatches of ``--batch-size``
+(the headline) and full batch (264 examples per step).
+
+Both sides write to a fresh store each round (runs, metrics, checkpoint files, artifacts): the
+separate side runs ``heldout.runner.execute`` for each config in sequence, the vectorized side
+one ``heldout.engine.vectorized.train_vectorized`` call. Both do the same steps, the same
+evaluations and write the same runs; after each round the final metrics of every run are
+compared between the two stores (the largest relative difference is printed; it must be float
+rounding, else the timing is not a comparison). Rounds alternate which side goes first;
+the speedup is separate time / vectorized time, median over rounds (wall clock; the CPU-time
+ratio is printed beside it). One torch thread by default.
+
+Run: ``PYTHONPATH=src .venv/bin/python bench/vectorized_seeds.py [--steps 2000 --rounds 3]``
+(about 2 minutes per round for both variants on a 2-core CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from heldout.config import RunConfig, parse_overrides
+from heldout.engine.vectorized import can_vectorize, train_vectorized
+from heldout.runner import execute
+from heldout.store import Store
+
+GOAL = 8.0
+
+
+def configs(args: argparse.Namespace, batch_size: int | None, steps: int) -> list[RunConfig]:
+    base = parse_overrides(RunConfig(), [
+        "task=modular", f"task.p={args.p}", "task.train_fraction=0.5", "task.val_fraction=0.1",
+        "model=mlp", f"model.hidden=[{args.hidden}]", "optimizer.name=adamw",
+        "optimizer.lr=0.01", f"steps={steps}", f"eval_every={args.eval_every}",
+        f"checkpoint_every={steps}", f"batch_size={batch_size or 'null'}",
+    ])
+    return [parse_overrides(base, [f"seed={seed}"]) for seed in range(args.k)]
+
+
+def clock() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def since(start: tuple[float, float]) -> tuple[float, float]:
+    wall, cpu = clock()
+    return wall - start[0], cpu - start[1]
+
+
+def run_separate(cfgs: list[RunConfig], home: Path) -> tuple[tuple[float, float], Store]:
+    store = Store(home)
+    start = clock()
+    for cfg in cfgs:
+        execute(cfg, store)
+    return since(start), store
+
+
+def run_vectorized(cfgs: list[RunConfig], home: Path) -> tuple[tuple[float, float], Store]:
+    store = Store(home)
+    start = clock()
+    train_vectorized(cfgs, store)
+    return since(start), store
+
+
+def largest_difference(a: Store, b: Store, cfgs: list[RunConfig]) -> float:
+    worst = 0.0
+    for cfg in cfgs:
+        x, y = a.final_metrics(cfg.identity), b.final_metrics(cfg.identity)
+        if x.keys() != y.keys():
+            return float("inf")
+        for key in x:
+            worst = max(worst, abs(x[key] - y[key]) / max(abs(y[key]), 1e-12))
+    return worst
+
+
+def bench_variant(label: str, args: argparse.Namespace, batch_size: int | None) -> float:
+    cfgs = configs(args, batch_size, args.steps)
+    ok, reason = can_vectorize(cfgs)
+    if not ok:
+        raise SystemExit(f"cannot vectorize: {reason}")
+    with tempfile.TemporaryDirectory() as tmp:  # warm-up: imports, first-call costs
+        warm = configs(args, batch_size, 5)[:2]
+        run_separate(warm, Path(tmp) / "s")
+        run_vectorized(warm, Path(tmp) / "v")
+    print(f"\n[{label}] K={args.k} steps={args.steps} batch={batch_size or 'full'} "
+          f"eval_every={args.eval_every} ({len(range(0, args.steps, args.eval_every)) + 1} "
+          "evaluations per run)")
+    print(f"{'round':>5} {'separate s':>11} {'vectorized s':>13} {'speedup':>8} {'cpu':>6} "
+          f"{'max rel diff':>13}")
+    ratios, cpu_ratios, times = [], [], {"separate": [], "vectorized": []}
+    for r in range(args.rounds):
+        with tempfile.TemporaryDirectory() as tmp:
+            order = ["separate", "vectorized"] if r % 2 == 0 else ["vectorized", "separate"]
+            out = {}
+            for side in order:
+                runner = run_separate if side == "separate" else run_vectorized
+                out[side] = runner(cfgs, Path(tmp) / side)
+            (wall_s, cpu_s), store_s = out["separate"]
+            (wall_v, cpu_v), store_v = out["vectorized"]
+            diff = largest_difference(store_v, store_s, cfgs)
+        times["separate"].append(wall_s)
+        times["vectorized"].append(wall_v)
+        ratios.append(wall_s / wall_v)
+        cpu_ratios.append(cpu_s / cpu_v)
+        print(f"{r:>5} {wall_s:>11.2f} {wall_v:>13.2f} {wall_s / wall_v:>8.2f} "
+              f"{cpu_s / cpu_v:>6.2f} {diff:>13.2e}")
+    median = statistics.median(ratios)
+    per_run = {k: 1e3 * statistics.median(v) / args.k for k, v in times.items()}
+    print(f"[{label}] speedup median {median:.2f} (min {min(ratios):.2f}, max "
+          f"{max(ratios):.2f}); CPU-time ratio median {statistics.median(cpu_ratios):.2f}; "
+          f"per run: separate {per_run['separate']:.0f} ms, vectorized "
+          f"{per_run['vectorized']:.0f} ms")
+    return median
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--k", type=int, default=32, help="seeds")
+    parser.add_argument("--p", type=int, default=23)
+    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--eval-every", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=32, help="minibatch variant")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--variant", choices=["minibatch", "full", "both"], default="both")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; both sides write to "
+          "fresh stores")
+    results = {}
+    if args.variant in ("minibatch", "both"):
+        results["minibatch"] = bench_variant(f"minibatch {args.batch_size}", args,
+                                             args.batch_size)
+    if args.variant in ("full", "both"):
+        results["full"] = bench_variant("full batch", args, None)
+    headline = "minibatch" if "minibatch" in results else "full"
+    others = "; ".join(f"{k} {v:.2f}" for k, v in results.items() if k != headline)
+    print(f"\nRESULT vectorized_seeds speedup={results[headline]:.2f} (goal >= {GOAL}) "
+          f"[{headline}{f'; {others}' if others else ''}]")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,586 @@
+"""Vectorized seeds: train K copies of a small model in one process with ``torch.func``.
+
+The copies differ in ``seed`` and optionally in ``optimizer.lr`` / ``optimizer.weight_decay``;
+everything else in their configs is equal. Each copy is built exactly as
+:func:`heldout.runner.build` builds it alone (the task splits from its seed, then
+``seed_everything(seed)``, then the model), so the initial weights, the training data and the
+minibatch order are the ones of the separate run. Then:
+
+* the copies' parameters are stacked along a new leading dimension
+  (``torch.func.stack_module_state``), kept as the columns of one (K, P) tensor, and the K
+  losses are one call of ``torch.vmap(functional_call(model, params, x))``: each copy sees its
+  own batch (its own split when the data depends on the seed; minibatches gathered with its own
+  per-epoch order, the permutation its ``TensorBatches`` draws);
+* row ``k`` of the gradient of the summed losses is the gradient of copy ``k``'s loss alone,
+  and the optimizer update (SGD with momentum / dampening / Nesterov, Adam, AdamW) is written
+  out on the (K, P) tensor op for op as torch's single-tensor implementations do it (L2 or
+  decoupled decay, ``lerp`` of the first moment, bias corrections, ``eps`` added after the
+  square root and its bias correction): every op is elementwise, so fed the same gradients it
+  equals K torch optimizers bit for bit. A hyper-parameter shared by all copies is a Python
+  scalar, exactly as in torch; one that differs (lr, weight decay) is a (K, 1) float64 column,
+  cast to float32 where torch casts its scalar;
+* at step 0, every ``eval_every`` steps and the last step each copy's weights are copied into
+  its own module and evaluated with the regular :func:`heldout.measures.evaluate` (through its
+  own Trainer, so stateful measures and measures relative to the initialization behave as in
+  the separate run); each copy keeps its own global-RNG state (torch, NumPy, Python; not
+  CUDA's), restored around its evaluations, so measures that draw random numbers see the stream
+  the separate run gives them;
+* every copy is its own run in the store, written like :func:`heldout.runner.execute` writes
+  it: ``create_run`` → ``start_run`` → metrics of each evaluation (with ``train/step_loss``
+  after step 0) → final checkpoint (the :meth:`Trainer.state_dict` format, so ``heldout
+  resume``, ``init_from`` and post-hoc measures work on it) → ``finish_run``.
+
+The metric history of each copy equals the separate run's to float rounding (a batched matrix
+product may round differently from the plain one; about 1e-7 relative in the tests), not bit
+for bit.
+
+Differences from separate runs, by design: no intermediate checkpoints are written (only the
+final one), so a killed group is resumed by rerunning its unfinished copies from step 0,
+together (their metrics are recomputed; a stale checkpoint of an unfinished copy is deleted
+first). For the same reason metrics reach the store every :data:`FLUSH_SECONDS` and at the end,
+not after every evaluation. Runs already ``done`` are skipped. A copy whose loss becomes
+non-finite is marked ``failed`` at that step, with the Trainer's message and without a
+checkpoint, and the others go on. Each copy records the group's training time divided by the
+number of copies as its ``seconds``.
+
+What is faster: one vmapped step replaces K small steps, so the gain is the per-step overhead
+(Python, dispatch) of K - 1 runs; a step whose arithmetic dominates (large batches on a CPU)
+gains little. Evaluation, the store writes and the checkpoints stay per copy.
+
+Example:
+    >>> from heldout.config import RunConfig
+    >>> configs = [RunConfig(seed=s, steps=50) for s in range(8)]
+    >>> can_vectorize(configs)
+    (True, '')
+    >>> results = train_vectorized(configs, store)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import random
+import time
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, stack_module_state
+
+from heldout.config import RunConfig, config_to_dict
+from heldout.engine.data import TensorBatches
+from heldout.engine.trainer import NonFiniteLossError, Trainer
+from heldout.registry import MODELS, TASKS
+from heldout.runner import CHECKPOINT_NAME, ProgressPrinter, RunResult, build
+from heldout.store.sqlite import Store
+
+__all__ = ["VECTORIZABLE_TECHNIQUES", "can_vectorize", "train_vectorized", "vectorization_key"]
+
+# Techniques whose only effect is on the base optimizer's hyper-parameters, read back from the
+# built optimizer, so they fold into the vectorized update.
+VECTORIZABLE_TECHNIQUES = frozenset({"weight_decay"})
+
+# Metrics of the copies reach the store at most this often (and at the end): a killed group
+# restarts its copies from step 0, so writing every evaluation at once buys nothing.
+FLUSH_SECONDS = 10.0
+
+# Each finished copy records the group it was trained in (the run ids, its index) in this file
+# of its run directory, stored as the artifact "vectorized_group".
+GROUP_NAME = "vectorized_group.json"
+
+_OPTIMIZERS = (torch.optim.SGD, torch.optim.Adam)  # AdamW is an Adam (decoupled weight decay)
+
+
+# ----------------------------------------------------------------------------- the check
+
+def vectorization_key(cfg: RunConfig) -> dict[str, Any]:
+    """The config without the fields copies may differ in."""
+    data = config_to_dict(cfg)
+    for key in ("seed", "name"):
+        data.pop(key)
+    data["optimizer"] = {k: v for k, v in data["optimizer"].items()
+                         if k not in ("lr", "weight_decay")}
+    return data
+
+
+def _first_difference(a: Any, b: Any, key: str = "") -> str | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            found = _first_difference(a.get(k), b.get(k), f"{key}.{k}" if key else k)
+            if found:
+                return found
+        return None
+    return None if a == b else f"{key} ({a!r} vs {b!r})"
+
+
+def _module_problem(model: nn.Module) -> str | None:
+    """Why the module's training step cannot be vmapped over copies exactly, if it cannot."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            return (f"the model uses BatchNorm ({name}): its running statistics are updated "
+                    "in place during training, which vectorized training does not support")
+        if isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0:
+            return (f"the model uses dropout ({name}, p={module.p}): its masks draw from the "
+                    "global RNG, which copies trained together cannot share")
+    return None
+
+
+def can_vectorize(configs: Sequence[RunConfig]) -> tuple[bool, str]:
+    """Whether ``configs`` can be trained together by :func:`train_vectorized`, and if not why.
+
+    They can when they differ only in ``seed``, ``name``, ``optimizer.lr`` and
+    ``optimizer.weight_decay``; use no techniques beyond :data:`VECTORIZABLE_TECHNIQUES`;
+    use SGD, Adam or AdamW; and their model has no BatchNorm and no dropout. Any measures are
+    fine (each copy is evaluated on its own module). The model check builds the first
+    config's task and model (with the global RNG state preserved).
+
+    Example:
+        >>> from heldout.config import RunConfig, parse_overrides
+        >>> base = RunConfig(steps=10)
+        >>> can_vectorize([base, parse_overrides(base, ["seed=1", "optimizer.lr=0.01"])])
+        (True, '')
+        >>> ok, reason = can_vectorize([base, parse_overrides(base, ["seed=1", "steps=20"])])
+        >>> ok, reason.split(";")[0]
+        (False, 'configs differ in steps (10 vs 20)')
+    """
+    if not configs:
+        return False, "no configs"
+    first = vectorization_key(configs[0])
+    for cfg in configs[1:]:
+        difference = _first_difference(first, vectorization_key(cfg))
+        if difference:
+            return False, (f"configs differ in {difference}; copies may differ only in seed, "
+                           "name, optimizer.lr and optimizer.weight_decay")
+    cfg = configs[0]
+    for technique in cfg.techniques:
+        if technique.name not in VECTORIZABLE_TECHNIQUES:
+            supported = ", ".join(sorted(VECTORIZABLE_TECHNIQUES))
+            return False, (f"technique {technique.name!r} is not supported by vectorized "
+                           f"training (supported: {supported})")
+    if cfg.optimizer.name not in ("sgd", "adam", "adamw"):
+        return False, f"optimizer {cfg.optimizer.name!r} is not supported"
+    with torch.random.fork_rng(devices=[]):
+        splits = TASKS.build(cfg.task.name, **dict(cfg.task.params)).splits(cfg.seed)
+        model = MODELS.build(cfg.model.name, **dict(cfg.model.params)).build(
+            splits.input, splits.num_classes)
+    problem = _module_problem(model)
+    if problem:
+        return False, problem
+    return True, ""
+
+
+# ----------------------------------------------------------------------------- the optimizer
+
+def _per_copy(values: Sequence[float], like: Tensor) -> float | Tensor:
+    """A Python float when all copies share the value (then every op is torch's own, with the
+    same scalar), else a float64 (K, 1) tensor, cast to the parameters' dtype where torch
+    casts its scalar."""
+    if all(v == values[0] for v in values):
+        return float(values[0])
+    return torch.tensor(values, dtype=torch.float64, device=like.device).unsqueeze(1)
+
+
+def _cast(value: float | Tensor, like: Tensor) -> float | Tensor:
+    return value if isinstance(value, float) else value.to(like.dtype)
+
+
+def _add_scaled(tensor: Tensor, other: Tensor, alpha: float | Tensor) -> Tensor:
+    """``tensor + alpha * other`` (torch's ``add(other, alpha=...)``), out of place."""
+    if isinstance(alpha, float):
+        return tensor.add(other, alpha=alpha)
+    return torch.addcmul(tensor, other, _cast(alpha, other))
+
+
+def _scalar_dtype() -> torch.dtype:
+    # torch keeps Adam's step count as a float tensor of this dtype (its _get_scalar_dtype)
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+class _StackedOptimizer:
+    """K independent SGD / Adam / AdamW updates of a (K, P) tensor (row k: copy k's
+    parameters, flattened), with torch's single-tensor formulas. Every op is elementwise, so
+    one op on the flat tensor is each copy's op on each of its parameters."""
+
+    def __init__(self, optimizers: Sequence[torch.optim.Optimizer], flat: Tensor) -> None:
+        groups = []
+        for optimizer in optimizers:
+            if len(optimizer.param_groups) != 1:
+                raise ValueError("vectorized training needs one parameter group per optimizer")
+            groups.append(optimizer.param_groups[0])
+        group = groups[0]
+        self.adam = isinstance(optimizers[0], torch.optim.Adam)
+        for key in ("maximize", "amsgrad", "differentiable", "capturable", "fused"):
+            if group.get(key):
+                raise ValueError(f"vectorized training does not support {key}=True")
+        shared = ("betas", "eps", "decoupled_weight_decay") if self.adam else (
+            "momentum", "dampening", "nesterov")
+        for key in shared:
+            if any(g[key] != group[key] for g in groups):
+                raise ValueError(f"the copies' optimizers differ in {key}")
+        self.group = group
+        self.lr = _per_copy([g["lr"] for g in groups], flat)
+        self.weight_decay = _per_copy([g["weight_decay"] for g in groups], flat)
+        self.decay_on = any(g["weight_decay"] != 0 for g in groups)
+        self.step_count = 0
+        self.state: dict[str, Tensor] = {}
+
+    @torch.no_grad()
+    def step(self, param: Tensor, grad: Tensor) -> None:
+        self.step_count += 1
+        if self.adam:
+            self._adam(param, grad)
+        else:
+            self._sgd(param, grad)
+
+    def _sgd(self, param: Tensor, grad: Tensor) -> None:
+        group, state = self.group, self.state
+        if self.decay_on:
+            grad = _add_scaled(grad, param, self.weight_decay)
+        momentum = group["momentum"]
+        if momentum != 0:
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                buf = state["momentum_buffer"] = grad.detach().clone()
+            else:
+                buf.mul_(momentum).add_(grad, alpha=1 - group["dampening"])
+            grad = grad.add(buf, alpha=momentum) if group["nesterov"] else buf
+        if isinstance(self.lr, float):
+            param.add_(grad, alpha=-self.lr)
+        else:
+            param.addcmul_(grad, _cast(-self.lr, param))
+
+    def _adam(self, param: Tensor, grad: Tensor) -> None:
+        group, state = self.group, self.state
+        beta1, beta2 = group["betas"]
+        if not state:
+            state["exp_avg"] = torch.zeros_like(param)
+            state["exp_avg_sq"] = torch.zeros_like(param)
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        lr, decay = self.lr, self.weight_decay
+        if self.decay_on:
+            if group["decoupled_weight_decay"]:
+                param.mul_(_cast(1 - lr * decay, param))
+            else:
+                grad = _add_scaled(grad, param, decay)
+        exp_avg.lerp_(grad, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        step = float(self.step_count)
+        bias_correction1 = 1 - beta1**step
+        bias_correction2 = 1 - beta2**step
+        step_size = lr / bias_correction1
+        denom = (exp_avg_sq.sqrt() / bias_correction2**0.5).add_(group["eps"])
+        if isinstance(step_size, float):
+            param.addcdiv_(exp_avg, denom, value=-step_size)
+        else:  # torch's addcdiv computes self + (value * t1) / t2
+            param.add_(_cast(-step_size, param) * exp_avg / denom)
+
+    def copy_state(self, index: int, layout: Sequence[tuple[str, int, int, torch.Size]]
+                   ) -> dict[int, dict[str, Tensor]]:
+        """Copy ``index``'s state in ``torch.optim`` form: parameter number → its state."""
+        if not self.state:
+            return {}
+        out: dict[int, dict[str, Tensor]] = {}
+        for number, (_, start, end, shape) in enumerate(layout):
+            entry = {key: value[index, start:end].view(shape).clone()
+                     for key, value in self.state.items()}
+            if self.adam:
+                entry = {"step": torch.tensor(float(self.step_count), dtype=_scalar_dtype()),
+                         **entry}
+            out[number] = entry
+        return out
+
+
+# ----------------------------------------------------------------------------- the group
+
+def _rng_state() -> tuple[Tensor, Any, Any]:
+    return torch.get_rng_state(), np.random.get_state(), random.getstate()
+
+
+def _set_rng_state(state: tuple[Tensor, Any, Any]) -> None:
+    torch.set_rng_state(state[0])
+    np.random.set_state(state[1])
+    random.setstate(state[2])
+
+
+class _Data:
+    """The copies' training batches: full batch, or minibatches with each copy's own order."""
+
+    def __init__(self, streams: Sequence[TensorBatches]) -> None:
+        x0, y0 = streams[0].tensors
+        for stream in streams[1:]:
+            x, y = stream.tensors
+            if x.shape != x0.shape or y.shape != y0.shape or x.dtype != x0.dtype:
+                raise ValueError(
+                    f"the copies' training sets differ in shape ({tuple(x0.shape)} vs "
+                    f"{tuple(x.shape)}), so their batches cannot be stacked; run them separately"
+                )
+        self.shared = all(torch.equal(s.x, x0) and torch.equal(s.y, y0) for s in streams[1:])
+        self.x = x0 if self.shared else torch.stack([s.x for s in streams])
+        self.y = y0 if self.shared else torch.stack([s.y for s in streams])
+        self.streams = streams
+        self.batch_size = streams[0].batch_size
+        self.per_epoch = streams[0].batches_per_epoch
+        self.epoch = self.index = 0
+        self._orders: Tensor | None = None
+        self._copies = torch.arange(len(streams), device=x0.device).unsqueeze(1)
+
+    def next(self) -> tuple[Tensor, Tensor]:
+        """The next batch of every copy, stacked: (K, batch, ...)."""
+        if self.batch_size is None:
+            self.epoch += 1
+            if self.shared:  # batched all the same (a free expand): layers that take another
+                # path for unbatched inputs under vmap (TokenLinear) see what they support
+                k = len(self.streams)
+                return self.x.expand(k, *self.x.shape), self.y.expand(k, *self.y.shape)
+            return self.x, self.y
+        if self._orders is None:  # each copy's own permutation of this epoch
+            orders = []
+            for stream in self.streams:
+                stream.load_state_dict({"epoch": self.epoch, "index": 0})
+                orders.append(stream._epoch_order())
+            self._orders = torch.stack(orders)
+        start = self.index * self.batch_size
+        idx = self._orders[:, start : start + self.batch_size]
+        self.index += 1
+        if self.index == self.per_epoch:
+            self.epoch, self.index, self._orders = self.epoch + 1, 0, None
+        if self.shared:
+            return self.x[idx], self.y[idx]
+        return self.x[self._copies, idx], self.y[self._copies, idx]
+
+    def position(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "index": self.index}
+
+
+class _Group:
+    """K copies trained together: their Trainers (for building, evaluating, checkpointing),
+    their parameters as one (K, P) tensor, and the stacked optimizer."""
+
+    def __init__(self, configs: Sequence[RunConfig], store: Store, device: Any) -> None:
+        self.configs = list(configs)
+        self.trainers: list[Trainer] = []
+        self.rng: list[tuple[Tensor, Any, Any]] = []
+        for cfg in self.configs:  # exactly the separate run's construction and seeding
+            trainer = build(cfg, device=device, store=store)
+            self.trainers.append(trainer)
+            self.rng.append(_rng_state())  # what the separate run's RNG holds after build
+        models = [t.model for t in self.trainers]
+        for model in models:
+            problem = _module_problem(model)
+            if problem:
+                raise ValueError(problem)
+        if not all(isinstance(t.batches, TensorBatches) for t in self.trainers):
+            raise ValueError("vectorized training needs tensor training data")
+        for trainer in self.trainers:
+            if not isinstance(trainer.optimizer, _OPTIMIZERS):
+                raise ValueError(f"optimizer {type(trainer.optimizer).__name__} is not "
+                                 "supported by vectorized training")
+        params, self.buffers = stack_module_state(models)  # type: ignore[arg-type]
+        k = len(models)
+        # One (K, P) tensor holds every parameter of every copy, so each optimizer op is one
+        # call for all of them; the stacked parameters are views of its columns.
+        self.layout: list[tuple[str, int, int, torch.Size]] = []
+        start = 0
+        for name, _ in models[0].named_parameters():
+            shape = params[name].shape[1:]
+            self.layout.append((name, start, start + shape.numel(), shape))
+            start += shape.numel()
+        self.flat = torch.cat([params[name].detach().reshape(k, -1)
+                               for name, *_ in self.layout], dim=1)
+        self.base = copy.deepcopy(models[0]).to("meta")
+        self.base.train()
+        self.loss_fn = self.trainers[0].loss_fn
+        self.optimizer = _StackedOptimizer([t.optimizer for t in self.trainers], self.flat)
+        self.data = _Data([t.batches for t in self.trainers])  # type: ignore[misc]
+        self.max_steps = self.trainers[0].state.max_steps
+        self.eval_every = self.trainers[0].eval_every
+
+    def params(self, flat: Tensor) -> dict[str, Tensor]:
+        """The stacked parameters (K, *shape) as views of ``flat``."""
+        return {name: flat[:, start:end].view(-1, *shape)
+                for name, start, end, shape in self.layout}
+
+    def _copy_loss(self, params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor,
+                   y: Tensor) -> Tensor:
+        return self.loss_fn(functional_call(self.base, (params, buffers), (x,)), y)
+
+    def train_step(self) -> Tensor:
+        """One optimizer step of every copy; returns the K losses (detached)."""
+        x, y = self.data.next()
+        # fresh leaves sharing the flat tensor's memory: autograd returns each parameter's
+        # gradient without scattering it into a (K, P) buffer per parameter
+        leaves = {name: view.detach().requires_grad_()
+                  for name, view in self.params(self.flat).items()}
+        losses = torch.vmap(self._copy_loss, in_dims=(0, 0, 0, 0))(
+            leaves, self.buffers, x, y)
+        # row k of the gradient of the sum is the gradient of copy k's loss alone
+        grads = torch.autograd.grad(losses.sum(), list(leaves.values()))
+        k = self.flat.shape[0]
+        self.optimizer.step(self.flat, torch.cat([g.reshape(k, -1) for g in grads], dim=1))
+        return losses.detach()
+
+    @torch.no_grad()
+    def load_copy(self, index: int) -> Trainer:
+        """Copy ``index``'s current weights into its own module; return its Trainer."""
+        trainer = self.trainers[index]
+        stacked = self.params(self.flat)
+        for name, param in trainer.model.named_parameters():
+            param.copy_(stacked[name][index])
+        return trainer
+
+    def evaluate(self, index: int, step: int, loss: Tensor | None) -> dict[str, float]:
+        trainer = self.load_copy(index)
+        _set_rng_state(self.rng[index])
+        metrics = trainer.measure()
+        self.rng[index] = _rng_state()
+        if loss is not None:
+            metrics["train/step_loss"] = float(loss)
+        trainer.state.step = step
+        trainer.state.metrics = metrics
+        trainer.history.append((step, metrics))  # checkpoints carry the history
+        return metrics
+
+    def checkpoint(self, index: int, step: int, loss: Tensor | None, path: Path) -> None:
+        """Write copy ``index``'s checkpoint in the Trainer's format."""
+        trainer = self.load_copy(index)
+        optimizer = trainer.optimizer
+        by_number = dict(enumerate(trainer.model.parameters()))
+        optimizer.state.clear()
+        for number, entry in self.optimizer.copy_state(index, self.layout).items():
+            optimizer.state[by_number[number]] = entry
+        trainer.batches.load_state_dict(self.data.position())
+        trainer.state.step = step
+        trainer.state.loss = None if loss is None else loss.clone()
+        _set_rng_state(self.rng[index])
+        trainer.save_checkpoint(path)
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _message(err: BaseException) -> str:
+    return "".join(traceback.format_exception_only(type(err), err)).strip() or type(err).__name__
+
+
+def train_vectorized(
+    configs: Sequence[RunConfig],
+    store: Store | None = None,
+    *,
+    progress: bool = False,
+    device: Any = None,
+) -> list[RunResult]:
+    """Train ``configs`` together (see the module docstring); one result per config, in order.
+
+    Raises ``ValueError`` (before writing to the store) when :func:`can_vectorize` refuses the
+    configs or their training sets differ in shape. Configs whose run is already ``done`` are
+    skipped (``skipped=True``); if all are, nothing is built. A copy whose loss turns
+    non-finite comes back with ``status="failed"`` (not raised: the others finished).
+    """
+    ok, reason = can_vectorize(configs)
+    if not ok:
+        raise ValueError(f"cannot vectorize: {reason}")
+    store = store or Store()
+    unique: dict[str, RunConfig] = {}
+    for cfg in configs:
+        unique.setdefault(cfg.identity, cfg)
+    done = {run_id for run_id in unique
+            if store.has_run(run_id) and store.get_run(run_id).status == "done"}
+    pending = [cfg for run_id, cfg in unique.items() if run_id not in done]
+    results: dict[str, RunResult] = {}
+    group = _Group(pending, store, device) if pending else None
+    for run_id, cfg in unique.items():
+        record = store.create_run(run_id, config_to_dict(cfg), cfg.seed, cfg.name)
+        if run_id in done:
+            results[run_id] = RunResult(run_id, "done", store.final_metrics(run_id), None,
+                                        True, record)
+    if group is not None:
+        results.update(_train(group, store, progress))
+    return [results[cfg.identity] for cfg in configs]
+
+
+def _train(group: _Group, store: Store, progress: bool) -> dict[str, RunResult]:
+    ids = [cfg.identity for cfg in group.configs]
+    k = len(ids)
+    printer = ProgressPrinter(group.max_steps, label=f"{k} copies ") if progress else None
+    for run_id in ids:
+        (store.run_dir(run_id) / CHECKPOINT_NAME).unlink(missing_ok=True)  # restart from 0
+        store.start_run(run_id, 0)
+    active = [True] * k
+    rows: list[list[tuple[int, str, str, float]]] = [[] for _ in ids]
+    losses: Tensor | None = None
+    step = 0
+    started = last_flush = time.perf_counter()
+
+    def flush(index: int) -> None:
+        store.log_metrics(ids[index], rows[index])
+        rows[index] = []
+
+    def evaluate() -> None:
+        nonlocal last_flush
+        shown: dict[str, list[float]] = {}
+        for index in range(k):
+            if not active[index]:
+                continue
+            loss = None if losses is None else losses[index]
+            metrics = group.evaluate(index, step, loss)
+            for key, value in metrics.items():
+                split, _, name = key.partition("/")
+                rows[index].append((step, split, name, value))
+                shown.setdefault(key, []).append(value)
+        if time.perf_counter() - last_flush >= FLUSH_SECONDS:
+            for index in range(k):
+                flush(index)
+            last_flush = time.perf_counter()
+        if printer is not None:
+            printer.log(step, {key: sum(v) / len(v) for key, v in shown.items()})
+
+    def finish(index: int, status: str, step: int, error: str | None = None) -> None:
+        flush(index)
+        store.finish_run(ids[index], status=status, step=step, error=error,
+                         seconds=(time.perf_counter() - started) / k)
+        active[index] = False
+
+    try:
+        evaluate()
+        while step < group.max_steps and any(active):
+            losses = group.train_step()
+            finite = torch.isfinite(losses)
+            if not bool(finite.all()):  # as the Trainer: fail at the step that broke
+                for index in torch.nonzero(~finite).flatten().tolist():
+                    if active[index]:
+                        err = NonFiniteLossError(step + 1, float(losses[index]))
+                        finish(index, "failed", err.step, str(err))
+            step += 1
+            if step % group.eval_every == 0 or step == group.max_steps:
+                evaluate()
+        for index, run_id in enumerate(ids):
+            if not active[index]:
+                continue
+            checkpoint = store.run_dir(run_id) / CHECKPOINT_NAME
+            flush(index)  # metrics reach the store before the checkpoint does
+            group.checkpoint(index, step, None if losses is None else losses[index],
+                             checkpoint)
+            store.set_checkpoint(run_id, str(checkpoint), step)
+            store.add_artifact(run_id, "checkpoint", checkpoint, _sha256(checkpoint))
+            record = store.run_dir(run_id) / GROUP_NAME  # provenance: trained with these
+            record.write_text(json.dumps({"copies": ids, "index": index}, indent=1))
+            store.add_artifact(run_id, "vectorized_group", record, _sha256(record))
+            finish(index, "done", step)
+    except BaseException as err:
+        for index in range(k):
+            if active[index]:
+                finish(index, "failed", step, _message(err))
+        raise
+    results = {}
+    for run_id in ids:
+        record = store.get_run(run_id)
+        results[run_id] = RunResult(run_id, record.status, store.final_metrics(run_id), None,
+                                    False, record)
+    return results

@@ -1,0 +1,311 @@
+"""Vectorized seeds: K copies trained together equal the same configs trained alone."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from heldout.config import Component, RunConfig
+from heldout.engine.checkpoint import load_checkpoint
+from heldout.engine.vectorized import (
+    GROUP_NAME,
+    _Group,
+    _StackedOptimizer,
+    can_vectorize,
+    train_vectorized,
+)
+from heldout.runner import CHECKPOINT_NAME, RunFailed, execute, measure_run
+from heldout.store import Store
+
+from .conftest import tiny_config
+
+SEEDS = (0, 1, 2, 3)
+REL, ABS = 1e-5, 1e-6  # float tolerance: a batched matmul may round unlike the plain one
+OPTIMIZERS = {
+    "adamw": ["optimizer.name=adamw", "optimizer.lr=0.01"],
+    "sgd_momentum": ["optimizer.name=sgd", "optimizer.lr=0.1", "optimizer.momentum=0.9"],
+}
+
+
+def seeds_configs(*overrides: str, lrs=None, weight_decays=None) -> list[RunConfig]:
+    """tiny_config (p=23, hidden [32], 12 steps, eval every 3, one checkpoint) for each seed,
+    with per-copy learning rates / weight decays if given."""
+    configs = []
+    for i, seed in enumerate(SEEDS):
+        extra = [f"seed={seed}", "checkpoint_every=12"]
+        if lrs is not None:
+            extra.append(f"optimizer.lr={lrs[i]}")
+        if weight_decays is not None:
+            extra.append(f"optimizer.weight_decay={weight_decays[i]}")
+        configs.append(tiny_config(*overrides, *extra))
+    return configs
+
+
+@pytest.fixture(scope="module")
+def alone(tmp_path_factory):
+    """``alone(cfg)``: the store in which ``cfg`` was trained alone by the runner (one store
+    for the module; a config trained before is not trained again)."""
+    store = Store(tmp_path_factory.mktemp("alone"))
+
+    def train(cfg: RunConfig) -> Store:
+        execute(cfg, store)
+        return store
+
+    return train
+
+
+def assert_same_history(ours: Store, theirs: Store, run_id: str) -> None:
+    """The same metrics at the same steps, every value equal to float tolerance."""
+    a, b = ours.metrics(run_id), theirs.metrics(run_id)
+    assert [(step, key) for step, key, _ in a] == [(step, key) for step, key, _ in b]
+    for (step, key, x), (_, _, y) in zip(a, b, strict=True):
+        assert math.isclose(x, y, rel_tol=REL, abs_tol=ABS), (step, key, x, y)
+
+
+def assert_close_tree(a, b, path: str = "checkpoint") -> None:
+    """Same structure, equal plain values, floats and float tensors equal to float
+    tolerance."""
+    assert type(a) is type(b), path
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for key in a:
+            assert_close_tree(a[key], b[key], f"{path}.{key}")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_close_tree(x, y, f"{path}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert a.shape == b.shape and a.dtype == b.dtype, path
+        if a.is_floating_point():
+            torch.testing.assert_close(a, b, rtol=REL, atol=ABS, msg=path)
+        else:
+            assert torch.equal(a, b), path
+    elif isinstance(a, float):
+        assert math.isclose(a, b, rel_tol=REL, abs_tol=ABS), (path, a, b)
+    else:
+        assert a == b, path
+
+
+def checkpoint_of(store: Store, run_id: str) -> dict:
+    return load_checkpoint(store.run_dir(run_id) / CHECKPOINT_NAME)
+
+
+# ----------------------------------------------------------------------------- parity
+
+@pytest.mark.parametrize("batch", ["full", "16"])
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+def test_copies_match_separate_runs(optimizer, batch, tmp_path, alone):
+    batch_override = [] if batch == "full" else [f"batch_size={batch}"]
+    configs = seeds_configs(*OPTIMIZERS[optimizer], *batch_override)
+    store = Store(tmp_path / "vectorized")
+    results = train_vectorized(configs, store)
+    assert [r.run_id for r in results] == [c.identity for c in configs]
+    assert all(r.status == "done" and not r.skipped for r in results)
+    for cfg, result in zip(configs, results, strict=True):
+        separate = alone(cfg)
+        assert_same_history(store, separate, cfg.identity)
+        steps = {step for step, _, _ in store.metrics(cfg.identity)}
+        assert steps == {0, 3, 6, 9, 12}
+        # the final checkpoint is the one the Trainer writes, to float tolerance: weights,
+        # optimizer state, data position, RNG states, last loss
+        ours, theirs = checkpoint_of(store, cfg.identity), checkpoint_of(separate, cfg.identity)
+        assert_close_tree(ours, theirs)
+        assert result.metrics == pytest.approx(separate.final_metrics(cfg.identity),
+                                               rel=REL, abs=ABS)
+    # the copies really differ: different seeds, different weights
+    first, second = (checkpoint_of(store, c.identity)["model"] for c in configs[:2])
+    assert not torch.allclose(first["head.weight"], second["head.weight"])
+
+
+@pytest.mark.parametrize("batch", [[], ["batch_size=16"]])
+def test_copies_sharing_one_dataset_match_separate_runs(batch, tmp_path, alone):
+    """With ``task.data_seed`` every copy trains on the same split (batched by a free expand,
+    so token layers keep their vmap path)."""
+    configs = seeds_configs("task.data_seed=5", *batch)[:2]
+    store = Store(tmp_path / "vectorized")
+    train_vectorized(configs, store)
+    for cfg in configs:
+        assert_same_history(store, alone(cfg), cfg.identity)
+
+
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+def test_per_copy_learning_rates_and_weight_decays(optimizer, tmp_path, alone):
+    base = {"adamw": [0.01, 0.02, 0.005, 0.03], "sgd_momentum": [0.1, 0.05, 0.2, 0.02]}
+    configs = seeds_configs(*OPTIMIZERS[optimizer], "batch_size=16", lrs=base[optimizer],
+                            weight_decays=[0.0, 0.1, 0.0, 0.5])
+    assert can_vectorize(configs) == (True, "")
+    store = Store(tmp_path / "vectorized")
+    train_vectorized(configs, store)
+    for cfg in configs:
+        separate = alone(cfg)
+        assert_same_history(store, separate, cfg.identity)
+        assert_close_tree(checkpoint_of(store, cfg.identity),
+                          checkpoint_of(separate, cfg.identity))
+    # the learning rates took effect: same seed, other lr, other weights
+    other = seeds_configs(*OPTIMIZERS[optimizer], "batch_size=16",
+                          lrs=base[optimizer][::-1], weight_decays=[0.0, 0.1, 0.0, 0.5])
+    train_vectorized(other[:1], store)
+    assert not torch.allclose(checkpoint_of(store, configs[0].identity)["model"]["head.weight"],
+                              checkpoint_of(store, other[0].identity)["model"]["head.weight"])
+
+
+@pytest.mark.parametrize("name", ["adamw", "adam", "sgd", "nesterov", "plain_sgd"])
+def test_stacked_optimizer_is_torchs_update_bit_for_bit(name):
+    """Fed the same gradients, the stacked update equals K torch optimizers exactly, with
+    shared and with per-copy learning rates and weight decays."""
+    make = {
+        "adamw": lambda ps, lr, wd: torch.optim.AdamW(ps, lr=lr, weight_decay=wd),
+        "adam": lambda ps, lr, wd: torch.optim.Adam(ps, lr=lr, weight_decay=wd),
+        "sgd": lambda ps, lr, wd: torch.optim.SGD(ps, lr=lr, momentum=0.9, weight_decay=wd),
+        "nesterov": lambda ps, lr, wd: torch.optim.SGD(ps, lr=lr, momentum=0.9,
+                                                       nesterov=True, weight_decay=wd),
+        "plain_sgd": lambda ps, lr, wd: torch.optim.SGD(ps, lr=lr, weight_decay=wd),
+    }[name]
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(5, 4), (5,), (2, 5)]
+    for lrs, wds in [([0.01] * 3, [0.1] * 3), ([0.01, 0.003, 0.02], [0.1, 0.0, 0.3])]:
+        start = [[torch.randn(s, generator=gen) for s in shapes] for _ in range(3)]
+        params = [[torch.nn.Parameter(p.clone()) for p in copy] for copy in start]
+        optimizers = [make(ps, lr, wd) for ps, lr, wd in zip(params, lrs, wds, strict=True)]
+        flat = torch.stack([torch.cat([p.flatten() for p in copy]) for copy in start])
+        stacked = _StackedOptimizer(optimizers, flat)
+        for _ in range(4):
+            grads = [[torch.randn(s, generator=gen) for s in shapes] for _ in range(3)]
+            for copy, opt, copy_grads in zip(params, optimizers, grads, strict=True):
+                for p, g in zip(copy, copy_grads, strict=True):
+                    p.grad = g.clone()
+                opt.step()
+            stacked.step(flat, torch.stack([torch.cat([g.flatten() for g in copy])
+                                            for copy in grads]))
+        expected = torch.stack([torch.cat([p.detach().flatten() for p in copy])
+                                for copy in params])
+        assert torch.equal(flat, expected)
+
+
+# ----------------------------------------------------------------------------- the check
+
+@pytest.mark.parametrize(("override", "reason"), [
+    ("task.p=29", "task.p"),
+    ("steps=20", "steps"),
+    ("techniques=sam", "technique 'sam'"),
+    ("model.batch_norm=true", "BatchNorm"),
+])
+def test_can_vectorize_refuses_with_the_reason(override, reason, tmp_path):
+    configs = seeds_configs()
+    if override.startswith(("task", "steps")):  # one copy differs
+        configs[1] = seeds_configs(override)[1]
+    else:
+        configs = seeds_configs(override)
+    ok, why = can_vectorize(configs)
+    assert not ok and reason in why
+    store = Store(tmp_path / "store")
+    with pytest.raises(ValueError, match="cannot vectorize"):
+        train_vectorized(configs, store)
+    assert store.runs() == []  # refused before writing anything
+
+
+def test_can_vectorize_accepts_what_it_supports():
+    assert can_vectorize(seeds_configs()) == (True, "")
+    assert can_vectorize(seeds_configs("techniques=weight_decay")) == (True, "")
+    ok, why = can_vectorize(seeds_configs("model=transformer", "model.d_model=16",
+                                          "model.n_heads=2", "model.dropout=0.1"))
+    assert not ok and "dropout" in why
+    assert can_vectorize([]) == (False, "no configs")
+
+
+def test_weight_decay_technique_folds_into_the_update(tmp_path, alone):
+    configs = seeds_configs("techniques=weight_decay", "techniques.weight_decay.weight_decay=0.3")
+    store = Store(tmp_path / "vectorized")
+    train_vectorized(configs[:2], store)
+    for cfg in configs[:2]:
+        separate = alone(cfg)
+        assert_same_history(store, separate, cfg.identity)
+        assert_close_tree(checkpoint_of(store, cfg.identity),
+                          checkpoint_of(separate, cfg.identity))
+    assert checkpoint_of(store, configs[0].identity)["optimizer"]["param_groups"][0][
+        "weight_decay"] == 0.3
+
+
+# ----------------------------------------------------------------------------- the store
+
+def test_each_copy_is_its_own_finished_run(tmp_path, alone):
+    configs = seeds_configs("batch_size=16", "name=group")
+    store = Store(tmp_path / "store")
+    train_vectorized(configs, store)
+    assert sorted(r.id for r in store.runs()) == sorted(c.identity for c in configs)
+    for cfg in configs:
+        record = store.get_run(cfg.identity)
+        assert (record.status, record.step, record.seed, record.name) == ("done", 12, cfg.seed,
+                                                                          "group")
+        assert record.started is not None and record.finished is not None
+        path = store.run_dir(cfg.identity) / CHECKPOINT_NAME
+        assert record.checkpoint == str(path)
+        assert sorted(a["name"] for a in store.artifacts(cfg.identity)) == [
+            "checkpoint", "vectorized_group"]
+        group = json.loads((store.run_dir(cfg.identity) / GROUP_NAME).read_text())
+        assert group == {"copies": [c.identity for c in configs],
+                         "index": configs.index(cfg)}
+        ckpt = torch.load(path, weights_only=True)
+        assert ckpt["step"] == 12 and ckpt["batches"] == {"epoch": 0, "index": 12}
+        assert store.history(cfg.identity)["train/step_loss"][0][0] == 3  # not at step 0
+    # post-hoc measures work on the checkpoint, and agree with the separate run's
+    separate = alone(configs[2])
+    ours = measure_run(store, configs[2].identity, [Component("norms")])
+    theirs = measure_run(separate, configs[2].identity, [Component("norms")])
+    assert ours.keys() == theirs.keys() and ours == pytest.approx(theirs, rel=REL)
+
+
+def test_done_runs_are_skipped(tmp_path):
+    configs = seeds_configs()
+    store = Store(tmp_path / "store")
+    first = execute(configs[0], store)  # one of them already done alone
+    history = store.metrics(configs[0].identity)
+    results = train_vectorized(configs, store)
+    assert [r.skipped for r in results] == [True, False, False, False]
+    assert store.metrics(configs[0].identity) == history
+    assert results[0].metrics == first.metrics
+    again = train_vectorized(configs + configs[:1], store)  # duplicates: one run
+    assert len(again) == 5 and all(r.skipped and r.status == "done" for r in again)
+
+
+def test_killed_group_reruns_unfinished_copies_from_scratch(tmp_path, monkeypatch):
+    configs = seeds_configs("batch_size=16")
+    straight = Store(tmp_path / "straight")
+    train_vectorized(configs, straight)
+    broken = Store(tmp_path / "broken")
+    original = _Group.evaluate
+
+    def interrupt(self, index, step, loss):
+        if step == 6:
+            raise KeyboardInterrupt
+        return original(self, index, step, loss)
+
+    monkeypatch.setattr(_Group, "evaluate", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train_vectorized(configs, broken)
+    assert {broken.get_run(c.identity).status for c in configs} == {"failed"}
+    assert {broken.get_run(c.identity).step for c in configs} == {6}
+    monkeypatch.setattr(_Group, "evaluate", original)
+    results = train_vectorized(configs, broken)
+    assert all(r.status == "done" and not r.skipped for r in results)
+    for cfg in configs:
+        assert broken.metrics(cfg.identity) == straight.metrics(cfg.identity)
+
+
+def test_a_diverging_copy_fails_alone(tmp_path, alone):
+    configs = seeds_configs(*OPTIMIZERS["sgd_momentum"], lrs=[0.1, 0.1, 1e12, 0.1])
+    store = Store(tmp_path / "store")
+    results = train_vectorized(configs, store)
+    assert [r.status for r in results] == ["done", "done", "failed", "done"]
+    with pytest.raises(RunFailed):
+        alone(configs[2])
+    separate = alone(configs[3])  # the store of the runs trained alone
+    ours, theirs = store.get_run(configs[2].identity), separate.get_run(configs[2].identity)
+    assert (ours.status, ours.step, ours.error) == (theirs.status, theirs.step, theirs.error)
+    assert "non-finite" in ours.error
+    assert not (store.run_dir(configs[2].identity) / CHECKPOINT_NAME).exists()
+    assert_same_history(store, separate, configs[2].identity)  # up to the failure
+    assert_same_history(store, separate, configs[3].identity)  # the others go on
