@@ -1,8 +1,9 @@
 """Sweep executors: the local process pool with 2 workers against 1 worker (goal >= 1.8x), and
 the Ray executor's overhead per run against the local executor, on the same sweep of small
-runs, each executor writing a fresh store. Workers use 1 torch thread each.
+runs (one process per run: vectorized seeds are off), each executor writing a fresh store.
+Workers use 1 torch thread each.
 
-    PYTHONPATH=src .venv/bin/python bench/executors.py [--runs 12] [--steps 300] [--no-ray]
+    PYTHONPATH=src .venv/bin/python bench/executors.py [--runs 24] [--steps 1500] [--no-ray]
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ def spec(runs: int, steps: int):
 def timed(executor: str, workers: int, runs: int, steps: int) -> float:
     store = Store(tempfile.mkdtemp(prefix=f"bench-{executor}{workers}-"))
     start = time.perf_counter()
-    outcomes = run_sweep(spec(runs, steps), store, executor=executor, workers=workers)
+    outcomes = run_sweep(spec(runs, steps), store, executor=executor, workers=workers,
+                         vectorize=1)  # one process per run: the executors, not vectorization
     elapsed = time.perf_counter() - start
     assert len(outcomes) == runs and all(o.status == "done" for o in outcomes), outcomes
     return elapsed
@@ -36,8 +38,8 @@ def timed(executor: str, workers: int, runs: int, steps: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=12)
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--runs", type=int, default=24)
+    parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--no-ray", action="store_true")
     args = parser.parse_args()
     assert len(expand(spec(args.runs, args.steps))) == args.runs

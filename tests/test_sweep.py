@@ -184,8 +184,7 @@ def test_a_killed_worker_fails_its_run_and_a_rerun_resumes_it(tmp_path):
     outcomes = []
     while time.time() < deadline and not checkpoint.exists():
         outcomes += executor.poll(store, 0.05)
-    process, _ = executor._running[cfg.identity]
-    os.kill(process.pid, signal.SIGKILL)
+    os.kill(executor.process_of(cfg.identity).pid, signal.SIGKILL)
     while executor.busy:
         outcomes += executor.poll(store, 0.1)
     (outcome,) = outcomes
@@ -222,8 +221,9 @@ def test_a_killed_group_fails_all_its_runs_and_a_rerun_trains_them(tmp_path):
     outcomes = []
     while time.time() < deadline and store.get_run(configs[0].identity).status != "running":
         outcomes += executor.poll(store, 0.05)
-    process, run_ids = executor._running[configs[0].identity]
-    assert run_ids == tuple(c.identity for c in configs)
+    run_ids = tuple(c.identity for c in configs)
+    process = executor.process_of(configs[0].identity)
+    assert all(executor.process_of(r) is process for r in run_ids)
     os.kill(process.pid, signal.SIGKILL)
     while executor.busy:
         outcomes += executor.poll(store, 0.1)
@@ -236,3 +236,30 @@ def test_a_killed_group_fails_all_its_runs_and_a_rerun_trains_them(tmp_path):
         assert vectorized_group(store, cfg.identity) == list(run_ids)
         assert [step for step, key, _ in store.metrics(cfg.identity)
                 if key == "train/accuracy"] == [0, 1000, 2000, 3000]
+
+
+def test_pool_processes_are_reused_then_replaced_and_runs_match_runs_alone(tmp_path):
+    """A worker runs job after job (no state leaks from one run into the next: bit-identical
+    to each run alone) and is replaced after ``jobs_per_worker`` jobs."""
+    spec = sweep_from_dict({**SPEC, "techniques": ["erm", "sam"], "hparams": 1, "seeds": [0]})
+    configs = [p.config for p in expand(spec)]
+    configs.append(expand(sweep_from_dict({**SPEC, "techniques": ["erm"], "hparams": 1,
+                                           "seeds": [3]}))[0].config)
+    store = Store(tmp_path / "home")
+    for cfg in configs:
+        store.create_run(cfg.identity, {}, cfg.seed)
+    executor = LocalExecutor(store.home, workers=1, jobs_per_worker=2)
+    pids = []
+    for cfg in configs:
+        executor.submit(cfg)
+        pids.append(executor.process_of(cfg.identity).pid)
+        outcomes = []
+        while executor.busy:
+            outcomes += executor.poll(store, 0.1)
+        assert [o.status for o in outcomes] == ["done"]
+    executor.close()
+    assert pids[0] == pids[1] != pids[2]
+    alone = Store(tmp_path / "alone")
+    for cfg in configs:
+        execute(cfg, alone)
+        assert store.metrics(cfg.identity) == alone.metrics(cfg.identity)

@@ -278,10 +278,10 @@ def test_killed_group_reruns_unfinished_copies_from_scratch(tmp_path, monkeypatc
     broken = Store(tmp_path / "broken")
     original = _Group.evaluate
 
-    def interrupt(self, index, step, loss):
+    def interrupt(self, index, step, loss, outputs=None):
         if step == 6:
             raise KeyboardInterrupt
-        return original(self, index, step, loss)
+        return original(self, index, step, loss, outputs)
 
     monkeypatch.setattr(_Group, "evaluate", interrupt)
     with pytest.raises(KeyboardInterrupt):
@@ -309,3 +309,74 @@ def test_a_diverging_copy_fails_alone(tmp_path, alone):
     assert not (store.run_dir(configs[2].identity) / CHECKPOINT_NAME).exists()
     assert_same_history(store, separate, configs[2].identity)  # up to the failure
     assert_same_history(store, separate, configs[3].identity)  # the others go on
+
+
+# ----------------------------------------------------------------------------- the forward
+
+@pytest.mark.parametrize(("kind", "model"), [
+    ("tokens", dict(hidden=(8, 6))),
+    ("tokens", dict(hidden=(8,), bias=False, activation="square")),
+    ("continuous", dict(hidden=(7,), activation="gelu")),
+    ("continuous", dict(hidden=(5, 4), activation="tanh", bias=False)),
+])
+def test_the_stacked_mlp_forward_is_the_vmapped_model(kind, model):
+    """The batched-matmul forward of the MLPs equals vmapping the module over the copies."""
+    from torch.func import functional_call, stack_module_state
+
+    from heldout.engine.vectorized import _stacked_forward
+    from heldout.models.mlp import MLP
+    from heldout.tasks.base import InputSpec
+
+    spec = InputSpec("tokens", (3,), vocab=5) if kind == "tokens" else InputSpec("continuous",
+                                                                                 (2, 3))
+    torch.manual_seed(0)
+    copies = [MLP(**model).build(spec, num_classes=4) for _ in range(3)]
+    params, buffers = stack_module_state(copies)
+    x = (torch.randint(0, 5, (3, 10, 3)) if kind == "tokens" else torch.randn(3, 10, 2, 3))
+    forward = _stacked_forward(copies[0])
+    assert forward is not None
+    expected = torch.vmap(lambda p, b, xs: functional_call(copies[0], (p, b), (xs,)))(
+        params, buffers, x)
+    torch.testing.assert_close(forward(params, x), expected, rtol=1e-6, atol=1e-6)
+    if kind == "tokens":
+        with pytest.raises(IndexError, match="out of range"):
+            forward(params, torch.full((3, 2, 3), 5))
+
+
+@pytest.mark.filterwarnings("ignore:There is a performance drop")
+def test_other_models_are_vmapped_whole_and_match_separate_runs(tmp_path, alone):
+    from heldout.engine.vectorized import _stacked_forward
+
+    configs = seeds_configs("model=transformer", "model.d_model=16", "model.n_heads=2",
+                            "batch_size=16")[:2]
+    assert can_vectorize(configs) == (True, "")
+    group = _Group(configs, Store(tmp_path / "probe"), None)
+    assert group.stacked_forward is None  # attention, layer norms: the generic path
+    assert _stacked_forward(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.0))
+                            ) is None
+    store = Store(tmp_path / "vectorized")
+    train_vectorized(configs, store)
+    for cfg in configs:
+        assert_same_history(store, alone(cfg), cfg.identity)
+
+
+@pytest.mark.parametrize("loss", [["loss=mse"], ["loss_dtype=float64"]])
+def test_other_losses_match_separate_runs(loss, tmp_path, alone):
+    configs = seeds_configs(*loss, "batch_size=16")[:2]
+    store = Store(tmp_path / "vectorized")
+    train_vectorized(configs, store)
+    for cfg in configs:
+        assert_same_history(store, alone(cfg), cfg.identity)
+
+
+def test_evaluation_logits_of_all_copies_are_computed_together(tmp_path):
+    configs = seeds_configs()[:3]
+    group = _Group(configs, Store(tmp_path / "store"), None)
+    outputs = group.eval_outputs()
+    for index, trainer in enumerate(group.trainers):
+        assert outputs[index].keys() == trainer.eval_data.keys() == {"train", "val", "test"}
+        model = group.load_copy(index).model
+        for split, (logits, targets) in outputs[index].items():
+            data = trainer.eval_data[split]
+            torch.testing.assert_close(logits, model(data.x), rtol=1e-6, atol=1e-6)
+            assert torch.equal(targets, data.y)

@@ -204,16 +204,19 @@ class Trainer:
             getattr(technique, event.value)(self.state, *args)
 
     def measure(self, measures: Sequence[Measure] | None = None,
-                splits: Sequence[str] | None = None) -> dict[str, float]:
+                splits: Sequence[str] | None = None,
+                outputs: Mapping[str, tuple[Tensor, Tensor]] | None = None) -> dict[str, float]:
         """Compute ``measures`` (default: the Trainer's) on ``splits`` (default: all) with the
-        weights evaluation uses (an EMA average, say), without logging."""
+        weights evaluation uses (an EMA average, say), without logging. ``outputs``: logits
+        and targets of some splits already computed with those weights (see
+        :func:`~heldout.measures.evaluate`)."""
         eval_model = next(
             (m for t in self.techniques if (m := t.eval_model(self.state)) is not None),
             self.model,
         )
         data = self.eval_data if splits is None else {s: self.eval_data[s] for s in splits}
         return evaluate(eval_model, data, self.measures if measures is None else measures,
-                        device=self.device, initial_state=self.initial_state)
+                        device=self.device, initial_state=self.initial_state, outputs=outputs)
 
     def _evaluate(self) -> None:
         state = self.state

@@ -69,12 +69,15 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state
 
 from heldout.config import RunConfig, config_to_dict
 from heldout.engine.data import TensorBatches
 from heldout.engine.trainer import NonFiniteLossError, Trainer
+from heldout.models.layers import Square, TokenLinear
+from heldout.models.mlp import MLPNetwork
 from heldout.registry import MODELS, TASKS
 from heldout.runner import CHECKPOINT_NAME, ProgressPrinter, RunResult, build
 from heldout.store.sqlite import Store
@@ -92,6 +95,9 @@ FLUSH_SECONDS = 10.0
 # Each finished copy records the group it was trained in (the run ids, its index) in this file
 # of its run directory, stored as the artifact "vectorized_group".
 GROUP_NAME = "vectorized_group.json"
+
+# Examples per copy in one stacked forward at evaluation (the measures' default chunk).
+EVAL_CHUNK = 8192
 
 _OPTIMIZERS = (torch.optim.SGD, torch.optim.Adam)  # AdamW is an Adam (decoupled weight decay)
 
@@ -295,6 +301,68 @@ class _StackedOptimizer:
         return out
 
 
+# ----------------------------------------------------------------------------- the forward
+
+_ELEMENTWISE = (nn.ReLU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.SiLU, nn.LeakyReLU, nn.ELU,
+                nn.Identity, Square)
+
+
+def _stacked_forward(model: nn.Module) -> Any:
+    """For an ``nn.Sequential`` of linear layers (``TokenLinear`` included), ``Flatten`` and
+    elementwise activations — the MLPs — the forward of K stacked copies written with batched
+    matrix products: ``forward(params, x)`` maps (K, batch, ...) inputs to (K, batch, out)
+    outputs, the same function as vmapping the model over the copies without its per-call
+    overhead (about twice as fast for small MLPs). ``None`` for any other model (then the
+    whole model is vmapped)."""
+    if type(model) not in (nn.Sequential, MLPNetwork):
+        return None
+    plan: list[tuple[str, str, nn.Module]] = []
+    for name, module in model.named_children():
+        if isinstance(module, nn.Linear) and type(module) in (nn.Linear, TokenLinear):
+            plan.append(("linear", name, module))
+        elif type(module) is nn.Flatten and (module.start_dim, module.end_dim) == (1, -1):
+            plan.append(("flatten", name, module))
+        elif type(module) in _ELEMENTWISE:
+            plan.append(("elementwise", name, module))
+        else:
+            return None
+
+    def forward(params: dict[str, Tensor], x: Tensor) -> Tensor:
+        h = x
+        for kind, name, module in plan:
+            if kind == "flatten":
+                h = h.reshape(h.shape[0], h.shape[1], -1)
+            elif kind == "elementwise":
+                h = module(h)
+            else:
+                weight, bias = params[f"{name}.weight"], params.get(f"{name}.bias")
+                if isinstance(module, TokenLinear) and not h.is_floating_point():
+                    h = _stacked_token_linear(module, weight, h)
+                    h = h if bias is None else h + bias.unsqueeze(1)
+                elif bias is None:
+                    h = torch.bmm(h, weight.transpose(1, 2))
+                else:
+                    h = torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
+        return h
+
+    return forward
+
+
+def _stacked_token_linear(layer: TokenLinear, weight: Tensor, tokens: Tensor) -> Tensor:
+    """:class:`TokenLinear` of K copies: (K, batch, n_positions) tokens, (K, out, in) weights
+    → (K, batch, out), one lookup in the copies' stacked weight columns."""
+    if tokens.shape[-1] != layer.n_positions:
+        raise ValueError(f"expected tokens of shape (..., {layer.n_positions}), got "
+                         f"{tuple(tokens.shape)}")
+    k = weight.shape[0]
+    if not bool(((tokens >= 0) & (tokens < layer.vocab)).all()):
+        raise IndexError(f"token out of range [0, {layer.vocab})")
+    offsets = torch.arange(layer.n_positions, device=tokens.device) * layer.vocab
+    copies = torch.arange(k, device=tokens.device).view(k, 1, 1) * layer.in_features
+    rows = weight.transpose(1, 2).reshape(k * layer.in_features, weight.shape[1])
+    return F.embedding(tokens + offsets + copies, rows).sum(dim=-2)
+
+
 # ----------------------------------------------------------------------------- the group
 
 def _rng_state() -> tuple[Tensor, Any, Any]:
@@ -305,6 +373,15 @@ def _set_rng_state(state: tuple[Tensor, Any, Any]) -> None:
     torch.set_rng_state(state[0])
     np.random.set_state(state[1])
     random.setstate(state[2])
+
+
+def _tensors(data: Any) -> tuple[Tensor, Tensor] | None:
+    """An evaluation split's ``(inputs, targets)`` if it holds tensors (not a DataLoader)."""
+    if hasattr(data, "x") and hasattr(data, "y"):
+        return data.x, data.y
+    if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
+        return data
+    return None
 
 
 class _Data:
@@ -395,6 +472,12 @@ class _Group:
         self.base = copy.deepcopy(models[0]).to("meta")
         self.base.train()
         self.loss_fn = self.trainers[0].loss_fn
+        self.stacked_forward = _stacked_forward(self.base)  # None: vmap the whole model
+        cfg = self.configs[0]
+        classes = not self.trainers[0].batches.y.is_floating_point()  # type: ignore[union-attr]
+        # the runner's default loss, per copy without vmap's decomposed cross-entropy
+        plain_ce = cfg.loss == "cross_entropy" and classes
+        self.ce_dtype = getattr(torch, cfg.loss_dtype) if plain_ce else None
         self.optimizer = _StackedOptimizer([t.optimizer for t in self.trainers], self.flat)
         self.data = _Data([t.batches for t in self.trainers])  # type: ignore[misc]
         self.max_steps = self.trainers[0].state.max_steps
@@ -416,8 +499,17 @@ class _Group:
         # gradient without scattering it into a (K, P) buffer per parameter
         leaves = {name: view.detach().requires_grad_()
                   for name, view in self.params(self.flat).items()}
-        losses = torch.vmap(self._copy_loss, in_dims=(0, 0, 0, 0))(
-            leaves, self.buffers, x, y)
+        if self.stacked_forward is not None:
+            logits = self.stacked_forward(leaves, x)
+            if self.ce_dtype is not None:  # mean cross-entropy of each copy's batch
+                losses = F.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]).to(self.ce_dtype), y.reshape(-1),
+                    reduction="none").view(y.shape).mean(dim=1)
+            else:
+                losses = torch.vmap(self.loss_fn)(logits, y)
+        else:
+            losses = torch.vmap(self._copy_loss, in_dims=(0, 0, 0, 0))(
+                leaves, self.buffers, x, y)
         # row k of the gradient of the sum is the gradient of copy k's loss alone
         grads = torch.autograd.grad(losses.sum(), list(leaves.values()))
         k = self.flat.shape[0]
@@ -433,10 +525,39 @@ class _Group:
             param.copy_(stacked[name][index])
         return trainer
 
-    def evaluate(self, index: int, step: int, loss: Tensor | None) -> dict[str, float]:
+    @torch.no_grad()
+    def eval_outputs(self) -> list[dict[str, tuple[Tensor, Tensor]]]:
+        """Every copy's logits and targets on each evaluation split whose data the copies can
+        stack (tensors of equal shapes), computed together by the stacked forward; empty
+        dicts when the model has none (then each copy's evaluation runs its model)."""
+        per_copy: list[dict[str, tuple[Tensor, Tensor]]] = [{} for _ in self.trainers]
+        if self.stacked_forward is None:
+            return per_copy
+        params = self.params(self.flat)
+        for split in self.trainers[0].eval_data:
+            data = [_tensors(t.eval_data.get(split)) for t in self.trainers]
+            if any(d is None for d in data):
+                continue
+            x0, y0 = data[0]  # type: ignore[misc]
+            if any(x.shape != x0.shape or x.dtype != x0.dtype for x, _ in data):  # type: ignore[misc]
+                continue
+            shared = all(x is x0 or torch.equal(x, x0) for x, _ in data)  # type: ignore[misc]
+            chunks = []
+            for start in range(0, len(y0), EVAL_CHUNK):
+                part = slice(start, start + EVAL_CHUNK)
+                xs = (x0[part].expand(len(data), *x0[part].shape) if shared
+                      else torch.stack([x[part] for x, _ in data]))  # type: ignore[misc]
+                chunks.append(self.stacked_forward(params, xs.to(self.flat.device)))
+            logits = torch.cat(chunks, dim=1)
+            for index, (_, y) in enumerate(data):  # type: ignore[misc]
+                per_copy[index][split] = (logits[index], y.to(self.flat.device))
+        return per_copy
+
+    def evaluate(self, index: int, step: int, loss: Tensor | None,
+                 outputs: dict[str, tuple[Tensor, Tensor]] | None = None) -> dict[str, float]:
         trainer = self.load_copy(index)
         _set_rng_state(self.rng[index])
-        metrics = trainer.measure()
+        metrics = trainer.measure(outputs=outputs)
         self.rng[index] = _rng_state()
         if loss is not None:
             metrics["train/step_loss"] = float(loss)
@@ -525,11 +646,12 @@ def _train(group: _Group, store: Store, progress: bool) -> dict[str, RunResult]:
     def evaluate() -> None:
         nonlocal last_flush
         shown: dict[str, list[float]] = {}
+        outputs = group.eval_outputs()
         for index in range(k):
             if not active[index]:
                 continue
             loss = None if losses is None else losses[index]
-            metrics = group.evaluate(index, step, loss)
+            metrics = group.evaluate(index, step, loss, outputs[index])
             for key, value in metrics.items():
                 split, _, name = key.partition("/")
                 rows[index].append((step, split, name, value))

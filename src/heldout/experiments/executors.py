@@ -6,10 +6,10 @@ weight decay) trained together by :func:`heldout.engine.vectorized.train_vectori
 :func:`plan_jobs` forms the groups where :func:`~heldout.engine.vectorized.can_vectorize`
 allows and leaves every other config a job of its own.
 
-- :class:`LocalExecutor`: a process per job, at most ``workers`` at a time. Workers never write
-  the store: they stream their metrics to the driver through a queue and write only their own
-  checkpoint files. A worker that crashes or is killed marks its unfinished runs failed with
-  the reason.
+- :class:`LocalExecutor`: a pool of ``workers`` processes, one job each at a time, kept from
+  job to job. Workers never write the store: they stream their metrics to the driver through
+  a queue and write only their own checkpoint files. A worker that crashes or is killed marks
+  its unfinished runs failed with the reason.
 - :class:`RayExecutor`: one Ray task per job; a local Ray instance is started when no address
   is given, a cluster is joined when one is (its workers must see the same ``HELDOUT_HOME``
   directory for checkpoints). Metrics come back when the task ends.
@@ -180,14 +180,25 @@ def _train_job(configs: Sequence[dict[str, Any]], home: str, emit: Any, threads:
         emit(run_id, "finished", result)
 
 
-def _local_worker(configs: list[dict[str, Any]], home: str, messages: Any, parent: int,
-                  threads: int) -> None:
+def _local_worker(inbox: Any, messages: Any, home: str, parent: int, threads: int) -> None:
+    """A pool process: run the jobs that arrive in ``inbox`` until it sends None; exit when
+    the driver is gone (the next sweep resumes what was left)."""
+
     def emit(run_id: str, kind: str, payload: Any) -> None:
-        if os.getppid() != parent:  # the driver died: stop, the next sweep resumes the run
+        if os.getppid() != parent:
             os._exit(3)
         messages.put((run_id, kind, payload))
 
-    _train_job(configs, home, emit, threads)
+    while True:
+        try:
+            job = inbox.get(timeout=1.0)
+        except queue_module.Empty:
+            if os.getppid() != parent:
+                os._exit(3)
+            continue
+        if job is None:
+            return
+        _train_job(job, home, emit, threads)
 
 
 def _as_job(job: RunConfig | Sequence[RunConfig]) -> Job:
@@ -218,29 +229,63 @@ class Executor(Protocol):
     def close(self) -> None: ...
 
 
-class LocalExecutor:
-    """A process per job (spawned, so CUDA and threads start clean), ``workers`` at a time."""
+@dataclass
+class _Slot:
+    """One pool process, its inbox, and the runs of the job it is on (None: idle)."""
 
-    def __init__(self, home: str | Path, workers: int = 2, threads_per_worker: int = 1) -> None:
+    process: Any
+    inbox: Any
+    job: tuple[str, ...] | None = None
+    jobs: int = 0
+
+
+class LocalExecutor:
+    """A pool of ``workers`` processes (spawned, so CUDA and threads start clean), each
+    running one job at a time and kept for the next one: starting Python with torch costs
+    seconds, so a process per run would dominate sweeps of small runs. A process is replaced
+    after ``jobs_per_worker`` jobs, and when it dies: its unfinished runs fail with the
+    reason (``worker killed by signal 9``) and the pool goes on."""
+
+    def __init__(self, home: str | Path, workers: int = 2, threads_per_worker: int = 1,
+                 jobs_per_worker: int = 50) -> None:
         self.home = str(home)
         self.capacity = max(1, workers)
         self.threads = threads_per_worker
+        self.jobs_per_worker = max(1, jobs_per_worker)
         self._ctx = mp.get_context("spawn")
         self._messages = self._ctx.Queue()
-        self._running: dict[str, Any] = {}
+        self._slots: list[_Slot] = []
         self._finished: dict[str, dict[str, Any]] = {}
+
+    def _idle_slot(self) -> _Slot:
+        for slot in self._slots:
+            if slot.job is None and slot.process.is_alive():
+                if slot.jobs < self.jobs_per_worker:
+                    return slot
+                slot.inbox.put(None)  # worn out: let it exit, start a fresh one
+        self._slots = [s for s in self._slots if s.job is not None]
+        inbox = self._ctx.Queue()
+        process = self._ctx.Process(
+            target=_local_worker,
+            args=(inbox, self._messages, self.home, os.getpid(), self.threads),
+            daemon=True,
+        )
+        process.start()
+        slot = _Slot(process, inbox)
+        self._slots.append(slot)
+        return slot
 
     def submit(self, job: RunConfig | Sequence[RunConfig]) -> None:
         """Start a job: one config, or configs to train together (vectorized)."""
         configs = _as_job(job)
-        process = self._ctx.Process(
-            target=_local_worker,
-            args=([config_to_dict(c) for c in configs], self.home, self._messages,
-                  os.getpid(), self.threads),
-            daemon=True,
-        )
-        process.start()
-        self._running[configs[0].identity] = (process, tuple(c.identity for c in configs))
+        slot = self._idle_slot()
+        slot.inbox.put([config_to_dict(c) for c in configs])
+        slot.job = tuple(c.identity for c in configs)
+        slot.jobs += 1
+
+    def process_of(self, run_id: str) -> Any:
+        """The process running ``run_id``'s job, or None."""
+        return next((s.process for s in self._slots if s.job and run_id in s.job), None)
 
     def _drain(self, store: Store, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -256,39 +301,52 @@ class LocalExecutor:
     def poll(self, store: Store, timeout: float = 0.5) -> list[Outcome]:
         self._drain(store, timeout)
         outcomes = []
-        for key, (process, run_ids) in list(self._running.items()):
-            if process.is_alive() and not all(r in self._finished for r in run_ids):
+        for slot in self._slots:
+            if slot.job is None:
                 continue
-            process.join(timeout=5)
-            self._drain(store, 0.1)  # the last messages of a process that just ended
-            code = process.exitcode
-            reason = (f"worker killed by signal {-code}" if code is not None and code < 0
-                      else f"worker exited with code {code} before finishing")
-            for run_id in run_ids:
+            alive = slot.process.is_alive()
+            if alive and not all(r in self._finished for r in slot.job):
+                continue
+            reason = ""
+            if not alive:
+                slot.process.join(timeout=5)
+                self._drain(store, 0.1)  # the last messages of a process that just ended
+                code = slot.process.exitcode
+                reason = (f"worker killed by signal {-code}" if code is not None and code < 0
+                          else f"worker exited with code {code} before finishing")
+            for run_id in slot.job:
                 result = self._finished.pop(run_id, None)
                 if result is None:
                     result = {"status": "failed", "error": reason, "seconds": 0.0,
                               "step": store.get_run(run_id).step}
                 _finish(store, run_id, result)
                 outcomes.append(Outcome(run_id, result["status"], result["error"]))
-            del self._running[key]
+            slot.job = None
+        self._slots = [s for s in self._slots if s.process.is_alive()]
         return outcomes
 
     def cancel(self, run_id: str) -> None:
         """Stop the job that runs ``run_id`` (with the other runs of its group)."""
-        for process, run_ids in self._running.values():
-            if run_id in run_ids and process.is_alive():
-                process.terminate()
+        process = self.process_of(run_id)
+        if process is not None and process.is_alive():
+            process.terminate()
 
     def close(self) -> None:
-        for process, _ in self._running.values():
-            if process.is_alive():
-                process.terminate()
-        self._running.clear()
+        """Stop the pool: idle processes exit, busy ones are terminated."""
+        for slot in self._slots:
+            if slot.job is None and slot.process.is_alive():
+                slot.inbox.put(None)
+            elif slot.process.is_alive():
+                slot.process.terminate()
+        for slot in self._slots:
+            slot.process.join(timeout=5)
+            if slot.process.is_alive():
+                slot.process.terminate()
+        self._slots.clear()
 
     @property
     def busy(self) -> int:
-        return len(self._running)
+        return sum(slot.job is not None for slot in self._slots)
 
 
 def _finish(store: Store, run_id: str, result: Mapping[str, Any]) -> None:

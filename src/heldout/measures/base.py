@@ -142,15 +142,21 @@ def evaluate(
     batch_size: int = 8192,
     device: Any = None,
     initial_state: Mapping[str, Tensor] | None = None,
+    outputs: Mapping[str, tuple[Tensor, Tensor]] | None = None,
 ) -> dict[str, float]:
     """Compute ``measures`` on every split of ``splits`` (name → data); return flat metrics.
 
     ``initial_state`` (the model's state_dict before training) serves the measures that
-    compare with the initialization, such as distance from initialization.
+    compare with the initialization, such as distance from initialization. ``outputs`` gives,
+    for some splits, the model's logits and the targets already computed (in eval mode, no
+    gradient), so the model does not run on them again; vectorized training computes those
+    of all its copies at once.
     """
     metrics: dict[str, float] = {}
     for split, data in splits.items():
         ctx = EvalContext(model, split, data, batch_size, device, initial_state)
+        if outputs is not None and split in outputs:
+            ctx.__dict__["_outputs"] = outputs[split]  # the cached_property's value
         for measure in measures:
             if measure.scope != "split":
                 continue
