@@ -60,6 +60,7 @@ def test_adding_a_hyperparameter_leaves_the_other_draws_unchanged():
     ({"selection": ["best"]}, "unknown rule(s) ['best']"),
     ({"tasks": []}, "tasks: a sweep needs at least one task"),
     ({"base": {"seed": 3}}, "base.seed: set by the sweep"),
+    ({"tasks": [{"name": "modular", "bogus": 1}]}, "tasks: modular: "),
 ])
 def test_spec_errors_are_clear(change, message):
     with pytest.raises(ConfigError) as err:
@@ -263,3 +264,12 @@ def test_pool_processes_are_reused_then_replaced_and_runs_match_runs_alone(tmp_p
     for cfg in configs:
         execute(cfg, alone)
         assert store.metrics(cfg.identity) == alone.metrics(cfg.identity)
+
+
+def test_a_task_label_names_it_in_tables_and_stays_out_of_the_config():
+    plan = expand(sweep_from_dict({**SPEC, "techniques": ["erm"], "hparams": 1, "tasks": [
+        {"name": "spurious", "label": "colored"}]}))
+    assert len(plan) == 3 * 2  # each of the 3 domains held out, 2 seeds
+    assert {p.task for p in plan} == {"colored"}
+    assert {p.held_out for p in plan} == {("agree90",), ("agree80",), ("agree10",)}
+    assert all("label" not in p.config.task.params for p in plan)

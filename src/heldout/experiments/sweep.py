@@ -156,7 +156,10 @@ def draw_value(space: Sequence[Any], sweep_seed: int, draw: int, name: str) -> A
 
 def _domain_names(task: Mapping[str, Any]) -> tuple[str, ...]:
     entry = TASKS.get(task["name"])
-    instance = entry.build(**{k: v for k, v in task.items() if k != "name"})
+    try:
+        instance = entry.build(**{k: v for k, v in task.items() if k not in ("name", "label")})
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"tasks: {task['name']}: {err}") from None
     names = getattr(instance, "domain_names", None)
     return tuple(names() if callable(names) else names or ())
 
