@@ -273,3 +273,31 @@ def test_a_task_label_names_it_in_tables_and_stays_out_of_the_config():
     assert {p.task for p in plan} == {"colored"}
     assert {p.held_out for p in plan} == {("agree90",), ("agree80",), ("agree10",)}
     assert all("label" not in p.config.task.params for p in plan)
+
+
+def test_grids_cross_every_combination_with_the_draws():
+    spec = sweep_from_dict({**SPEC, "hparams": 2, "seeds": [0], "search": {},
+                            "grid": {"optimizer.lr": [0.01, 0.001],
+                                     "techniques.sam.rho": [0.02, 0.2]}})
+    plan = expand(spec)
+    erm = [p for p in plan if p.technique == "erm"]  # the sam key does not apply to erm
+    assert [(p.hparams, p.values) for p in erm] == [(0, {"optimizer.lr": 0.01}),
+                                                    (1, {"optimizer.lr": 0.001})]
+    assert [p.config.optimizer.lr for p in erm] == [0.01, 0.001]
+    sam = [p for p in plan if p.technique == "sam"]  # 4 grid points x 2 draws of rho ...
+    # ... but the grid's rho wins over the drawn one, so each draw 1 repeats its draw 0 and
+    # is planned once
+    assert [p.hparams for p in sam] == [0, 2, 4, 6]
+    points = [(p.values["optimizer.lr"], p.values["techniques.sam.rho"]) for p in sam]
+    assert points == [(0.01, 0.02), (0.01, 0.2), (0.001, 0.02), (0.001, 0.2)]
+    assert [p.config.techniques[0].params["rho"] for p in sam] == [0.02, 0.2, 0.02, 0.2]
+    assert [p.config.optimizer.lr for p in sam] == [0.01, 0.01, 0.001, 0.001]
+
+
+@pytest.mark.parametrize("grid, message", [
+    ({"optimizer.lr": []}, "grid.optimizer.lr: a grid is a non-empty list"),
+    ({"techniques.ema.decay": [0.9]}, "technique 'ema' is not in the sweep's techniques"),
+])
+def test_grid_errors_are_clear(grid, message):
+    with pytest.raises(ConfigError, match=message):
+        sweep_from_dict({**SPEC, "grid": grid})

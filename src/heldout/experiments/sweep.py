@@ -4,7 +4,10 @@ A spec (YAML or Python) expands into run configs. Each run's id is the hash of i
 config, so running a sweep again runs only what is not done. Hyper-parameter draw 0 is the
 defaults; draw k > 0 samples every searched hyper-parameter from a generator seeded by
 (sweep seed, k, the hyper-parameter's name), so adding one hyper-parameter to the search
-leaves the other draws unchanged (as DomainBed's ``hparams_registry`` does).
+leaves the other draws unchanged (as DomainBed's ``hparams_registry`` does). A ``grid`` maps
+hyper-parameters to lists of values: every combination is crossed with the draws (a grid value
+overrides a drawn one), and configuration ``g * hparams + k`` is grid point g with draw k, so
+with a grid, configuration 0 is the first grid point with the defaults.
 
 Example spec::
 
@@ -17,11 +20,13 @@ Example spec::
     seeds: 3
     held_out: each                    # multi-domain tasks: hold out each domain in turn
     search: {optimizer.lr: [log_uniform, 0.0001, 0.01]}
+    grid: {techniques.sam.rho: [0.02, 0.05, 0.1]}   # optional: every combination, per draw
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import zlib
@@ -62,6 +67,7 @@ class SweepSpec:
     seeds: tuple[int, ...] = (0,)
     held_out: str | tuple[tuple[int, ...], ...] = "each"
     search: Mapping[str, Sequence[Any]] = field(default_factory=dict)
+    grid: Mapping[str, Sequence[Any]] = field(default_factory=dict)
     selection: tuple[str, ...] = ("train_domain_val", "oracle", "last")
     sweep_seed: int = 0
 
@@ -81,6 +87,15 @@ class SweepSpec:
                                       f"{BASELINE}, {', '.join(TECHNIQUES.names())}")
         for key, space in self.search.items():
             _check_space(f"search.{key}", space)
+        for key, values in self.grid.items():
+            if not isinstance(values, list | tuple) or not values:
+                raise ConfigError(f"grid.{key}: a grid is a non-empty list of values, got "
+                                  f"{values!r}")
+            if key.startswith("techniques."):
+                name = key.split(".")[1]
+                if not any(name in _parts(t) for t in self.techniques):
+                    raise ConfigError(f"grid.{key}: technique {name!r} is not in the sweep's "
+                                      f"techniques {list(self.techniques)}")
 
     @property
     def identity(self) -> str:
@@ -154,6 +169,16 @@ def draw_value(space: Sequence[Any], sweep_seed: int, draw: int, name: str) -> A
     return values[int(rng.integers(len(values)))]
 
 
+def _grid_points(grid: Mapping[str, Sequence[Any]], parts: list[str]) -> list[dict[str, Any]]:
+    """Every combination of the grid's values (keys in sorted order, the last varying
+    fastest), over the keys that apply to a technique made of ``parts``: a key
+    ``techniques.NAME.param`` applies only where NAME is one of them. ``[{}]`` if none."""
+    keys = sorted(k for k in grid
+                  if not k.startswith("techniques.") or k.split(".")[1] in parts)
+    return [dict(zip(keys, combo, strict=True))
+            for combo in itertools.product(*(list(grid[k]) for k in keys))]
+
+
 def _domain_names(task: Mapping[str, Any]) -> tuple[str, ...]:
     entry = TASKS.get(task["name"])
     try:
@@ -197,13 +222,17 @@ def expand(spec: SweepSpec) -> list[PlannedRun]:
                     for param, sub in TECHNIQUES.get(part).search_space.items():
                         space.setdefault(f"techniques.{part}.{param}", sub)
                 # with nothing to search, every draw would repeat the defaults: plan draw 0 only
-                for draw in range(spec.hparams if space else 1):
-                    values = {} if draw == 0 else {
-                        name: draw_value(sub, spec.sweep_seed, draw, name)
-                        for name, sub in sorted(space.items())}
-                    for seed in spec.seeds:
-                        runs.append(_planned(spec, task_params, label, domains, held,
-                                             technique, parts, draw, seed, values))
+                draws = range(spec.hparams if space else 1)
+                for g, point in enumerate(_grid_points(spec.grid, parts)):
+                    for draw in draws:
+                        values = {} if draw == 0 else {
+                            name: draw_value(sub, spec.sweep_seed, draw, name)
+                            for name, sub in sorted(space.items())}
+                        values.update(point)  # a grid value wins over a random draw
+                        for seed in spec.seeds:
+                            runs.append(_planned(spec, task_params, label, domains, held,
+                                                 technique, parts, g * len(draws) + draw,
+                                                 seed, values))
     unique: dict[str, PlannedRun] = {}
     for run in runs:
         unique.setdefault(run.config.identity, run)
@@ -281,7 +310,7 @@ def sweep_from_dict(data: Mapping[str, Any], default_name: str = "sweep") -> Swe
         name=str(data.get("name", default_name)), tasks=tasks,
         techniques=tuple(data.get("techniques", [BASELINE])), base=base,
         hparams=int(data.get("hparams", 1)), seeds=seeds, held_out=held,
-        search=dict(data.get("search", {})),
+        search=dict(data.get("search", {})), grid=dict(data.get("grid", {})),
         selection=tuple(data.get("selection", ("train_domain_val", "oracle", "last"))),
         sweep_seed=int(data.get("sweep_seed", 0)),
     )
