@@ -119,6 +119,18 @@ def test_shipped_configs_load():
         assert cfg.identity
 
 
+def test_shipped_sweep_specs_expand():
+    from pathlib import Path
+
+    from heldout.experiments.sweep import expand, load_sweep
+
+    shipped = sorted(Path(__file__).parent.parent.joinpath("configs", "sweeps").glob("*.yaml"))
+    assert shipped
+    for path in shipped:
+        plan = expand(load_sweep(path))
+        assert len({p.config.identity for p in plan}) == len(plan) > 0
+
+
 def test_loss_choice_reaches_the_trainer():
     from heldout.runner import build
 
