@@ -330,6 +330,53 @@ def _shift_domain(x: Tensor, shift: str, strength: float, generator: torch.Gener
 
 # ------------------------------------------------------------------------------ shift suites
 
+class _ShiftedSource:
+    """What the suites made of one source shifted per domain share: the shift's validation,
+    the strengths (given or the shift's defaults), the domain names and the domains. A
+    subclass sets the tables below, has ``shift`` and ``strengths`` fields and gives
+    :meth:`_source_data`."""
+
+    _STRENGTHS: ClassVar[dict[str, tuple[float, ...]]]  # each shift's default strengths
+    _PREFIXES: ClassVar[dict[str, str]]  # each shift's domain-name prefix
+    _INTEGER: ClassVar[str | None] = None  # the shift whose strengths must be whole numbers
+    shift: str
+    strengths: tuple[float, ...] | None
+
+    def _check_shift(self) -> None:
+        if self.shift not in self._STRENGTHS:
+            raise ValueError(f"shift must be one of {', '.join(self._STRENGTHS)}, "
+                             f"got {self.shift!r}")
+        if self.strengths is not None:
+            object.__setattr__(self, "strengths", tuple(self.strengths))
+        _check_strengths(self.shift, self.domain_strengths(), self.shift == self._INTEGER)
+
+    def domain_strengths(self) -> tuple[float, ...]:
+        """The strength of each domain's shift, in domain order."""
+        return self.strengths if self.strengths is not None else self._STRENGTHS[self.shift]
+
+    def domain_names(self) -> tuple[str, ...]:
+        prefix = self._PREFIXES[self.shift]
+        return tuple(f"{prefix}{_strength_name(s)}" for s in self.domain_strengths())
+
+    @property
+    def num_classes(self) -> int:
+        return 10
+
+    def _source_data(self) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def _domains(self, seed: int) -> list[DomainData]:
+        x, y = self._source_data()
+        strengths = self.domain_strengths()
+        out = []
+        for rows, name, strength in zip(_equal_domains(len(y), len(strengths), seed),
+                                         self.domain_names(), strengths, strict=True):
+            noise = stream_generator(seed, f"noise@{name}")
+            shifted = _shift_domain(x[rows], self.shift, strength, noise)
+            out.append(DomainData(shifted, y[rows], index=rows))
+        return out
+
+
 _MNIST1D_STRENGTHS = {
     "translation": (0.0, 5.0, 10.0, 15.0),  # circular shift, positions (of 40)
     "noise": (0.0, 0.25, 0.5, 1.0),  # added Gaussian noise std (the signals have std ~1)
@@ -344,7 +391,7 @@ _MNIST1D_PREFIX = {"translation": "shift", "noise": "noise", "scale": "scale"}
     references=_REFERENCES,
 )
 @dataclass(frozen=True)
-class MNIST1DShift(DomainSuite):
+class MNIST1DShift(_ShiftedSource, DomainSuite):
     """MNIST-1D signals split into disjoint random domains, each shifted by its own strength.
 
     All ``num_samples`` generated signals (the generator's train and test parts) are dealt at
@@ -368,43 +415,22 @@ class MNIST1DShift(DomainSuite):
     num_samples: int = 4000  # MNIST-1D examples generated, dealt into the domains
     dataset_seed: int = 42  # seed of the MNIST-1D generator
 
+    _STRENGTHS: ClassVar[dict[str, tuple[float, ...]]] = _MNIST1D_STRENGTHS
+    _PREFIXES: ClassVar[dict[str, str]] = _MNIST1D_PREFIX
+    _INTEGER: ClassVar[str | None] = "translation"  # circular shifts by whole positions
+
     def __post_init__(self) -> None:
-        if self.shift not in _MNIST1D_STRENGTHS:
-            raise ValueError(f"shift must be one of {', '.join(_MNIST1D_STRENGTHS)}, "
-                             f"got {self.shift!r}")
-        if self.strengths is not None:
-            object.__setattr__(self, "strengths", tuple(self.strengths))
-        _check_strengths(self.shift, self.domain_strengths(), self.shift == "translation")
+        self._check_shift()
         check_range("num_samples", self.num_samples, 10 * len(self.domain_strengths()))
         check_range("dataset_seed", self.dataset_seed, 0, 2**32 - 1)
         super().__post_init__()
-
-    def domain_strengths(self) -> tuple[float, ...]:
-        """The strength of each domain's shift, in domain order."""
-        return self.strengths if self.strengths is not None else _MNIST1D_STRENGTHS[self.shift]
-
-    def domain_names(self) -> tuple[str, ...]:
-        prefix = _MNIST1D_PREFIX[self.shift]
-        return tuple(f"{prefix}{_strength_name(s)}" for s in self.domain_strengths())
 
     @property
     def input(self) -> InputSpec:
         return InputSpec("continuous", (40,))
 
-    @property
-    def num_classes(self) -> int:
-        return 10
-
-    def _domains(self, seed: int) -> list[DomainData]:
-        x, y = _source("mnist1d", self.num_samples, self.dataset_seed)
-        strengths = self.domain_strengths()
-        out = []
-        for rows, name, strength in zip(_equal_domains(len(y), len(strengths), seed),
-                                         self.domain_names(), strengths, strict=True):
-            noise = stream_generator(seed, f"noise@{name}")
-            shifted = _shift_domain(x[rows], self.shift, strength, noise)
-            out.append(DomainData(shifted, y[rows], index=rows))
-        return out
+    def _source_data(self) -> tuple[Tensor, Tensor]:
+        return _source("mnist1d", self.num_samples, self.dataset_seed)
 
 
 _DIGITS_STRENGTHS = {
@@ -421,7 +447,7 @@ _DIGITS_PREFIX = {"rotation": "rot", "noise": "noise", "scale": "scale"}
     references=_REFERENCES,
 )
 @dataclass(frozen=True)
-class DigitsShift(DomainSuite):
+class DigitsShift(_ShiftedSource, DomainSuite):
     """scikit-learn's digits split into disjoint random domains, each shifted by its strength.
 
     The 1,797 images (pixels / 16, in ``[0, 1]``) are dealt at random into ``len(strengths)``
@@ -443,41 +469,19 @@ class DigitsShift(DomainSuite):
     shift: Literal["rotation", "noise", "scale"] = "rotation"  # what differs per domain
     strengths: tuple[float, ...] | None = None  # per-domain strength; None: the shift's defaults
 
+    _STRENGTHS: ClassVar[dict[str, tuple[float, ...]]] = _DIGITS_STRENGTHS
+    _PREFIXES: ClassVar[dict[str, str]] = _DIGITS_PREFIX
+
     def __post_init__(self) -> None:
-        if self.shift not in _DIGITS_STRENGTHS:
-            raise ValueError(f"shift must be one of {', '.join(_DIGITS_STRENGTHS)}, "
-                             f"got {self.shift!r}")
-        if self.strengths is not None:
-            object.__setattr__(self, "strengths", tuple(self.strengths))
-        _check_strengths(self.shift, self.domain_strengths())
+        self._check_shift()
         super().__post_init__()
-
-    def domain_strengths(self) -> tuple[float, ...]:
-        """The strength of each domain's shift, in domain order."""
-        return self.strengths if self.strengths is not None else _DIGITS_STRENGTHS[self.shift]
-
-    def domain_names(self) -> tuple[str, ...]:
-        prefix = _DIGITS_PREFIX[self.shift]
-        return tuple(f"{prefix}{_strength_name(s)}" for s in self.domain_strengths())
 
     @property
     def input(self) -> InputSpec:
         return InputSpec("continuous", (64,))
 
-    @property
-    def num_classes(self) -> int:
-        return 10
-
-    def _domains(self, seed: int) -> list[DomainData]:
-        x, y = _source("digits", 0, 0)
-        strengths = self.domain_strengths()
-        out = []
-        for rows, name, strength in zip(_equal_domains(len(y), len(strengths), seed),
-                                         self.domain_names(), strengths, strict=True):
-            noise = stream_generator(seed, f"noise@{name}")
-            shifted = _shift_domain(x[rows], self.shift, strength, noise)
-            out.append(DomainData(shifted, y[rows], index=rows))
-        return out
+    def _source_data(self) -> tuple[Tensor, Tensor]:
+        return _source("digits", 0, 0)
 
 
 # --------------------------------------------------------------------------- spurious cue
