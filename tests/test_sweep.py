@@ -78,14 +78,13 @@ def test_sweep_runs_each_planned_run_once_and_is_idempotent(tmp_path):
     finished = {r.id: r.finished for r in store.runs()}
     assert run_sweep(spec, store, workers=2) == []  # nothing left to do
     assert {r.id: r.finished for r in store.runs()} == finished
-    # the six erm runs differ only in seed and learning rate: trained together, in one group;
-    # the sam runs one by one. Every run's metrics equal those of the run executed alone
-    # (bit for bit when trained alone in the sweep too, to float rounding when vectorized).
+    # the six erm runs differ only in seed and learning rate, the six sam runs in seed,
+    # learning rate and rho: each six train together, in one group. Every run's metrics equal
+    # those of the run executed alone, to float rounding (bit for bit: see vectorize=1 below).
     plan = expand(spec)
-    erm = [p.config.identity for p in plan if p.technique == "erm"]
+    groups = {t: [p.config.identity for p in plan if p.technique == t] for t in ("erm", "sam")}
     for planned in plan:
-        assert vectorized_group(store, planned.config.identity) == (
-            erm if planned.technique == "erm" else None)
+        assert vectorized_group(store, planned.config.identity) == groups[planned.technique]
     alone = Store(tmp_path / "alone")
     for planned in (plan[0], plan[-1]):
         execute(planned.config, alone)
@@ -109,7 +108,7 @@ def assert_matches_alone(store: Store, alone: Store, run_id: str) -> None:
 
 
 def test_vectorize_1_runs_every_config_alone(tmp_path):
-    spec = sweep_from_dict({**SPEC, "techniques": ["erm"], "hparams": 1})
+    spec = sweep_from_dict({**SPEC, "techniques": ["erm", "sam"], "hparams": 1, "seeds": [0]})
     store = Store(tmp_path / "home")
     outcomes = run_sweep(spec, store, workers=2, vectorize=1)
     assert len(outcomes) == 2 and all(o.status == "done" for o in outcomes)
@@ -121,13 +120,17 @@ def test_vectorize_1_runs_every_config_alone(tmp_path):
 
 
 def test_plan_jobs_groups_what_can_be_vectorized():
-    plan = [p.config for p in expand(sweep_from_dict({**SPEC, "seeds": 5}))]
+    spec = sweep_from_dict({**SPEC, "seeds": 5, "techniques": ["erm", "sam", "ema"]})
+    plan = [p.config for p in expand(spec)]
     jobs = plan_jobs(plan, max_copies=4)
     assert sorted(c.identity for job in jobs for c in job) == sorted(c.identity for c in plan)
     sizes = sorted(len(job) for job in jobs)
-    assert sizes == [1] * 15 + [3, 4, 4, 4]  # erm: 15 copies in 4 groups; sam: alone
-    assert all(len({c.techniques for c in job}) == 1 for job in jobs)
-    assert [len(job) for job in plan_jobs(plan, max_copies=1)] == [1] * 30
+    # erm and sam: 15 copies each (3 draws of lr / lr and rho x 5 seeds) in groups of 4, 4, 4,
+    # 3; ema (not vectorizable): 15 runs alone
+    assert sizes == [1] * 15 + [3, 3] + [4] * 6
+    assert all(len({c.techniques[0].name if c.techniques else "erm" for c in job}) == 1
+               for job in jobs)
+    assert [len(job) for job in plan_jobs(plan, max_copies=1)] == [1] * 45
 
 
 def _spec_file(tmp_path, **change):

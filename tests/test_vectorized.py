@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from heldout.config import Component, RunConfig
+from heldout.config import Component, RunConfig, parse_overrides
 from heldout.engine.checkpoint import load_checkpoint
 from heldout.engine.vectorized import (
     GROUP_NAME,
@@ -190,7 +190,7 @@ def test_stacked_optimizer_is_torchs_update_bit_for_bit(name):
 @pytest.mark.parametrize(("override", "reason"), [
     ("task.p=29", "task.p"),
     ("steps=20", "steps"),
-    ("techniques=sam", "technique 'sam'"),
+    ("techniques=ema", "technique 'ema'"),
     ("model.batch_norm=true", "BatchNorm"),
 ])
 def test_can_vectorize_refuses_with_the_reason(override, reason, tmp_path):
@@ -205,6 +205,15 @@ def test_can_vectorize_refuses_with_the_reason(override, reason, tmp_path):
     with pytest.raises(ValueError, match="cannot vectorize"):
         train_vectorized(configs, store)
     assert store.runs() == []  # refused before writing anything
+
+
+def test_copies_may_differ_in_rho_but_not_in_sams_other_settings():
+    configs = seeds_configs("techniques=sam")
+    configs[1] = seeds_configs("techniques=sam", "techniques.sam.rho=0.2")[1]
+    assert can_vectorize(configs) == (True, "")
+    configs[2] = seeds_configs("techniques=sam", "techniques.sam.adaptive=true")[2]
+    ok, why = can_vectorize(configs)
+    assert not ok and "techniques" in why and "adaptive" in why
 
 
 def test_can_vectorize_accepts_what_it_supports():
@@ -380,3 +389,63 @@ def test_evaluation_logits_of_all_copies_are_computed_together(tmp_path):
             data = trainer.eval_data[split]
             torch.testing.assert_close(logits, model(data.x), rtol=1e-6, atol=1e-6)
             assert torch.equal(targets, data.y)
+
+
+
+@pytest.mark.parametrize("technique", [
+    ["techniques=sam"],  # per-copy rho below
+    ["techniques=sam", "techniques.sam.adaptive=true", "techniques.sam.eta=0.01"],
+    ["techniques=label_smoothing"],  # per-copy smoothing below
+    ["techniques=sam,label_smoothing", "techniques.sam.rho=0.1"],
+])
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+def test_sam_and_label_smoothing_match_separate_runs(technique, optimizer, tmp_path, alone):
+    """SAM's ascent per copy (its own rho) and label smoothing per copy (its own ε): every
+    metric and the final checkpoint equal the separate run's to float tolerance."""
+    configs = seeds_configs(*OPTIMIZERS[optimizer], *technique, "batch_size=16")
+    if technique == ["techniques=sam"]:
+        configs = [parse_overrides(c, [f"techniques.sam.rho={rho}"])
+                   for c, rho in zip(configs, [0.05, 0.5, 0.01, 0.2], strict=True)]
+    if technique == ["techniques=label_smoothing"]:
+        configs = [parse_overrides(c, [f"techniques.label_smoothing.smoothing={eps}"])
+                   for c, eps in zip(configs, [0.1, 0.0, 0.3, 0.05], strict=True)]
+    assert can_vectorize(configs) == (True, "")
+    store = Store(tmp_path / "vectorized")
+    train_vectorized(configs, store)
+    for cfg in configs:
+        separate = alone(cfg)
+        assert_same_history(store, separate, cfg.identity)
+        assert_close_tree(checkpoint_of(store, cfg.identity),
+                          checkpoint_of(separate, cfg.identity))
+
+
+def test_sam_ascent_is_sams_first_step():
+    """The stacked perturbation equals SAM.first_step's move, copy by copy, plain and
+    adaptive, with per-copy radii."""
+    from heldout.engine.vectorized import _StackedSAM
+    from heldout.methods.sharpness import SAM
+
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(5, 4), (5,), (2, 5)]
+    for adaptive, eta in [(False, 0.0), (True, 0.01)]:
+        rhos = [0.05, 0.5, 0.2]
+        copies = [[torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
+                  for _ in rhos]
+        grads = [[torch.randn(s, generator=gen) for s in shapes] for _ in rhos]
+        flat = torch.stack([torch.cat([p.detach().flatten() for p in c]) for c in copies])
+        grad = torch.stack([torch.cat([g.flatten() for g in c]) for c in grads])
+        layout, start = [], 0
+        for i, s in enumerate(shapes):
+            n = torch.Size(s).numel()
+            layout.append((str(i), start, start + n, torch.Size(s)))
+            start += n
+        rho = torch.tensor(rhos, dtype=torch.float64).unsqueeze(1)
+        e = _StackedSAM(rho, adaptive, eta, layout).perturbation(flat, grad)
+        for k, (params, g) in enumerate(zip(copies, grads, strict=True)):
+            for p, gi in zip(params, g, strict=True):
+                p.grad = gi.clone()
+            before = torch.cat([p.detach().flatten() for p in params])
+            SAM(torch.optim.SGD(params, lr=0.1), rho=rhos[k], adaptive=adaptive,
+                eta=eta).first_step()
+            moved = torch.cat([p.detach().flatten() for p in params]) - before
+            torch.testing.assert_close(e[k], moved, rtol=1e-5, atol=1e-7)

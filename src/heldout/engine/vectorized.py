@@ -1,17 +1,22 @@
 """Vectorized seeds: train K copies of a small model in one process with ``torch.func``.
 
-The copies differ in ``seed`` and optionally in ``optimizer.lr`` / ``optimizer.weight_decay``;
-everything else in their configs is equal. Each copy is built exactly as
-:func:`heldout.runner.build` builds it alone (the task splits from its seed, then
+The copies differ in ``seed`` and optionally in ``optimizer.lr`` / ``optimizer.weight_decay``
+and the per-copy hyper-parameters of the supported techniques (weight decay, SAM's ``rho``,
+label smoothing's ``smoothing``); everything else in their configs is equal. Each copy is
+built exactly as :func:`heldout.runner.build` builds it alone (the task splits from its seed, then
 ``seed_everything(seed)``, then the model), so the initial weights, the training data and the
 minibatch order are the ones of the separate run. Then:
 
 * the copies' parameters are stacked along a new leading dimension
   (``torch.func.stack_module_state``), kept as the columns of one (K, P) tensor, and the K
-  losses are one call of ``torch.vmap(functional_call(model, params, x))``: each copy sees its
+  logits are one call of ``torch.vmap(functional_call(model, params, x))`` (for MLPs, a
+  forward written with batched matrix products), then each copy's loss (cross-entropy, label
+  smoothing with its ε, or the runner's loss vmapped): each copy sees its
   own batch (its own split when the data depends on the seed; minibatches gathered with its own
   per-epoch order, the permutation its ``TensorBatches`` draws);
-* row ``k`` of the gradient of the summed losses is the gradient of copy ``k``'s loss alone,
+* row ``k`` of the gradient of the summed losses is the gradient of copy ``k``'s loss alone
+  (with SAM, a second gradient is taken at ``w + e``, ``e`` computed per copy as
+  :meth:`heldout.methods.SAM.first_step` does, and the weights return to ``w``),
   and the optimizer update (SGD with momentum / dampening / Nesterov, Adam, AdamW) is written
   out on the (K, P) tensor op for op as torch's single-tensor implementations do it (L2 or
   decoupled decay, ``lerp`` of the first moment, bias corrections, ``eps`` added after the
@@ -76,6 +81,8 @@ from torch.func import functional_call, stack_module_state
 from heldout.config import RunConfig, config_to_dict
 from heldout.engine.data import TensorBatches
 from heldout.engine.trainer import NonFiniteLossError, Trainer
+from heldout.methods.losses import LabelSmoothing
+from heldout.methods.sharpness import SAM
 from heldout.models.layers import Square, TokenLinear
 from heldout.models.mlp import MLPNetwork
 from heldout.registry import MODELS, TASKS
@@ -84,9 +91,15 @@ from heldout.store.sqlite import Store
 
 __all__ = ["VECTORIZABLE_TECHNIQUES", "can_vectorize", "train_vectorized", "vectorization_key"]
 
-# Techniques whose only effect is on the base optimizer's hyper-parameters, read back from the
-# built optimizer, so they fold into the vectorized update.
-VECTORIZABLE_TECHNIQUES = frozenset({"weight_decay"})
+# The techniques vectorized training supports, each with the hyper-parameters in which the
+# copies may differ (the others must be equal): weight decay folds into the stacked update
+# (read back from the built optimizer), SAM's ascent step is taken per copy on the stacked
+# gradient, label smoothing is computed per copy.
+VECTORIZABLE_TECHNIQUES: dict[str, frozenset[str]] = {
+    "weight_decay": frozenset({"weight_decay"}),
+    "sam": frozenset({"rho"}),
+    "label_smoothing": frozenset({"smoothing"}),
+}
 
 # Metrics of the copies reach the store at most this often (and at the end): a killed group
 # restarts its copies from step 0, so writing every evaluation at once buys nothing.
@@ -105,12 +118,17 @@ _OPTIMIZERS = (torch.optim.SGD, torch.optim.Adam)  # AdamW is an Adam (decoupled
 # ----------------------------------------------------------------------------- the check
 
 def vectorization_key(cfg: RunConfig) -> dict[str, Any]:
-    """The config without the fields copies may differ in."""
+    """The config without the fields copies may differ in: seed, name, optimizer.lr and
+    optimizer.weight_decay, and the per-copy hyper-parameters of
+    :data:`VECTORIZABLE_TECHNIQUES` (``techniques.sam.rho``, ...)."""
     data = config_to_dict(cfg)
     for key in ("seed", "name"):
         data.pop(key)
     data["optimizer"] = {k: v for k, v in data["optimizer"].items()
                          if k not in ("lr", "weight_decay")}
+    free = VECTORIZABLE_TECHNIQUES
+    data["techniques"] = [{k: v for k, v in t.items() if k not in free.get(t["name"], ())}
+                          for t in data["techniques"]]
     return data
 
 
@@ -140,7 +158,9 @@ def can_vectorize(configs: Sequence[RunConfig]) -> tuple[bool, str]:
     """Whether ``configs`` can be trained together by :func:`train_vectorized`, and if not why.
 
     They can when they differ only in ``seed``, ``name``, ``optimizer.lr`` and
-    ``optimizer.weight_decay``; use no techniques beyond :data:`VECTORIZABLE_TECHNIQUES`;
+    ``optimizer.weight_decay`` (and ``techniques.sam.rho``, ``techniques.label_smoothing.
+    smoothing``, ``techniques.weight_decay.weight_decay``); use no techniques beyond
+    :data:`VECTORIZABLE_TECHNIQUES`;
     use SGD, Adam or AdamW; and their model has no BatchNorm and no dropout. Any measures are
     fine (each copy is evaluated on its own module). The model check builds the first
     config's task and model (with the global RNG state preserved).
@@ -161,7 +181,9 @@ def can_vectorize(configs: Sequence[RunConfig]) -> tuple[bool, str]:
         difference = _first_difference(first, vectorization_key(cfg))
         if difference:
             return False, (f"configs differ in {difference}; copies may differ only in seed, "
-                           "name, optimizer.lr and optimizer.weight_decay")
+                           "name, optimizer.lr, optimizer.weight_decay and the techniques' "
+                           "per-copy hyper-parameters (sam.rho, label_smoothing.smoothing, "
+                           "weight_decay.weight_decay)")
     cfg = configs[0]
     for technique in cfg.techniques:
         if technique.name not in VECTORIZABLE_TECHNIQUES:
@@ -299,6 +321,43 @@ class _StackedOptimizer:
                          **entry}
             out[number] = entry
         return out
+
+
+class _StackedSAM:
+    """SAM's ascent step (:meth:`heldout.methods.SAM.first_step`) for K copies at once:
+    ``e_k = rho_k · g_k / (‖g_k‖ + 1e-12)``, the norm over all of copy k's parameters (its
+    per-parameter norms, then their norm, as SAM computes it); adaptive mode scales the
+    gradient by ``T = |w| + eta`` inside the norm and ``e`` by ``T²``."""
+
+    def __init__(self, rho: float | Tensor, adaptive: bool, eta: float,
+                 layout: Sequence[tuple[str, int, int, torch.Size]]) -> None:
+        self.rho, self.adaptive, self.eta, self.layout = rho, adaptive, eta, layout
+
+    @classmethod
+    def of(cls, trainers: Sequence[Trainer], layout: Sequence[tuple[str, int, int, torch.Size]],
+           flat: Tensor) -> _StackedSAM | None:
+        """The copies' SAM (read from their optimizers' groups), or None without SAM."""
+        optimizers = [t.optimizer for t in trainers]
+        if not isinstance(optimizers[0], SAM):
+            return None
+        if any(type(o) is not SAM for o in optimizers):
+            raise ValueError("vectorized training supports SAM itself, not its variants")
+        groups = [o.param_groups[0] for o in optimizers]
+        for key in ("adaptive", "eta"):
+            if any(g[key] != groups[0][key] for g in groups):
+                raise ValueError(f"the copies' SAM differ in {key}")
+        rho = _per_copy([float(g["rho"]) for g in groups], flat)
+        return cls(rho, bool(groups[0]["adaptive"]), float(groups[0]["eta"]), layout)
+
+    @torch.no_grad()
+    def perturbation(self, flat: Tensor, grad: Tensor) -> Tensor:
+        scale = flat.abs() + self.eta if self.adaptive else None
+        scaled = grad * scale if scale is not None else grad
+        norms = torch.stack([scaled[:, start:end].norm(dim=1)
+                             for _, start, end, _ in self.layout], dim=1)
+        factor = _cast(self.rho, grad) / (norms.norm(dim=1, keepdim=True) + 1e-12)
+        e = grad * factor
+        return e * (scale * scale) if scale is not None else e
 
 
 # ----------------------------------------------------------------------------- the forward
@@ -453,10 +512,16 @@ class _Group:
                 raise ValueError(problem)
         if not all(isinstance(t.batches, TensorBatches) for t in self.trainers):
             raise ValueError("vectorized training needs tensor training data")
-        for trainer in self.trainers:
-            if not isinstance(trainer.optimizer, _OPTIMIZERS):
-                raise ValueError(f"optimizer {type(trainer.optimizer).__name__} is not "
-                                 "supported by vectorized training")
+        # the optimizer torch steps: the base of a wrapper such as SAM
+        bases = [getattr(t.optimizer, "base", t.optimizer) for t in self.trainers]
+        for trainer, base in zip(self.trainers, bases, strict=True):
+            if not isinstance(base, _OPTIMIZERS):
+                raise ValueError(f"optimizer {type(base).__name__} is not supported by "
+                                 "vectorized training")
+            if trainer.loss_terms or (trainer.loss_technique is not None and not isinstance(
+                    trainer.loss_technique, LabelSmoothing)):
+                raise ValueError("vectorized training supports no loss technique but label "
+                                 "smoothing")
         params, self.buffers = stack_module_state(models)  # type: ignore[arg-type]
         k = len(models)
         # One (K, P) tensor holds every parameter of every copy, so each optimizer op is one
@@ -478,7 +543,11 @@ class _Group:
         # the runner's default loss, per copy without vmap's decomposed cross-entropy
         plain_ce = cfg.loss == "cross_entropy" and classes
         self.ce_dtype = getattr(torch, cfg.loss_dtype) if plain_ce else None
-        self.optimizer = _StackedOptimizer([t.optimizer for t in self.trainers], self.flat)
+        smoothing = [getattr(t.loss_technique, "smoothing", None) for t in self.trainers]
+        self.smoothing = (None if smoothing[0] is None
+                          else _per_copy([float(e) for e in smoothing], self.flat))
+        self.sam = _StackedSAM.of(self.trainers, self.layout, self.flat)
+        self.optimizer = _StackedOptimizer(bases, self.flat)
         self.data = _Data([t.batches for t in self.trainers])  # type: ignore[misc]
         self.max_steps = self.trainers[0].state.max_steps
         self.eval_every = self.trainers[0].eval_every
@@ -488,33 +557,51 @@ class _Group:
         return {name: flat[:, start:end].view(-1, *shape)
                 for name, start, end, shape in self.layout}
 
-    def _copy_loss(self, params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor,
-                   y: Tensor) -> Tensor:
-        return self.loss_fn(functional_call(self.base, (params, buffers), (x,)), y)
+    def _copy_logits(self, params: dict[str, Tensor], buffers: dict[str, Tensor],
+                     x: Tensor) -> Tensor:
+        return functional_call(self.base, (params, buffers), (x,))
 
-    def train_step(self) -> Tensor:
-        """One optimizer step of every copy; returns the K losses (detached)."""
-        x, y = self.data.next()
+    def losses(self, logits: Tensor, y: Tensor) -> Tensor:
+        """Each copy's training loss on its batch: (K, batch, C) logits → (K,)."""
+        if self.smoothing is not None:  # label_smoothing_cross_entropy, per copy's ε
+            log_p = F.log_softmax(logits, dim=-1)
+            nll = -log_p.gather(-1, y.long().unsqueeze(-1)).squeeze(-1)
+            eps = _cast(self.smoothing, nll)
+            return ((1 - eps) * nll - eps * log_p.mean(dim=-1)).mean(dim=1)
+        if self.ce_dtype is not None:  # mean cross-entropy of each copy's batch
+            return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).to(self.ce_dtype),
+                                   y.reshape(-1), reduction="none").view(y.shape).mean(dim=1)
+        return torch.vmap(self.loss_fn)(logits, y)
+
+    def gradient(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """The K losses at the current weights and their gradients as one (K, P) tensor."""
         # fresh leaves sharing the flat tensor's memory: autograd returns each parameter's
         # gradient without scattering it into a (K, P) buffer per parameter
         leaves = {name: view.detach().requires_grad_()
                   for name, view in self.params(self.flat).items()}
         if self.stacked_forward is not None:
             logits = self.stacked_forward(leaves, x)
-            if self.ce_dtype is not None:  # mean cross-entropy of each copy's batch
-                losses = F.cross_entropy(
-                    logits.reshape(-1, logits.shape[-1]).to(self.ce_dtype), y.reshape(-1),
-                    reduction="none").view(y.shape).mean(dim=1)
-            else:
-                losses = torch.vmap(self.loss_fn)(logits, y)
         else:
-            losses = torch.vmap(self._copy_loss, in_dims=(0, 0, 0, 0))(
-                leaves, self.buffers, x, y)
+            logits = torch.vmap(self._copy_logits)(leaves, self.buffers, x)
+        losses = self.losses(logits, y)
         # row k of the gradient of the sum is the gradient of copy k's loss alone
         grads = torch.autograd.grad(losses.sum(), list(leaves.values()))
         k = self.flat.shape[0]
-        self.optimizer.step(self.flat, torch.cat([g.reshape(k, -1) for g in grads], dim=1))
-        return losses.detach()
+        return losses.detach(), torch.cat([g.reshape(k, -1) for g in grads], dim=1)
+
+    def train_step(self) -> Tensor:
+        """One optimizer step of every copy; returns the K losses (detached)."""
+        x, y = self.data.next()
+        losses, grad = self.gradient(x, y)
+        if self.sam is not None:  # SAM.step: the gradient at w + e, then back to w
+            e = self.sam.perturbation(self.flat, grad)
+            with torch.no_grad():
+                self.flat.add_(e)
+            _, grad = self.gradient(x, y)
+            with torch.no_grad():
+                self.flat.sub_(e)
+        self.optimizer.step(self.flat, grad)
+        return losses
 
     @torch.no_grad()
     def load_copy(self, index: int) -> Trainer:
@@ -569,7 +656,7 @@ class _Group:
     def checkpoint(self, index: int, step: int, loss: Tensor | None, path: Path) -> None:
         """Write copy ``index``'s checkpoint in the Trainer's format."""
         trainer = self.load_copy(index)
-        optimizer = trainer.optimizer
+        optimizer = getattr(trainer.optimizer, "base", trainer.optimizer)
         by_number = dict(enumerate(trainer.model.parameters()))
         optimizer.state.clear()
         for number, entry in self.optimizer.copy_state(index, self.layout).items():
