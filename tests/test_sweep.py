@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from heldout.config import ConfigError
+from heldout.engine.vectorized import train_vectorized
 from heldout.experiments.executors import LocalExecutor, plan_jobs, run_jobs
 from heldout.experiments.sweep import draw_value, expand, run_sweep, sweep_from_dict, sweep_status
 from heldout.runner import execute
@@ -209,9 +210,9 @@ def test_draws_that_repeat_the_defaults_are_planned_once():
     assert len({p.config.identity for p in plan}) == len(plan)
 
 
-def test_a_killed_group_fails_all_its_runs_and_a_rerun_trains_them(tmp_path):
-    spec = sweep_from_dict({**SPEC, "techniques": ["erm"], "hparams": 1, "seeds": 3,
-                            "base": {**SPEC["base"], "steps": 3000, "eval_every": 1000}})
+def test_a_killed_group_fails_all_its_runs_and_a_rerun_resumes_them(tmp_path):
+    spec = sweep_from_dict({**SPEC, "techniques": ["erm"], "hparams": 1, "seeds": 3, "base": {
+        **SPEC["base"], "steps": 3000, "eval_every": 1000, "checkpoint_every": 1000}})
     plan = expand(spec)
     store = Store(tmp_path / "home")
     store.record_sweep(spec.identity, spec.name, {}, [
@@ -221,12 +222,13 @@ def test_a_killed_group_fails_all_its_runs_and_a_rerun_trains_them(tmp_path):
     assert len(job) == 3
     executor = LocalExecutor(store.home, workers=1)
     executor.submit(job)
+    run_ids = tuple(c.identity for c in configs)
+    paths = [store.run_dir(r) / "checkpoint.pt" for r in run_ids]
     deadline = time.time() + 120
     outcomes = []
-    while time.time() < deadline and store.get_run(configs[0].identity).status != "running":
+    while time.time() < deadline and not all(p.exists() for p in paths):
         outcomes += executor.poll(store, 0.05)
-    run_ids = tuple(c.identity for c in configs)
-    process = executor.process_of(configs[0].identity)
+    process = executor.process_of(run_ids[0])
     assert all(executor.process_of(r) is process for r in run_ids)
     os.kill(process.pid, signal.SIGKILL)
     while executor.busy:
@@ -236,8 +238,11 @@ def test_a_killed_group_fails_all_its_runs_and_a_rerun_trains_them(tmp_path):
     again = run_jobs(configs, store, LocalExecutor(store.home, workers=1), vectorize=8)
     assert sorted(o.run_id for o in again) == sorted(run_ids)
     assert all(o.status == "done" for o in again)
+    straight = Store(tmp_path / "straight")  # the same group, never killed
+    train_vectorized(configs, straight)
     for cfg in configs:
         assert vectorized_group(store, cfg.identity) == list(run_ids)
+        assert store.metrics(cfg.identity) == straight.metrics(cfg.identity)
         assert [step for step, key, _ in store.metrics(cfg.identity)
                 if key == "train/accuracy"] == [0, 1000, 2000, 3000]
 

@@ -304,6 +304,54 @@ def test_killed_group_reruns_unfinished_copies_from_scratch(tmp_path, monkeypatc
         assert broken.metrics(cfg.identity) == straight.metrics(cfg.identity)
 
 
+def test_killed_group_resumes_from_the_copies_last_checkpoints(tmp_path, monkeypatch):
+    """Checkpoints every 4 steps (as each run alone would write them); killed at step 9, the
+    rerun continues from step 8 and ends exactly as the uninterrupted group."""
+    configs = [parse_overrides(c, ["checkpoint_every=4"])
+               for c in seeds_configs("batch_size=16")]
+    straight = Store(tmp_path / "straight")
+    train_vectorized(configs, straight)
+    broken = Store(tmp_path / "broken")
+    original_evaluate, original_resume = _Group.evaluate, _Group.resume
+    resumed_at = []
+
+    def interrupt(self, index, step, loss, outputs=None):
+        if step == 9:
+            raise KeyboardInterrupt
+        return original_evaluate(self, index, step, loss, outputs)
+
+    def resume(self, paths):
+        resumed_at.append(original_resume(self, paths))
+        return resumed_at[-1]
+
+    monkeypatch.setattr(_Group, "evaluate", interrupt)
+    monkeypatch.setattr(_Group, "resume", resume)
+    with pytest.raises(KeyboardInterrupt):
+        train_vectorized(configs, broken)
+    assert {checkpoint_of(broken, c.identity)["step"] for c in configs} == {8}
+    assert {broken.get_run(c.identity).checkpoint for c in configs} == {
+        str(broken.run_dir(c.identity) / CHECKPOINT_NAME) for c in configs}
+    monkeypatch.setattr(_Group, "evaluate", original_evaluate)
+    results = train_vectorized(configs, broken)
+    assert resumed_at == [0, 8]
+    assert all(r.status == "done" for r in results)
+    for cfg in configs:
+        assert broken.metrics(cfg.identity) == straight.metrics(cfg.identity)
+        ours, theirs = checkpoint_of(broken, cfg.identity), checkpoint_of(straight, cfg.identity)
+        assert_close_tree(ours, theirs)
+
+
+def test_a_partial_set_of_checkpoints_restarts_the_group(tmp_path):
+    configs = seeds_configs("batch_size=16")[:2]
+    first = Store(tmp_path / "first")
+    train_vectorized(configs[:1], first)  # one copy alone has a (final) checkpoint
+    group = _Group(configs, first, None)
+    paths = [first.run_dir(c.identity) / CHECKPOINT_NAME for c in configs]
+    assert paths[0].exists() and not paths[1].exists()
+    assert group.resume(paths) == 0
+    assert not paths[0].exists()  # deleted: the group starts over together
+
+
 def test_a_diverging_copy_fails_alone(tmp_path, alone):
     configs = seeds_configs(*OPTIMIZERS["sgd_momentum"], lrs=[0.1, 0.1, 1e12, 0.1])
     store = Store(tmp_path / "store")

@@ -39,14 +39,16 @@ The metric history of each copy equals the separate run's to float rounding (a b
 product may round differently from the plain one; about 1e-7 relative in the tests), not bit
 for bit.
 
-Differences from separate runs, by design: no intermediate checkpoints are written (only the
-final one), so a killed group is resumed by rerunning its unfinished copies from step 0,
-together (their metrics are recomputed; a stale checkpoint of an unfinished copy is deleted
-first). For the same reason metrics reach the store every :data:`FLUSH_SECONDS` and at the end,
-not after every evaluation. Runs already ``done`` are skipped. A copy whose loss becomes
-non-finite is marked ``failed`` at that step, with the Trainer's message and without a
-checkpoint, and the others go on. Each copy records the group's training time divided by the
-number of copies as its ``seconds``.
+Checkpoints and resume: every ``checkpoint_every`` steps and at the end each copy writes its
+checkpoint, as the run alone would (metrics first); a killed group, run again, continues from
+its copies' last checkpoints when every copy has one at the same step — its metrics then
+end exactly as the uninterrupted group's — and otherwise deletes the partial set and starts
+the copies over together. Between checkpoints, metrics reach the store every
+:data:`FLUSH_SECONDS` (the checkpoints carry the history, which a resumed group writes again).
+Runs already ``done`` are skipped. A copy whose loss becomes non-finite is marked ``failed`` at
+that step, with the Trainer's message, keeping its last good checkpoint, and the others go on.
+Each copy records the group's training time divided by the number of copies as its
+``seconds``.
 
 What is faster: one vmapped step replaces K small steps, so the gain is the per-step overhead
 (Python, dispatch) of K - 1 runs; a step whose arithmetic dominates (large batches on a CPU)
@@ -79,6 +81,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state
 
 from heldout.config import RunConfig, config_to_dict
+from heldout.engine.checkpoint import load_checkpoint
 from heldout.engine.data import TensorBatches
 from heldout.engine.trainer import NonFiniteLossError, Trainer
 from heldout.methods.losses import LabelSmoothing
@@ -101,8 +104,9 @@ VECTORIZABLE_TECHNIQUES: dict[str, frozenset[str]] = {
     "label_smoothing": frozenset({"smoothing"}),
 }
 
-# Metrics of the copies reach the store at most this often (and at the end): a killed group
-# restarts its copies from step 0, so writing every evaluation at once buys nothing.
+# Metrics of the copies reach the store at most this often, and before each checkpoint: a
+# killed group resumes from its checkpoints, which carry the history, so writing every
+# evaluation at once buys nothing.
 FLUSH_SECONDS = 10.0
 
 # Each finished copy records the group it was trained in (the run ids, its index) in this file
@@ -306,6 +310,24 @@ class _StackedOptimizer:
             param.addcdiv_(exp_avg, denom, value=-step_size)
         else:  # torch's addcdiv computes self + (value * t1) / t2
             param.add_(_cast(-step_size, param) * exp_avg / denom)
+
+    def load_copies(self, optimizers: Sequence[torch.optim.Optimizer],
+                    params: Sequence[Sequence[Tensor]]) -> None:
+        """Take the state of K torch optimizers (copy k's parameters ``params[k]``, in the
+        layout's order): the inverse of :meth:`copy_state`."""
+        self.state, self.step_count = {}, 0
+        first = optimizers[0].state.get(params[0][0], {})
+        for key in ("exp_avg", "exp_avg_sq") if self.adam else ("momentum_buffer",):
+            if first.get(key) is not None:
+                self.state[key] = torch.stack([
+                    torch.cat([opt.state[p][key].reshape(-1) for p in copy])
+                    for opt, copy in zip(optimizers, params, strict=True)])
+        if self.adam and "step" in first:
+            steps = {int(opt.state[copy[0]]["step"])
+                     for opt, copy in zip(optimizers, params, strict=True)}
+            if len(steps) != 1:
+                raise ValueError(f"the copies' optimizers are at different steps {steps}")
+            self.step_count = steps.pop()
 
     def copy_state(self, index: int, layout: Sequence[tuple[str, int, int, torch.Size]]
                    ) -> dict[int, dict[str, Tensor]]:
@@ -551,6 +573,39 @@ class _Group:
         self.data = _Data([t.batches for t in self.trainers])  # type: ignore[misc]
         self.max_steps = self.trainers[0].state.max_steps
         self.eval_every = self.trainers[0].eval_every
+        self.checkpoint_every = self.trainers[0].checkpoint_every
+
+    def resume(self, paths: Sequence[Path]) -> int:
+        """Continue from the copies' checkpoints if every copy has one at the same step (a
+        group killed midway); return that step, or 0 after deleting any partial set."""
+        steps = []
+        for path in paths:
+            try:
+                steps.append(int(load_checkpoint(path)["step"]) if path.exists() else -1)
+            except Exception:  # noqa: BLE001 - unreadable: start over
+                steps.append(-1)
+        if len(set(steps)) != 1 or steps[0] <= 0:
+            for path in paths:
+                path.unlink(missing_ok=True)
+            return 0
+        positions = []
+        for index, (trainer, path) in enumerate(zip(self.trainers, paths, strict=True)):
+            trainer.resume(path)  # weights, optimizer, measures, history, data position, RNG
+            self.rng[index] = _rng_state()
+            positions.append(trainer.batches.state_dict())  # type: ignore[union-attr]
+        if any(p != positions[0] for p in positions):
+            raise ValueError(f"the copies' checkpoints are at different data positions "
+                             f"{positions}")
+        with torch.no_grad():
+            self.flat.copy_(torch.stack([
+                torch.cat([p.detach().reshape(-1) for p in t.model.parameters()])
+                for t in self.trainers]))
+        self.optimizer.load_copies(
+            [getattr(t.optimizer, "base", t.optimizer) for t in self.trainers],
+            [list(t.model.parameters()) for t in self.trainers])
+        self.data.epoch, self.data.index = positions[0]["epoch"], positions[0]["index"]
+        self.data._orders = None
+        return steps[0]
 
     def params(self, flat: Tensor) -> dict[str, Tensor]:
         """The stacked parameters (K, *shape) as views of ``flat``."""
@@ -717,13 +772,17 @@ def _train(group: _Group, store: Store, progress: bool) -> dict[str, RunResult]:
     ids = [cfg.identity for cfg in group.configs]
     k = len(ids)
     printer = ProgressPrinter(group.max_steps, label=f"{k} copies ") if progress else None
-    for run_id in ids:
-        (store.run_dir(run_id) / CHECKPOINT_NAME).unlink(missing_ok=True)  # restart from 0
-        store.start_run(run_id, 0)
+    paths = [store.run_dir(run_id) / CHECKPOINT_NAME for run_id in ids]
+    step = group.resume(paths)  # from the copies' last checkpoints, or 0
     active = [True] * k
     rows: list[list[tuple[int, str, str, float]]] = [[] for _ in ids]
+    for index, run_id in enumerate(ids):
+        store.start_run(run_id, step)
+        for at, metrics in group.trainers[index].history:  # what the checkpoints carry,
+            for key, value in metrics.items():  # again (idempotent): nothing is lost
+                split, _, name = key.partition("/")
+                rows[index].append((at, split, name, value))
     losses: Tensor | None = None
-    step = 0
     started = last_flush = time.perf_counter()
 
     def flush(index: int) -> None:
@@ -756,8 +815,14 @@ def _train(group: _Group, store: Store, progress: bool) -> dict[str, RunResult]:
                          seconds=(time.perf_counter() - started) / k)
         active[index] = False
 
+    def checkpoint(index: int) -> None:
+        flush(index)  # metrics reach the store before the checkpoint does
+        group.checkpoint(index, step, None if losses is None else losses[index], paths[index])
+        store.set_checkpoint(ids[index], str(paths[index]), step)
+
     try:
-        evaluate()
+        if step == 0:
+            evaluate()
         while step < group.max_steps and any(active):
             losses = group.train_step()
             finite = torch.isfinite(losses)
@@ -769,15 +834,17 @@ def _train(group: _Group, store: Store, progress: bool) -> dict[str, RunResult]:
             step += 1
             if step % group.eval_every == 0 or step == group.max_steps:
                 evaluate()
+            if (group.checkpoint_every and step % group.checkpoint_every == 0
+                    and step < group.max_steps):  # as each run alone: resumable midway
+                for index in range(k):
+                    if active[index]:
+                        checkpoint(index)
+                last_flush = time.perf_counter()
         for index, run_id in enumerate(ids):
             if not active[index]:
                 continue
-            checkpoint = store.run_dir(run_id) / CHECKPOINT_NAME
-            flush(index)  # metrics reach the store before the checkpoint does
-            group.checkpoint(index, step, None if losses is None else losses[index],
-                             checkpoint)
-            store.set_checkpoint(run_id, str(checkpoint), step)
-            store.add_artifact(run_id, "checkpoint", checkpoint, _sha256(checkpoint))
+            checkpoint(index)
+            store.add_artifact(run_id, "checkpoint", paths[index], _sha256(paths[index]))
             record = store.run_dir(run_id) / GROUP_NAME  # provenance: trained with these
             record.write_text(json.dumps({"copies": ids, "index": index}, indent=1))
             store.add_artifact(run_id, "vectorized_group", record, _sha256(record))
