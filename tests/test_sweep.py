@@ -309,3 +309,30 @@ def test_grids_cross_every_combination_with_the_draws():
 def test_grid_errors_are_clear(grid, message):
     with pytest.raises(ConfigError, match=message):
         sweep_from_dict({**SPEC, "grid": grid})
+
+
+def test_a_group_that_cannot_stack_runs_its_configs_one_by_one(tmp_path, monkeypatch):
+    """If the copies turn out not to stack before anything started (training sets of other
+    shapes), the job trains its configs separately; the driver's messages are the same."""
+    from heldout.config import config_to_dict
+    from heldout.engine import vectorized
+    from heldout.experiments.executors import _apply, _train_job
+
+    def refuse(self, *args, **kwargs):
+        raise ValueError("the copies' training sets differ in shape")
+
+    monkeypatch.setattr(vectorized._Group, "__init__", refuse)
+    spec = sweep_from_dict({**SPEC, "techniques": ["erm"], "hparams": 1})
+    configs = [p.config for p in expand(spec)]
+    store = Store(tmp_path / "home")
+    for cfg in configs:
+        store.create_run(cfg.identity, {}, cfg.seed)
+    finished: dict = {}
+    _train_job([config_to_dict(c) for c in configs], str(store.home),
+               lambda run_id, kind, payload: _apply(store, run_id, kind, payload, finished), 1)
+    assert sorted(finished) == sorted(c.identity for c in configs)
+    assert all(r["status"] == "done" for r in finished.values())
+    alone = Store(tmp_path / "alone")
+    for cfg in configs:
+        execute(cfg, alone)
+        assert store.metrics(cfg.identity) == alone.metrics(cfg.identity)  # trained alone
