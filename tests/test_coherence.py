@@ -238,3 +238,87 @@ def test_adapter_uses_the_whole_split_when_smaller_than_the_sample():
 def test_adapter_validates_its_fields(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         GradientCoherence(**bad)
+
+
+# --- the per-layer norm path (MLPs) -----------------------------------------------------
+
+
+def _no_vmap(monkeypatch):
+    from heldout.measures import coherence as module
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the vmap path ran on an MLP")
+
+    monkeypatch.setattr(module, "_chunk_sums", refuse)
+
+
+@pytest.mark.parametrize("case", ["continuous", "bias_free", "tokens", "regression"])
+def test_mlps_take_the_per_layer_norm_path_and_match_the_loop(case, monkeypatch):
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(3)
+    loss_fn = F.cross_entropy
+    if case == "tokens":  # TokenLinear first layer: integer inputs
+        model = mlp_network(InputSpec("tokens", (2,), vocab=7), 7, hidden=(9, 5),
+                            activation="square")
+        x, y = torch.randint(0, 7, (30, 2), generator=g), torch.randint(0, 7, (30,), generator=g)
+    elif case == "regression":
+        model = nn.Sequential(nn.Linear(5, 8), nn.GELU(), nn.Linear(8, 3))
+        x, y = torch.randn(30, 5, generator=g), torch.randn(30, 3, generator=g)
+
+        def loss_fn(output, target):
+            return F.mse_loss(output.reshape(target.shape), target)
+    else:
+        model = mlp_network(InputSpec("continuous", (2, 3)), 4, hidden=(10, 6),
+                            bias=case != "bias_free")
+        x, y = torch.randn(30, 2, 3, generator=g), torch.randint(0, 4, (30,), generator=g)
+    grads = _loop_oracle(model, x, y, loss_fn).double()
+    snap = _snapshot(model)
+    _no_vmap(monkeypatch)
+    got = m_coherence(model, x, y, loss_fn=loss_fn)
+    assert got.alpha == pytest.approx(coherence(grads).alpha, rel=1e-5)
+    layers = layerwise_m_coherence(model, x, y, loss_fn=loss_fn)
+    start = 0
+    for name, module in model.named_children():
+        width = sum(p.numel() for p in module.parameters())
+        if width:
+            assert layers[name].m_coherence == pytest.approx(
+                coherence(grads[:, start : start + width]).m_coherence, rel=1e-5)
+            start += width
+    _assert_unchanged(model, snap)
+
+
+def test_more_than_one_chunk_of_the_norm_path(monkeypatch):
+    from heldout.measures import coherence as module
+
+    model, (x, y) = _mlp(), _data(n=50)
+    expected = m_coherence(model, x, y).alpha
+    monkeypatch.setattr(module, "GHOST_CHUNK", 8)
+    assert m_coherence(model, x, y).alpha == pytest.approx(expected, rel=1e-6)  # float32 sums
+
+
+@pytest.mark.parametrize("case", ["batch_norm", "shared_layer", "frozen"])
+def test_other_models_fall_back_to_vmap_and_still_match(case):
+    from heldout.measures.coherence import _linear_sums
+
+    x, y = _data(n=20)
+    if case == "batch_norm":
+        model = _mlp(batch_norm=True)
+        model.eval()  # running statistics from init are fine for the comparison
+    elif case == "shared_layer":
+        torch.manual_seed(0)
+        layer = nn.Linear(6, 6)
+        model = nn.Sequential(layer, nn.Tanh(), layer, nn.Tanh(), nn.Linear(6, 4))
+    else:
+        model = _mlp()
+        for p in model[0].parameters():
+            p.requires_grad_(False)
+    assert _linear_sums(model, x, y, F.cross_entropy) is None
+    snap = _snapshot(model)
+    got = m_coherence(model, x, y, chunk_size=6)
+    _assert_unchanged(model, snap)
+    # still the model's own Parameters (torch's functional_call with tied weights left a
+    # plain tensor in a module registered twice)
+    assert all(isinstance(p, nn.Parameter) for m in model.modules()
+               for p in m.parameters(recurse=False))
+    assert got.alpha == pytest.approx(coherence(_loop_oracle(model, x, y).double()).alpha,
+                                      rel=1e-5)

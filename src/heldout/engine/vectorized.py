@@ -78,11 +78,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call, stack_module_state
+from torch.func import stack_module_state
 
 from heldout.config import RunConfig, config_to_dict
 from heldout.engine.checkpoint import load_checkpoint
 from heldout.engine.data import TensorBatches
+from heldout.engine.functional import functional_call
 from heldout.engine.trainer import NonFiniteLossError, Trainer
 from heldout.methods.losses import LabelSmoothing
 from heldout.methods.sharpness import SAM

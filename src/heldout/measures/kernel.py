@@ -17,8 +17,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call, jacrev, vmap
+from torch.func import jacrev, vmap
 
+from heldout.engine.functional import functional_call
 from heldout.measures.base import EvalContext, Measure, eval_mode
 from heldout.measures.coherence import (
     _check_batch_norm,

@@ -26,8 +26,9 @@ from typing import Any, Literal, get_args
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call, grad, vmap
+from torch.func import grad, vmap
 
+from heldout.engine.functional import functional_call
 from heldout.engine.technique import Technique
 from heldout.measures.base import eval_mode
 from heldout.methods.sharpness import SAM, preserve_batchnorm_stats
