@@ -110,6 +110,22 @@ def test_label_smoothing_matches_torch(eps):
                                rtol=1e-13, atol=0)
 
 
+def test_label_smoothing_per_example_with_one_epsilon_per_row():
+    """reduction="none" with a (K, 1) column of ε: row k equals torch's per-example label
+    smoothing with ε_k; an unknown reduction names the valid ones."""
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(3, 5, 4, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 4, (3, 5), generator=gen)
+    eps = torch.tensor([[0.0], [0.1], [0.3]], dtype=torch.float64)
+    got = label_smoothing_cross_entropy(logits, y, eps, reduction="none")
+    for k in range(3):
+        expected = F.cross_entropy(logits[k], y[k], label_smoothing=float(eps[k]),
+                                   reduction="none")
+        torch.testing.assert_close(got[k], expected, rtol=1e-13, atol=0)
+    with pytest.raises(ValueError, match="valid reductions: mean, none"):
+        label_smoothing_cross_entropy(logits[0], y[0], 0.1, reduction="sum")
+
+
 # --- ⊥Grad --------------------------------------------------------------------------------
 
 

@@ -85,7 +85,7 @@ from heldout.engine.checkpoint import load_checkpoint
 from heldout.engine.data import TensorBatches
 from heldout.engine.functional import functional_call
 from heldout.engine.trainer import NonFiniteLossError, Trainer
-from heldout.methods.losses import LabelSmoothing
+from heldout.methods.losses import LabelSmoothing, label_smoothing_cross_entropy
 from heldout.methods.sharpness import SAM
 from heldout.models.layers import Square, TokenLinear
 from heldout.models.mlp import MLPNetwork
@@ -515,6 +515,10 @@ class _Data:
     def position(self) -> dict[str, int]:
         return {"epoch": self.epoch, "index": self.index}
 
+    def seek(self, position: dict[str, int]) -> None:
+        """Continue from ``position`` (as :meth:`position` gives it)."""
+        self.epoch, self.index, self._orders = position["epoch"], position["index"], None
+
 
 class _Group:
     """K copies trained together: their Trainers (for building, evaluating, checkpointing),
@@ -604,8 +608,7 @@ class _Group:
         self.optimizer.load_copies(
             [getattr(t.optimizer, "base", t.optimizer) for t in self.trainers],
             [list(t.model.parameters()) for t in self.trainers])
-        self.data.epoch, self.data.index = positions[0]["epoch"], positions[0]["index"]
-        self.data._orders = None
+        self.data.seek(positions[0])
         return steps[0]
 
     def params(self, flat: Tensor) -> dict[str, Tensor]:
@@ -619,11 +622,9 @@ class _Group:
 
     def losses(self, logits: Tensor, y: Tensor) -> Tensor:
         """Each copy's training loss on its batch: (K, batch, C) logits → (K,)."""
-        if self.smoothing is not None:  # label_smoothing_cross_entropy, per copy's ε
-            log_p = F.log_softmax(logits, dim=-1)
-            nll = -log_p.gather(-1, y.long().unsqueeze(-1)).squeeze(-1)
-            eps = _cast(self.smoothing, nll)
-            return ((1 - eps) * nll - eps * log_p.mean(dim=-1)).mean(dim=1)
+        if self.smoothing is not None:  # each copy's ε: a (K, 1) column or one float
+            eps = _cast(self.smoothing, logits)
+            return label_smoothing_cross_entropy(logits, y, eps, reduction="none").mean(dim=1)
         if self.ce_dtype is not None:  # mean cross-entropy of each copy's batch
             return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).to(self.ce_dtype),
                                    y.reshape(-1), reduction="none").view(y.shape).mean(dim=1)

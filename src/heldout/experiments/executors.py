@@ -168,7 +168,7 @@ def _train_job(configs: Sequence[dict[str, Any]], home: str, emit: Any, threads:
         else:
             for cfg in cfgs:  # skipped because already done: nothing changes
                 if cfg.identity not in store.finished:
-                    record = Store(home).get_run(cfg.identity)
+                    record = store.get_run(cfg.identity)
                     emit(cfg.identity, "finished", {
                         "status": record.status, "error": record.error, "seconds": 0.0,
                         "step": record.step, "checkpoint": record.checkpoint})

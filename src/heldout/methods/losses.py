@@ -69,15 +69,22 @@ def stablemax_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     return -log_p.gather(-1, targets.long().unsqueeze(-1)).squeeze(-1).mean()
 
 
-def label_smoothing_cross_entropy(logits: Tensor, targets: Tensor, smoothing: float) -> Tensor:
+def label_smoothing_cross_entropy(logits: Tensor, targets: Tensor, smoothing: float | Tensor,
+                                  reduction: str = "mean") -> Tensor:
     """Cross-entropy against (1 - ε)·one-hot + ε/K: the label-smoothing baseline.
+
+    ``reduction="none"`` returns the per-example losses (shape of ``targets``); ``smoothing``
+    may then be a tensor that broadcasts against them (one ε per copy of a vectorized group).
 
     References:
         Rethinking the Inception Architecture for Computer Vision (arXiv:1512.00567).
     """
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"unknown reduction {reduction!r}; valid reductions: mean, none")
     log_p = F.log_softmax(logits, dim=-1)
     nll = -log_p.gather(-1, targets.long().unsqueeze(-1)).squeeze(-1)
-    return ((1 - smoothing) * nll - smoothing * log_p.mean(dim=-1)).mean()
+    losses = (1 - smoothing) * nll - smoothing * log_p.mean(dim=-1)
+    return losses.mean() if reduction == "mean" else losses
 
 
 @TECHNIQUES.register(
