@@ -146,11 +146,11 @@ def test_driver_killed_mid_sweep_then_rerun(tmp_path):
     spec_path = _spec_file(tmp_path, base={**SPEC["base"], "steps": 60})
     reference = Store(tmp_path / "reference")
     run_sweep(sweep_from_dict({**SPEC, "base": {**SPEC["base"], "steps": 60}}), reference,
-              workers=2)
+              workers=2, vectorize=2)  # 6 jobs of 2 seeds: the kill lands between jobs
     home = tmp_path / "home"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "heldout.cli", "--home", str(home), "sweep",
-                             str(spec_path), "--workers", "2"], env=env,
+                             str(spec_path), "--workers", "2", "--vectorize", "2"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     done = 0
     deadline = time.time() + 120
@@ -164,8 +164,8 @@ def test_driver_killed_mid_sweep_then_rerun(tmp_path):
     assert 3 <= len(before) < 12
     time.sleep(1.0)  # orphaned workers notice the driver is gone and stop
     out = subprocess.run([sys.executable, "-m", "heldout.cli", "--home", str(home), "sweep",
-                          str(spec_path), "--workers", "2"], env=env, capture_output=True,
-                         text=True, timeout=300)
+                          str(spec_path), "--workers", "2", "--vectorize", "2"], env=env,
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "12 runs: done 12" in out.stdout
     for run_id, (finished, final) in before.items():  # finished results untouched
@@ -177,7 +177,8 @@ def test_driver_killed_mid_sweep_then_rerun(tmp_path):
 
 def test_a_killed_worker_fails_its_run_and_a_rerun_resumes_it(tmp_path):
     spec = sweep_from_dict({**SPEC, "techniques": ["erm"], "hparams": 1, "seeds": [0],
-                            "base": {**SPEC["base"], "steps": 400, "checkpoint_every": 20}})
+                            "base": {**SPEC["base"], "steps": 2000, "eval_every": 100,
+                                             "checkpoint_every": 20}})
     (planned,) = expand(spec)
     cfg = planned.config
     store = Store(tmp_path / "home")

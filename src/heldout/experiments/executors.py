@@ -287,16 +287,21 @@ class LocalExecutor:
         """The process running ``run_id``'s job, or None."""
         return next((s.process for s in self._slots if s.job and run_id in s.job), None)
 
-    def _drain(self, store: Store, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = max(0.0, deadline - time.monotonic())
+    def _drain(self, store: Store, timeout: float, bounded: bool = True) -> None:
+        """Write the workers' messages to the store: wait up to ``timeout`` for the first,
+        then take what is already queued until ``2 * timeout`` (+50 ms) has passed. The
+        bound matters: workers can queue messages faster than the store writes them, and an
+        unbounded drain would hold finished runs back (no progress, no new job to an idle
+        worker). Unbounded, it takes everything queued (the last words of an ended process)."""
+        start = time.monotonic()
+        wait = timeout
+        while not bounded or time.monotonic() - start < 2 * timeout + 0.05:
             try:
-                run_id, kind, payload = self._messages.get(timeout=remaining)
+                run_id, kind, payload = self._messages.get(timeout=wait)
             except queue_module.Empty:
                 return
             _apply(store, run_id, kind, payload, self._finished)
-            deadline = time.monotonic()  # keep draining what is already there, then return
+            wait = 0.0
 
     def poll(self, store: Store, timeout: float = 0.5) -> list[Outcome]:
         self._drain(store, timeout)
@@ -310,7 +315,7 @@ class LocalExecutor:
             reason = ""
             if not alive:
                 slot.process.join(timeout=5)
-                self._drain(store, 0.1)  # the last messages of a process that just ended
+                self._drain(store, 0.1, bounded=False)  # a process that just ended: its last words
                 code = slot.process.exitcode
                 reason = (f"worker killed by signal {-code}" if code is not None and code < 0
                           else f"worker exited with code {code} before finishing")
