@@ -14,8 +14,14 @@ same split (heldout's ModularArithmetic splits, one-hot encoded) and the same in
 
 Both stop when test accuracy first reaches >= 0.95 (checked every 5 steps). Timed: the training
 loop to that point (heldout: ``fit()``; baseline: its loop); setup (heldout: ``build``; baseline:
-one-hot encoding and model) is shown separately. Rounds alternate which side goes first.
-Ratio = heldout time / baseline time (goal <= 0.5). ``--profile`` adds a per-phase breakdown of
+one-hot encoding and model) is shown separately. Rounds rotate which side goes first.
+Ratio = heldout time / baseline time (goal <= 0.5).
+
+Four sides: heldout and the baseline in float32 (the like-for-like ratio); heldout with
+``precision=bf16-mixed`` (training forward under bfloat16 autocast, float32 weights, optimizer,
+loss and evaluation); and, so that the reader can separate what the embedding layer gives from
+what bfloat16 gives, the baseline with the same autocast around its training forward. Three
+ratios are printed: float32/float32, bf16-mixed/float32 script, bf16-mixed/bf16 script. ``--profile`` adds a per-phase breakdown of
 a training step on both sides, a per-layer timing, torch.profiler's top operators for heldout,
 and a what-if: heldout with benchmark-local changes (evaluate test only; TokenLinear's lookup as
 one ``embedding_bag``), timed against the baseline. src/ is never modified.
@@ -66,14 +72,16 @@ class StopAtAccuracy:
         pass
 
 
-def heldout_config(seed: int, max_steps: int, p: int):
+def heldout_config(seed: int, max_steps: int, p: int, precision: str = "float32"):
     return grokking_config(seed, max_steps, "perp_grad", p,
-                           extra=["measures=accuracy", f"eval_every={EVAL_EVERY}"])
+                           extra=["measures=accuracy", f"eval_every={EVAL_EVERY}",
+                                  f"precision={precision}"])
 
 
-def build_heldout(seed: int, max_steps: int, p: int) -> tuple[Trainer, StopAtAccuracy]:
+def build_heldout(seed: int, max_steps: int, p: int,
+                  precision: str = "float32") -> tuple[Trainer, StopAtAccuracy]:
     stop = StopAtAccuracy(THRESHOLD)
-    trainer = build(heldout_config(seed, max_steps, p), loggers=[stop])
+    trainer = build(heldout_config(seed, max_steps, p, precision), loggers=[stop])
     # the same work as the baseline: test accuracy every EVAL_EVERY steps (the C1 config
     # would also evaluate the train split, which the time-to-95% question does not need)
     trainer.eval_data = {"test": trainer.eval_data["test"]}
@@ -81,9 +89,10 @@ def build_heldout(seed: int, max_steps: int, p: int) -> tuple[Trainer, StopAtAcc
     return trainer, stop
 
 
-def run_heldout(seed: int, max_steps: int, p: int) -> dict[str, float | int | None]:
+def run_heldout(seed: int, max_steps: int, p: int,
+                precision: str = "float32") -> dict[str, float | int | None]:
     start = time.perf_counter()
-    trainer, stop = build_heldout(seed, max_steps, p)
+    trainer, stop = build_heldout(seed, max_steps, p, precision)
     mid = time.perf_counter()
     trainer.fit()
     end = time.perf_counter()
@@ -131,7 +140,10 @@ def perp_(params) -> None:
         g.copy_(g_perp)
 
 
-def run_baseline(data: Data, max_steps: int) -> dict[str, float | int | None]:
+def run_baseline(data: Data, max_steps: int,
+                 bf16: bool = False) -> dict[str, float | int | None]:
+    """The plain script; ``bf16``: its training forward under bfloat16 autocast (the same
+    mixed precision as heldout's ``precision=bf16-mixed``; evaluation stays float32)."""
     start = time.perf_counter()
     x_train, x_test = one_hot_pairs(data.x_train, data.p), one_hot_pairs(data.x_test, data.p)
     y_train, y_test = data.y_train, data.y_test
@@ -143,7 +155,9 @@ def run_baseline(data: Data, max_steps: int) -> dict[str, float | int | None]:
     step = 0
     for step in range(1, max_steps + 1):
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x_train), y_train)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x_train)
+        loss = F.cross_entropy(logits.float(), y_train)
         loss.backward()
         perp_(model.parameters())
         opt.step()
@@ -182,8 +196,10 @@ def phase_breakdown(seed: int, p: int, data: Data, iters: int) -> None:
         with torch.no_grad():
             (bmodel(bxt).argmax(dim=1) == byt).float().mean().item()
 
+    splits = {"train": (hx, hy), "test": trainer.eval_data["test"]}
+
     def eval_split(name: str) -> Callable[[], None]:
-        return lambda: evaluate(hmodel, {name: trainer.eval_data[name]}, trainer.measures)
+        return lambda: evaluate(hmodel, {name: splits[name]}, trainer.measures)
 
     times: dict[str, dict[str, list[float]]] = {"heldout": {}, "baseline": {}}
 
@@ -336,47 +352,56 @@ def main() -> None:
           f"(a+b) mod {args.p}, seed {args.seed}, stop at test accuracy >= {THRESHOLD} "
           f"(checked every {EVAL_EVERY} steps)")
     data = Data(args.seed, args.p)
-    run_heldout(args.seed, 10, args.p)  # warm-up
-    run_baseline(data, 10)
-
-    rows: list[tuple[dict, dict]] = []
-    print(f"\n{'round':>5} {'heldout s':>10} {'steps':>6} {'ms/step':>8} "
-          f"{'baseline s':>11} {'steps':>6} {'ms/step':>8} {'ratio':>7}")
-    for r in range(args.rounds):
-        out = {}
-        for side in (["heldout", "baseline"] if r % 2 == 0 else ["baseline", "heldout"]):
-            out[side] = (run_heldout(args.seed, args.max_steps, args.p) if side == "heldout"
-                         else run_baseline(data, args.max_steps))
-        h, b = out["heldout"], out["baseline"]
-        rows.append((h, b))
-        print(f"{r:>5} {h['train']:>10.3f} {h['steps']!s:>6} "
-              f"{1e3 * h['train'] / h['steps_run']:>8.2f} {b['train']:>11.3f} "
-              f"{b['steps']!s:>6} {1e3 * b['train'] / b['steps_run']:>8.2f} "
-              f"{h['train'] / b['train']:>7.3f}")
-
-    ratios = [h["train"] / b["train"] for h, b in rows]
-    total_ratios = [(h["train"] + h["setup"]) / (b["train"] + b["setup"]) for h, b in rows]
-    h_steps = {h["steps"] for h, _ in rows}
-    b_steps = {b["steps"] for _, b in rows}
-    per_step = {
-        side: 1e3 * statistics.median(pair[i]["train"] / pair[i]["steps_run"] for pair in rows)
-        for i, side in enumerate(("heldout", "baseline"))
+    sides: dict[str, Callable[[], dict]] = {
+        "heldout": lambda: run_heldout(args.seed, args.max_steps, args.p),
+        "baseline": lambda: run_baseline(data, args.max_steps),
+        "heldout bf16": lambda: run_heldout(args.seed, args.max_steps, args.p, "bf16-mixed"),
+        "baseline bf16": lambda: run_baseline(data, args.max_steps, bf16=True),
     }
-    setup = {side: 1e3 * statistics.median(pair[i]["setup"] for pair in rows)
-             for i, side in enumerate(("heldout", "baseline"))}
-    print(f"\nsteps to {THRESHOLD:.0%}: heldout {sorted(h_steps, key=str)}, baseline "
-          f"{sorted(b_steps, key=str)}"
-          + ("" if h_steps == b_steps else "  (DIFFERENT: the trajectories diverged)"))
-    print(f"per step (incl. evaluation): heldout {per_step['heldout']:.2f} ms, baseline "
-          f"{per_step['baseline']:.2f} ms; setup: heldout {setup['heldout']:.1f} ms, "
-          f"baseline {setup['baseline']:.1f} ms")
-    print(f"ratio (training loop) median {statistics.median(ratios):.3f} (min {min(ratios):.3f}, "
-          f"max {max(ratios):.3f}); incl. setup median {statistics.median(total_ratios):.3f}")
+    run_heldout(args.seed, 10, args.p)  # warm-up
+    run_heldout(args.seed, 10, args.p, "bf16-mixed")
+    run_baseline(data, 10)
+    run_baseline(data, 10, bf16=True)
+
+    rows: list[dict[str, dict]] = []
+    print(f"\n{'round':>5} " + " ".join(f"{name + ' s':>16} {'steps':>5}" for name in sides))
+    for r in range(args.rounds):
+        names = list(sides)
+        names = names[r % len(names):] + names[:r % len(names)]  # rotate who goes first
+        out = {name: sides[name]() for name in names}
+        rows.append(out)
+        print(f"{r:>5} " + " ".join(f"{out[n]['train']:>16.3f} {out[n]['steps']!s:>5}"
+                                    for n in sides))
+
+    def ratio(num: str, den: str) -> list[float]:
+        return [row[num]["train"] / row[den]["train"] for row in rows]
+
+    print()
+    for name in sides:
+        steps = sorted({row[name]["steps"] for row in rows}, key=str)
+        per_step = 1e3 * statistics.median(row[name]["train"] / row[name]["steps_run"]
+                                           for row in rows)
+        setup = 1e3 * statistics.median(row[name]["setup"] for row in rows)
+        print(f"{name:>14}: steps to {THRESHOLD:.0%} {steps}, {per_step:.2f} ms/step "
+              f"(incl. evaluation), setup {setup:.1f} ms")
+    fp32 = ratio("heldout", "baseline")
+    total = [(row["heldout"]["train"] + row["heldout"]["setup"])
+             / (row["baseline"]["train"] + row["baseline"]["setup"]) for row in rows]
+    mixed = ratio("heldout bf16", "baseline")
+    same = ratio("heldout bf16", "baseline bf16")
+    for label, r in (("heldout / baseline, both float32", fp32),
+                     ("heldout bf16-mixed / baseline float32", mixed),
+                     ("heldout bf16-mixed / baseline bf16 autocast", same)):
+        print(f"ratio {label:<44} median {statistics.median(r):.3f} "
+              f"(min {min(r):.3f}, max {max(r):.3f})")
+    print(f"ratio incl. setup (float32) median {statistics.median(total):.3f}")
     if args.profile:
         phase_breakdown(args.seed, args.p, data, args.profile_iters)
         torch_profile(args.seed, args.p, 50)
         what_if(args.seed, args.p, data, args.max_steps, args.whatif_rounds)
-    print(f"RESULT grokking_time_to_95 ratio={statistics.median(ratios):.2f} (goal <= {GOAL})")
+    print(f"RESULT grokking_time_to_95 ratio={statistics.median(fp32):.2f} float32, "
+          f"{statistics.median(mixed):.2f} with precision=bf16-mixed against the float32 "
+          f"script (goal <= {GOAL})")
 
 
 if __name__ == "__main__":

@@ -89,6 +89,9 @@ class RunConfig:
     )  # registered measures computed at each evaluation
     loss: Literal["cross_entropy", "mse"] = "cross_entropy"  # mse: against one-hot targets
     loss_dtype: Literal["float32", "float64"] = "float32"  # precision of the default loss
+    # "bf16-mixed": the training forward under bfloat16 autocast, float32 weights, optimizer
+    # and loss; evaluation and measures stay in float32
+    precision: Literal["float32", "bf16-mixed"] = "float32"
     steps: int = 1000  # optimizer steps
     batch_size: int | None = None  # None: full batch, one step per epoch
     eval_every: int = 10  # steps between evaluations (also at step 0 and the last step)
@@ -297,6 +300,7 @@ def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
         "measures": [component(c) for c in cfg.measures],
         "loss": cfg.loss,
         "loss_dtype": cfg.loss_dtype,
+        "precision": cfg.precision,
         "steps": cfg.steps,
         "batch_size": cfg.batch_size,
         "eval_every": cfg.eval_every,
@@ -311,10 +315,18 @@ def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
+_LATER_FIELDS = {"precision": "float32"}
+
+
 def canonical_json(cfg: RunConfig) -> str:
-    """The canonical form of ``cfg``: sorted-key JSON of every field but ``name``."""
+    """The canonical form of ``cfg``: sorted-key JSON of every field but ``name``. Fields
+    added after the first release (:data:`_LATER_FIELDS`) are left out while they hold their
+    default, so the runs recorded before them keep their ids."""
     data = config_to_dict(cfg)
     data.pop("name")
+    for key, default in _LATER_FIELDS.items():
+        if data[key] == default:
+            data.pop(key)
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 

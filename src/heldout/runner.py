@@ -146,6 +146,7 @@ def build(
         loggers=loggers,
         seed=cfg.seed,
         device=device,
+        precision=cfg.precision,
     )
 
 

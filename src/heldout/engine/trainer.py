@@ -32,6 +32,7 @@ from heldout.measures.base import Measure, evaluate
 
 __all__ = ["Logger", "NonFiniteLossError", "State", "Trainer", "cross_entropy", "mse_to_one_hot"]
 
+PRECISIONS = ("float32", "bf16-mixed")  # see Trainer._forward
 OptimizerLike = torch.optim.Optimizer | Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 
@@ -86,7 +87,12 @@ class State:
 
 
 class Trainer:
-    """Train ``model`` with ``optimizer`` on ``train`` for ``max_steps`` optimizer steps."""
+    """Train ``model`` with ``optimizer`` on ``train`` for ``max_steps`` optimizer steps.
+
+    ``precision="bf16-mixed"`` runs the training forward under bfloat16 autocast (weights,
+    gradients, optimizer state and the loss stay float32); evaluation and measures always run
+    in float32, so what a run reports does not depend on the precision it trained in.
+    """
 
     def __init__(
         self,
@@ -106,7 +112,11 @@ class Trainer:
         loggers: Sequence[Logger] = (),
         seed: int = 0,
         device: Any = None,
+        precision: str = "float32",
     ) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+        self.precision = precision
         self.techniques = list(techniques)
         check_combination(self.techniques)
         self.device = torch.device(device) if device is not None else None
@@ -162,7 +172,7 @@ class Trainer:
         def closure() -> Tensor:
             optimizer.zero_grad(set_to_none=True)
             x, y, _ = state.batch  # type: ignore[misc]
-            loss = self._loss(model(x), y)
+            loss = self._loss(self._forward(x), y)
             loss.backward()
             self._fire(Event.AFTER_BACKWARD)
             return loss
@@ -189,6 +199,15 @@ class Trainer:
         return self.history
 
     # ------------------------------------------------------------------------ pieces
+    def _forward(self, x: Tensor) -> Tensor:
+        """The training forward: under bfloat16 autocast for ``precision="bf16-mixed"`` (the
+        logits come back as float32, so losses and techniques see full precision)."""
+        if self.precision == "float32":
+            return self.model(x)
+        device = self.device or next(self.model.parameters()).device
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            return self.model(x).float()
+
     def _loss(self, logits: Tensor, targets: Tensor) -> Tensor:
         if self.loss_technique is not None:
             loss = self.loss_technique.loss(logits, targets, self.state)

@@ -166,7 +166,8 @@ def can_vectorize(configs: Sequence[RunConfig]) -> tuple[bool, str]:
     ``optimizer.weight_decay`` (and ``techniques.sam.rho``, ``techniques.label_smoothing.
     smoothing``, ``techniques.weight_decay.weight_decay``); use no techniques beyond
     :data:`VECTORIZABLE_TECHNIQUES`;
-    use SGD, Adam or AdamW; and their model has no BatchNorm and no dropout. Any measures are
+    use SGD, Adam or AdamW; train in float32 (``precision="float32"``); and their model has no
+    BatchNorm and no dropout. Any measures are
     fine (each copy is evaluated on its own module). The model check builds the first
     config's task and model (with the global RNG state preserved).
 
@@ -197,6 +198,8 @@ def can_vectorize(configs: Sequence[RunConfig]) -> tuple[bool, str]:
                            f"training (supported: {supported})")
     if cfg.optimizer.name not in ("sgd", "adam", "adamw"):
         return False, f"optimizer {cfg.optimizer.name!r} is not supported"
+    if cfg.precision != "float32":
+        return False, f"precision {cfg.precision!r} is not supported (only 'float32')"
     with torch.random.fork_rng(devices=[]):
         splits = TASKS.build(cfg.task.name, **dict(cfg.task.params)).splits(cfg.seed)
         model = MODELS.build(cfg.model.name, **dict(cfg.model.params)).build(
