@@ -21,10 +21,12 @@ Four sides: heldout and the baseline in float32 (the like-for-like ratio); heldo
 ``precision=bf16-mixed`` (training forward under bfloat16 autocast, float32 weights, optimizer,
 loss and evaluation); and, so that the reader can separate what the embedding layer gives from
 what bfloat16 gives, the baseline with the same autocast around its training forward. Three
-ratios are printed: float32/float32, bf16-mixed/float32 script, bf16-mixed/bf16 script. ``--profile`` adds a per-phase breakdown of
-a training step on both sides, a per-layer timing, torch.profiler's top operators for heldout,
-and a what-if: heldout with benchmark-local changes (evaluate test only; TokenLinear's lookup as
-one ``embedding_bag``), timed against the baseline. src/ is never modified.
+ratios are printed: float32/float32, bf16-mixed/float32 script, bf16-mixed/bf16 script.
+
+``--profile`` adds a per-phase breakdown of a training step on both sides, a per-layer timing,
+torch.profiler's top operators for heldout, and a what-if: heldout with benchmark-local
+changes (evaluate test only; TokenLinear's lookup as one ``embedding_bag``), timed against the
+baseline. src/ is never modified.
 
 Run: ``PYTHONPATH=src .venv/bin/python bench/grokking_time_to_95.py [--rounds 5] [--profile]``
 """

@@ -190,7 +190,7 @@ def test_stacked_optimizer_is_torchs_update_bit_for_bit(name):
 @pytest.mark.parametrize(("override", "reason"), [
     ("task.p=29", "task.p"),
     ("steps=20", "steps"),
-    ("techniques=ema", "technique 'ema'"),
+    ("techniques=perp_grad", "technique 'perp_grad'"),
     ("model.batch_norm=true", "BatchNorm"),
 ])
 def test_can_vectorize_refuses_with_the_reason(override, reason, tmp_path):
@@ -465,6 +465,62 @@ def test_sam_and_label_smoothing_match_separate_runs(technique, optimizer, tmp_p
         assert_same_history(store, separate, cfg.identity)
         assert_close_tree(checkpoint_of(store, cfg.identity),
                           checkpoint_of(separate, cfg.identity))
+
+
+@pytest.mark.parametrize("technique", [
+    ["techniques=ema"],  # per-copy decay below
+    ["techniques=ema", "techniques.ema.evaluate_average=false"],
+    ["techniques=sam,ema", "techniques.ema.decay=0.5"],
+])
+def test_ema_matches_separate_runs(technique, tmp_path, alone):
+    """The stacked average: every metric (of the averaged weights, or of the raw ones) and
+    the final checkpoint, the average and its update count included, equal the separate
+    run's to float tolerance."""
+    configs = seeds_configs(*OPTIMIZERS["adamw"], *technique, "batch_size=16")
+    if technique == ["techniques=ema"]:
+        configs = [parse_overrides(c, [f"techniques.ema.decay={decay}"])
+                   for c, decay in zip(configs, [0.9, 0.5, 0.99, 0.0], strict=True)]
+    assert can_vectorize(configs) == (True, "")
+    store = Store(tmp_path / "vectorized")
+    train_vectorized(configs, store)
+    for cfg in configs:
+        separate = alone(cfg)
+        assert_same_history(store, separate, cfg.identity)
+        ours = checkpoint_of(store, cfg.identity)
+        assert_close_tree(ours, checkpoint_of(separate, cfg.identity))
+        average = ours["techniques"]["ema"]
+        assert average["updates"] == 12
+    if technique == ["techniques=ema"]:  # decay 0 averages nothing: the average is the weights
+        last = checkpoint_of(store, configs[3].identity)
+        average = last["techniques"]["ema"]
+        for name, value in last["model"].items():
+            assert torch.equal(average["module"][name], value)
+
+
+def test_killed_ema_group_resumes_with_its_averages(tmp_path, monkeypatch):
+    configs = [parse_overrides(c, ["checkpoint_every=4", "techniques=ema",
+                                   f"techniques.ema.decay={d}"])
+               for c, d in zip(seeds_configs("batch_size=16"), [0.9, 0.5, 0.8, 0.7],
+                               strict=True)]
+    straight = Store(tmp_path / "straight")
+    train_vectorized(configs, straight)
+    broken = Store(tmp_path / "broken")
+    original = _Group.evaluate
+
+    def interrupt(self, index, step, loss, outputs=None):
+        if step == 9:
+            raise KeyboardInterrupt
+        return original(self, index, step, loss, outputs)
+
+    monkeypatch.setattr(_Group, "evaluate", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train_vectorized(configs, broken)
+    monkeypatch.setattr(_Group, "evaluate", original)
+    train_vectorized(configs, broken)
+    for cfg in configs:
+        assert broken.metrics(cfg.identity) == straight.metrics(cfg.identity)
+        assert_close_tree(checkpoint_of(broken, cfg.identity),
+                          checkpoint_of(straight, cfg.identity))
 
 
 def test_sam_ascent_is_sams_first_step():

@@ -2,10 +2,10 @@
 
 The copies differ in ``seed`` and optionally in ``optimizer.lr`` / ``optimizer.weight_decay``
 and the per-copy hyper-parameters of the supported techniques (weight decay, SAM's ``rho``,
-label smoothing's ``smoothing``); everything else in their configs is equal. Each copy is
-built exactly as :func:`heldout.runner.build` builds it alone (the task splits from its seed, then
-``seed_everything(seed)``, then the model), so the initial weights, the training data and the
-minibatch order are the ones of the separate run. Then:
+label smoothing's ``smoothing``, EMA's ``decay``); everything else in their configs is equal.
+Each copy is built exactly as :func:`heldout.runner.build` builds it alone (the task splits from
+its seed, then ``seed_everything(seed)``, then the model), so the initial weights, the training
+data and the minibatch order are the ones of the separate run. Then:
 
 * the copies' parameters are stacked along a new leading dimension
   (``torch.func.stack_module_state``), kept as the columns of one (K, P) tensor, and the K
@@ -23,7 +23,9 @@ minibatch order are the ones of the separate run. Then:
   square root and its bias correction): every op is elementwise, so fed the same gradients it
   equals K torch optimizers bit for bit. A hyper-parameter shared by all copies is a Python
   scalar, exactly as in torch; one that differs (lr, weight decay) is a (K, 1) float64 column,
-  cast to float32 where torch casts its scalar;
+  cast to float32 where torch casts its scalar; with EMA, a second (K, P) tensor holds the
+  copies' averages, updated after each step by one ``lerp`` (``ema_update``'s op) and
+  evaluated in place of the weights when the technique evaluates the average;
 * at step 0, every ``eval_every`` steps and the last step each copy's weights are copied into
   its own module and evaluated with the regular :func:`heldout.measures.evaluate` (through its
   own Trainer, so stateful measures and measures relative to the initialization behave as in
@@ -85,6 +87,7 @@ from heldout.engine.checkpoint import load_checkpoint
 from heldout.engine.data import TensorBatches
 from heldout.engine.functional import functional_call
 from heldout.engine.trainer import NonFiniteLossError, Trainer
+from heldout.methods.averaging import EMA
 from heldout.methods.losses import LabelSmoothing, label_smoothing_cross_entropy
 from heldout.methods.sharpness import SAM
 from heldout.models.layers import Square, TokenLinear
@@ -98,11 +101,12 @@ __all__ = ["VECTORIZABLE_TECHNIQUES", "can_vectorize", "train_vectorized", "vect
 # The techniques vectorized training supports, each with the hyper-parameters in which the
 # copies may differ (the others must be equal): weight decay folds into the stacked update
 # (read back from the built optimizer), SAM's ascent step is taken per copy on the stacked
-# gradient, label smoothing is computed per copy.
+# gradient, label smoothing is computed per copy, EMA averages the stacked weights.
 VECTORIZABLE_TECHNIQUES: dict[str, frozenset[str]] = {
     "weight_decay": frozenset({"weight_decay"}),
     "sam": frozenset({"rho"}),
     "label_smoothing": frozenset({"smoothing"}),
+    "ema": frozenset({"decay"}),
 }
 
 # Metrics of the copies reach the store at most this often, and before each checkpoint: a
@@ -164,7 +168,8 @@ def can_vectorize(configs: Sequence[RunConfig]) -> tuple[bool, str]:
 
     They can when they differ only in ``seed``, ``name``, ``optimizer.lr`` and
     ``optimizer.weight_decay`` (and ``techniques.sam.rho``, ``techniques.label_smoothing.
-    smoothing``, ``techniques.weight_decay.weight_decay``); use no techniques beyond
+    smoothing``, ``techniques.weight_decay.weight_decay``, ``techniques.ema.decay``); use no
+    techniques beyond
     :data:`VECTORIZABLE_TECHNIQUES`;
     use SGD, Adam or AdamW; train in float32 (``precision="float32"``); and their model has no
     BatchNorm and no dropout. Any measures are
@@ -189,7 +194,7 @@ def can_vectorize(configs: Sequence[RunConfig]) -> tuple[bool, str]:
             return False, (f"configs differ in {difference}; copies may differ only in seed, "
                            "name, optimizer.lr, optimizer.weight_decay and the techniques' "
                            "per-copy hyper-parameters (sam.rho, label_smoothing.smoothing, "
-                           "weight_decay.weight_decay)")
+                           "weight_decay.weight_decay, ema.decay)")
     cfg = configs[0]
     for technique in cfg.techniques:
         if technique.name not in VECTORIZABLE_TECHNIQUES:
@@ -578,6 +583,15 @@ class _Group:
                           else _per_copy([float(e) for e in smoothing], self.flat))
         self.sam = _StackedSAM.of(self.trainers, self.layout, self.flat)
         self.optimizer = _StackedOptimizer(bases, self.flat)
+        # EMA: the copies' averages as a second (K, P) tensor, from the initial weights
+        self.emas = [next((t for t in tr.techniques if isinstance(t, EMA)), None)
+                     for tr in self.trainers]
+        ema = self.emas[0]
+        self.ema_flat = None if ema is None else self.flat.clone()
+        self.ema_weight = (None if ema is None else  # ema_update's 1 - decay, per copy
+                           _per_copy([1.0 - e.decay for e in self.emas], self.flat))
+        self.ema_updates = 0
+        self.evaluate_average = ema is not None and ema.evaluate_average
         self.data = _Data([t.batches for t in self.trainers])  # type: ignore[misc]
         self.max_steps = self.trainers[0].state.max_steps
         self.eval_every = self.trainers[0].eval_every
@@ -611,6 +625,14 @@ class _Group:
         self.optimizer.load_copies(
             [getattr(t.optimizer, "base", t.optimizer) for t in self.trainers],
             [list(t.model.parameters()) for t in self.trainers])
+        if self.ema_flat is not None:  # the averages the checkpoints hold
+            averages = [e.average(t.model)  # type: ignore[union-attr]
+                        for e, t in zip(self.emas, self.trainers, strict=True)]
+            with torch.no_grad():
+                self.ema_flat.copy_(torch.stack([
+                    torch.cat([p.reshape(-1) for p in a.module.parameters()])
+                    for a in averages]))
+            self.ema_updates = averages[0].updates
         self.data.seek(positions[0])
         return steps[0]
 
@@ -661,15 +683,28 @@ class _Group:
             with torch.no_grad():
                 self.flat.sub_(e)
         self.optimizer.step(self.flat, grad)
+        if self.ema_flat is not None:  # EMA.on_after_step: a.lerp_(p, 1 - decay)
+            with torch.no_grad():
+                weight = _cast(self.ema_weight, self.flat)  # type: ignore[arg-type]
+                self.ema_flat.lerp_(self.flat, weight)
+            self.ema_updates += 1
         return losses
 
     @torch.no_grad()
     def load_copy(self, index: int) -> Trainer:
-        """Copy ``index``'s current weights into its own module; return its Trainer."""
+        """Copy ``index``'s current weights (and EMA average) into its own modules; return
+        its Trainer."""
         trainer = self.trainers[index]
         stacked = self.params(self.flat)
         for name, param in trainer.model.named_parameters():
             param.copy_(stacked[name][index])
+        ema = self.emas[index]
+        if ema is not None:
+            average = ema.average(trainer.model)
+            stacked = self.params(self.ema_flat)  # type: ignore[arg-type]
+            for name, param in average.module.named_parameters():
+                param.copy_(stacked[name][index])
+            average.updates = self.ema_updates
         return trainer
 
     @torch.no_grad()
@@ -680,7 +715,8 @@ class _Group:
         per_copy: list[dict[str, tuple[Tensor, Tensor]]] = [{} for _ in self.trainers]
         if self.stacked_forward is None:
             return per_copy
-        params = self.params(self.flat)
+        weights = self.ema_flat if self.evaluate_average else self.flat
+        params = self.params(weights)  # type: ignore[arg-type]
         for split in self.trainers[0].eval_data:
             data = [_tensors(t.eval_data.get(split)) for t in self.trainers]
             if any(d is None for d in data):

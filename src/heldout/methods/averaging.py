@@ -80,7 +80,9 @@ class EMA(Technique):
         if not 0.0 <= self.decay < 1.0:
             raise ValueError(f"decay must be in [0, 1), got {self.decay}")
 
-    def _average(self, model: nn.Module) -> ExponentialMovingAverage:
+    def average(self, model: nn.Module) -> ExponentialMovingAverage:
+        """The running average of ``model``: created (a copy of it) at first use, with the
+        state a checkpoint restored, if any."""
         if self._ema is None:
             self._ema = ExponentialMovingAverage(model, self.decay)
             if self._pending is not None:
@@ -89,13 +91,13 @@ class EMA(Technique):
         return self._ema
 
     def on_fit_start(self, state) -> None:
-        self._average(state.model)
+        self.average(state.model)
 
     def on_after_step(self, state) -> None:
-        self._average(state.model).update(state.model)
+        self.average(state.model).update(state.model)
 
     def eval_model(self, state) -> nn.Module | None:
-        return self._average(state.model).module if self.evaluate_average else None
+        return self.average(state.model).module if self.evaluate_average else None
 
     def state_dict(self) -> dict[str, Any]:
         return {} if self._ema is None else self._ema.state_dict()
