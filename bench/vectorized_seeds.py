@@ -3,7 +3,8 @@
 Setting: (a + b) mod p (p=23, train fraction 0.5, val 0.1), heldout MLP with one hidden layer
 of 64, AdamW lr 0.01, the default measures (accuracy, loss, ECE on train/val/test, the gaps) at
 step 0, every ``--eval-every`` steps and the last step, one checkpoint per run (at the end).
-K = 32 configs that differ only in the seed. Two variants: minibatches of ``--batch-size``
+K = 32 configs that differ only in the seed (``--techniques ema``, say, adds techniques to
+all of them). Two variants: minibatches of ``--batch-size``
 (the headline) and full batch (264 examples per step).
 
 Both sides write to a fresh store each round (runs, metrics, checkpoint files, artifacts): the
@@ -43,7 +44,7 @@ def configs(args: argparse.Namespace, batch_size: int | None, steps: int) -> lis
         "model=mlp", f"model.hidden=[{args.hidden}]", "optimizer.name=adamw",
         "optimizer.lr=0.01", f"steps={steps}", f"eval_every={args.eval_every}",
         f"checkpoint_every={steps}", f"batch_size={batch_size or 'null'}",
-    ])
+    ] + ([f"techniques={args.techniques}"] if args.techniques else []))
     return [parse_overrides(base, [f"seed={seed}"]) for seed in range(args.k)]
 
 
@@ -91,9 +92,9 @@ def bench_variant(label: str, args: argparse.Namespace, batch_size: int | None) 
         warm = configs(args, batch_size, 5)[:2]
         run_separate(warm, Path(tmp) / "s")
         run_vectorized(warm, Path(tmp) / "v")
-    print(f"\n[{label}] K={args.k} steps={args.steps} batch={batch_size or 'full'} "
-          f"eval_every={args.eval_every} ({len(range(0, args.steps, args.eval_every)) + 1} "
-          "evaluations per run)")
+    print(f"\n[{label}] K={args.k} techniques={args.techniques or 'none'} steps={args.steps} "
+          f"batch={batch_size or 'full'} eval_every={args.eval_every} "
+          f"({len(range(0, args.steps, args.eval_every)) + 1} evaluations per run)")
     print(f"{'round':>5} {'separate s':>11} {'vectorized s':>13} {'speedup':>8} {'cpu':>6} "
           f"{'max rel diff':>13}")
     ratios, cpu_ratios, times = [], [], {"separate": [], "vectorized": []}
@@ -133,6 +134,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--variant", choices=["minibatch", "full", "both"], default="both")
+    parser.add_argument("--techniques", default="",
+                        help="techniques of every run, e.g. ema or sam,ema (default: none)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; both sides write to "
