@@ -121,18 +121,19 @@ def test_vectorize_1_runs_every_config_alone(tmp_path):
 
 
 def test_plan_jobs_groups_what_can_be_vectorized():
-    spec = sweep_from_dict({**SPEC, "seeds": 5, "techniques": ["erm", "sam", "ema", "asam"]})
+    spec = sweep_from_dict({**SPEC, "seeds": 5,
+                            "techniques": ["erm", "sam", "ema", "perp_grad"]})
     plan = [p.config for p in expand(spec)]
     jobs = plan_jobs(plan, max_copies=4)
     assert sorted(c.identity for job in jobs for c in job) == sorted(c.identity for c in plan)
     sizes = sorted(len(job) for job in jobs)
     # erm, sam and ema: 15 copies each (3 draws of lr / lr and rho / lr and decay x 5 seeds)
-    # in groups of 4, 4, 4, 3; asam (not vectorizable): 15 runs alone
+    # in groups of 4, 4, 4, 3; perp_grad (not vectorizable): 15 runs (lr draws) alone
     assert sizes == [1] * 15 + [3] * 3 + [4] * 9
     assert all(len({c.techniques[0].name if c.techniques else "erm" for c in job}) == 1
                for job in jobs)
     assert all(len(job) == 1 for job in jobs if job[0].techniques
-               and job[0].techniques[0].name == "asam")
+               and job[0].techniques[0].name == "perp_grad")
     assert [len(job) for job in plan_jobs(plan, max_copies=1)] == [1] * 60
 
 

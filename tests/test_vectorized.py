@@ -445,14 +445,17 @@ def test_evaluation_logits_of_all_copies_are_computed_together(tmp_path):
     ["techniques=sam", "techniques.sam.adaptive=true", "techniques.sam.eta=0.01"],
     ["techniques=label_smoothing"],  # per-copy smoothing below
     ["techniques=sam,label_smoothing", "techniques.sam.rho=0.1"],
+    ["techniques=asam"],  # per-copy rho below; biases unscaled
+    ["techniques=asam,ema", "techniques.asam.eta=0.0"],
 ])
 @pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
 def test_sam_and_label_smoothing_match_separate_runs(technique, optimizer, tmp_path, alone):
-    """SAM's ascent per copy (its own rho) and label smoothing per copy (its own ε): every
-    metric and the final checkpoint equal the separate run's to float tolerance."""
+    """SAM's and ASAM's ascent per copy (its own rho) and label smoothing per copy (its own
+    ε): every metric and the final checkpoint equal the separate run's to float tolerance."""
     configs = seeds_configs(*OPTIMIZERS[optimizer], *technique, "batch_size=16")
-    if technique == ["techniques=sam"]:
-        configs = [parse_overrides(c, [f"techniques.sam.rho={rho}"])
+    if technique in (["techniques=sam"], ["techniques=asam"]):
+        name = technique[0].split("=")[1]
+        configs = [parse_overrides(c, [f"techniques.{name}.rho={rho}"])
                    for c, rho in zip(configs, [0.05, 0.5, 0.01, 0.2], strict=True)]
     if technique == ["techniques=label_smoothing"]:
         configs = [parse_overrides(c, [f"techniques.label_smoothing.smoothing={eps}"])

@@ -98,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--address", help="ray: a cluster to join (default: start a local one)")
     sweep.add_argument("--vectorize", type=int, default=8, metavar="K",
                        help="train up to K runs that differ only in seed (lr, weight decay, "
-                       "SAM's rho, label smoothing, EMA's decay) together in one process "
+                       "(A)SAM's rho, label smoothing, EMA's decay) together in one process "
                        "where the model and techniques allow (1: never; default 8)")
 
     flagship = sub.add_parser("flagship", help="the grokking comparison with its HTML report")

@@ -1,8 +1,9 @@
 """Vectorized seeds: train K copies of a small model in one process with ``torch.func``.
 
 The copies differ in ``seed`` and optionally in ``optimizer.lr`` / ``optimizer.weight_decay``
-and the per-copy hyper-parameters of the supported techniques (weight decay, SAM's ``rho``,
-label smoothing's ``smoothing``, EMA's ``decay``); everything else in their configs is equal.
+and the per-copy hyper-parameters of the supported techniques (weight decay, SAM's and ASAM's
+``rho``, label smoothing's ``smoothing``, EMA's ``decay``); everything else in their configs
+is equal.
 Each copy is built exactly as :func:`heldout.runner.build` builds it alone (the task splits from
 its seed, then ``seed_everything(seed)``, then the model), so the initial weights, the training
 data and the minibatch order are the ones of the separate run. Then:
@@ -90,6 +91,7 @@ from heldout.engine.trainer import NonFiniteLossError, Trainer
 from heldout.methods.averaging import EMA
 from heldout.methods.losses import LabelSmoothing, label_smoothing_cross_entropy
 from heldout.methods.sharpness import SAM
+from heldout.methods.sharpness_family import ASAM
 from heldout.models.layers import Square, TokenLinear
 from heldout.models.mlp import MLPNetwork
 from heldout.registry import MODELS, TASKS
@@ -105,6 +107,7 @@ __all__ = ["VECTORIZABLE_TECHNIQUES", "can_vectorize", "train_vectorized", "vect
 VECTORIZABLE_TECHNIQUES: dict[str, frozenset[str]] = {
     "weight_decay": frozenset({"weight_decay"}),
     "sam": frozenset({"rho"}),
+    "asam": frozenset({"rho"}),
     "label_smoothing": frozenset({"smoothing"}),
     "ema": frozenset({"decay"}),
 }
@@ -167,9 +170,9 @@ def can_vectorize(configs: Sequence[RunConfig]) -> tuple[bool, str]:
     """Whether ``configs`` can be trained together by :func:`train_vectorized`, and if not why.
 
     They can when they differ only in ``seed``, ``name``, ``optimizer.lr`` and
-    ``optimizer.weight_decay`` (and ``techniques.sam.rho``, ``techniques.label_smoothing.
-    smoothing``, ``techniques.weight_decay.weight_decay``, ``techniques.ema.decay``); use no
-    techniques beyond
+    ``optimizer.weight_decay`` (and ``techniques.sam.rho``, ``techniques.asam.rho``,
+    ``techniques.label_smoothing.smoothing``, ``techniques.weight_decay.weight_decay``,
+    ``techniques.ema.decay``); use no techniques beyond
     :data:`VECTORIZABLE_TECHNIQUES`;
     use SGD, Adam or AdamW; train in float32 (``precision="float32"``); and their model has no
     BatchNorm and no dropout. Any measures are
@@ -193,8 +196,8 @@ def can_vectorize(configs: Sequence[RunConfig]) -> tuple[bool, str]:
         if difference:
             return False, (f"configs differ in {difference}; copies may differ only in seed, "
                            "name, optimizer.lr, optimizer.weight_decay and the techniques' "
-                           "per-copy hyper-parameters (sam.rho, label_smoothing.smoothing, "
-                           "weight_decay.weight_decay, ema.decay)")
+                           "per-copy hyper-parameters (sam.rho, asam.rho, label_smoothing."
+                           "smoothing, weight_decay.weight_decay, ema.decay)")
     cfg = configs[0]
     for technique in cfg.techniques:
         if technique.name not in VECTORIZABLE_TECHNIQUES:
@@ -358,31 +361,44 @@ class _StackedSAM:
     """SAM's ascent step (:meth:`heldout.methods.SAM.first_step`) for K copies at once:
     ``e_k = rho_k · g_k / (‖g_k‖ + 1e-12)``, the norm over all of copy k's parameters (its
     per-parameter norms, then their norm, as SAM computes it); adaptive mode scales the
-    gradient by ``T = |w| + eta`` inside the norm and ``e`` by ``T²``."""
+    gradient by ``T = |w| + eta`` inside the norm and ``e`` by ``T²``, with ``T = 1`` on the
+    columns of ``unscaled`` (ASAM's parameters that are not weight-like: biases)."""
 
     def __init__(self, rho: float | Tensor, adaptive: bool, eta: float,
-                 layout: Sequence[tuple[str, int, int, torch.Size]]) -> None:
+                 layout: Sequence[tuple[str, int, int, torch.Size]],
+                 unscaled: Sequence[tuple[int, int]] = ()) -> None:
         self.rho, self.adaptive, self.eta, self.layout = rho, adaptive, eta, layout
+        self.unscaled = list(unscaled)
 
     @classmethod
     def of(cls, trainers: Sequence[Trainer], layout: Sequence[tuple[str, int, int, torch.Size]],
            flat: Tensor) -> _StackedSAM | None:
-        """The copies' SAM (read from their optimizers' groups), or None without SAM."""
+        """The copies' SAM or ASAM (read from their optimizers' groups), or None."""
         optimizers = [t.optimizer for t in trainers]
         if not isinstance(optimizers[0], SAM):
             return None
-        if any(type(o) is not SAM for o in optimizers):
-            raise ValueError("vectorized training supports SAM itself, not its variants")
+        kind = type(optimizers[0])
+        if kind not in (SAM, ASAM) or any(type(o) is not kind for o in optimizers):
+            raise ValueError("vectorized training supports SAM and ASAM, not other variants")
         groups = [o.param_groups[0] for o in optimizers]
         for key in ("adaptive", "eta"):
             if any(g[key] != groups[0][key] for g in groups):
                 raise ValueError(f"the copies' SAM differ in {key}")
         rho = _per_copy([float(g["rho"]) for g in groups], flat)
-        return cls(rho, bool(groups[0]["adaptive"]), float(groups[0]["eta"]), layout)
+        unscaled = []
+        if isinstance(optimizers[0], ASAM):
+            params = dict(trainers[0].model.named_parameters())
+            unscaled = [(start, end) for name, start, end, _ in layout
+                        if not optimizers[0].is_scaled(params[name])]
+        return cls(rho, bool(groups[0]["adaptive"]), float(groups[0]["eta"]), layout,
+                   unscaled)
 
     @torch.no_grad()
     def perturbation(self, flat: Tensor, grad: Tensor) -> Tensor:
         scale = flat.abs() + self.eta if self.adaptive else None
+        if scale is not None:
+            for start, end in self.unscaled:
+                scale[:, start:end] = 1.0
         scaled = grad * scale if scale is not None else grad
         norms = torch.stack([scaled[:, start:end].norm(dim=1)
                              for _, start, end, _ in self.layout], dim=1)

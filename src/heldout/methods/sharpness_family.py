@@ -102,6 +102,10 @@ class ASAM(SAM):
             id(p) for name, p in model.named_parameters() if "weight" not in name
         }
 
+    def is_scaled(self, param: Tensor) -> bool:
+        """Whether ``param`` is weight-like (its ascent is scaled by T = |w| + η)."""
+        return id(param) not in self._unscaled
+
     def _scales(self, group: dict, params: list[Tensor]) -> list[Tensor]:
         """T = |w| + η for weight-like parameters, 1 for the others (SAM's scale hook)."""
         scales = super()._scales(group, params)
