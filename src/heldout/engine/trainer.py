@@ -204,7 +204,7 @@ class Trainer:
         logits come back as float32, so losses and techniques see full precision)."""
         if self.precision == "float32":
             return self.model(x)
-        device = self.device or next(self.model.parameters()).device
+        device = self.device or next(self.model.parameters(), x).device
         with torch.autocast(device.type, dtype=torch.bfloat16):
             return self.model(x).float()
 
