@@ -280,19 +280,26 @@ def test_done_runs_are_skipped(tmp_path):
     assert len(again) == 5 and all(r.skipped and r.status == "done" for r in again)
 
 
+def interrupt_evaluation_at(monkeypatch, at: int):
+    """Make the group's evaluation at step ``at`` raise KeyboardInterrupt (a kill); return the
+    original method, to put back."""
+    original = _Group.evaluate
+
+    def interrupt(self, index, step, loss, outputs=None):
+        if step == at:
+            raise KeyboardInterrupt
+        return original(self, index, step, loss, outputs)
+
+    monkeypatch.setattr(_Group, "evaluate", interrupt)
+    return original
+
+
 def test_killed_group_reruns_unfinished_copies_from_scratch(tmp_path, monkeypatch):
     configs = seeds_configs("batch_size=16")
     straight = Store(tmp_path / "straight")
     train_vectorized(configs, straight)
     broken = Store(tmp_path / "broken")
-    original = _Group.evaluate
-
-    def interrupt(self, index, step, loss, outputs=None):
-        if step == 6:
-            raise KeyboardInterrupt
-        return original(self, index, step, loss, outputs)
-
-    monkeypatch.setattr(_Group, "evaluate", interrupt)
+    original = interrupt_evaluation_at(monkeypatch, 6)
     with pytest.raises(KeyboardInterrupt):
         train_vectorized(configs, broken)
     assert {broken.get_run(c.identity).status for c in configs} == {"failed"}
@@ -304,27 +311,27 @@ def test_killed_group_reruns_unfinished_copies_from_scratch(tmp_path, monkeypatc
         assert broken.metrics(cfg.identity) == straight.metrics(cfg.identity)
 
 
-def test_killed_group_resumes_from_the_copies_last_checkpoints(tmp_path, monkeypatch):
+@pytest.mark.parametrize("technique", ["none", "ema"])
+def test_killed_group_resumes_from_the_copies_last_checkpoints(technique, tmp_path, monkeypatch):
     """Checkpoints every 4 steps (as each run alone would write them); killed at step 9, the
-    rerun continues from step 8 and ends exactly as the uninterrupted group."""
+    rerun continues from step 8 and ends exactly as the uninterrupted group (with EMA: each
+    copy's average, per-copy decay, read back from its checkpoint)."""
     configs = [parse_overrides(c, ["checkpoint_every=4"])
                for c in seeds_configs("batch_size=16")]
+    if technique == "ema":
+        configs = [parse_overrides(c, ["techniques=ema", f"techniques.ema.decay={d}"])
+                   for c, d in zip(configs, [0.9, 0.5, 0.8, 0.7], strict=True)]
     straight = Store(tmp_path / "straight")
     train_vectorized(configs, straight)
     broken = Store(tmp_path / "broken")
-    original_evaluate, original_resume = _Group.evaluate, _Group.resume
+    original_resume = _Group.resume
     resumed_at = []
-
-    def interrupt(self, index, step, loss, outputs=None):
-        if step == 9:
-            raise KeyboardInterrupt
-        return original_evaluate(self, index, step, loss, outputs)
 
     def resume(self, paths):
         resumed_at.append(original_resume(self, paths))
         return resumed_at[-1]
 
-    monkeypatch.setattr(_Group, "evaluate", interrupt)
+    original_evaluate = interrupt_evaluation_at(monkeypatch, 9)
     monkeypatch.setattr(_Group, "resume", resume)
     with pytest.raises(KeyboardInterrupt):
         train_vectorized(configs, broken)
@@ -498,32 +505,6 @@ def test_ema_matches_separate_runs(technique, tmp_path, alone):
         average = last["techniques"]["ema"]
         for name, value in last["model"].items():
             assert torch.equal(average["module"][name], value)
-
-
-def test_killed_ema_group_resumes_with_its_averages(tmp_path, monkeypatch):
-    configs = [parse_overrides(c, ["checkpoint_every=4", "techniques=ema",
-                                   f"techniques.ema.decay={d}"])
-               for c, d in zip(seeds_configs("batch_size=16"), [0.9, 0.5, 0.8, 0.7],
-                               strict=True)]
-    straight = Store(tmp_path / "straight")
-    train_vectorized(configs, straight)
-    broken = Store(tmp_path / "broken")
-    original = _Group.evaluate
-
-    def interrupt(self, index, step, loss, outputs=None):
-        if step == 9:
-            raise KeyboardInterrupt
-        return original(self, index, step, loss, outputs)
-
-    monkeypatch.setattr(_Group, "evaluate", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        train_vectorized(configs, broken)
-    monkeypatch.setattr(_Group, "evaluate", original)
-    train_vectorized(configs, broken)
-    for cfg in configs:
-        assert broken.metrics(cfg.identity) == straight.metrics(cfg.identity)
-        assert_close_tree(checkpoint_of(broken, cfg.identity),
-                          checkpoint_of(straight, cfg.identity))
 
 
 def test_sam_ascent_is_sams_first_step():
