@@ -93,6 +93,25 @@ def checkpoint_of(store: Store, run_id: str) -> dict:
     return load_checkpoint(store.run_dir(run_id) / CHECKPOINT_NAME)
 
 
+def per_copy(configs: list[RunConfig], key: str, values) -> list[RunConfig]:
+    """``configs`` with ``key`` set to one value per copy."""
+    return [parse_overrides(c, [f"{key}={v}"]) for c, v in zip(configs, values, strict=True)]
+
+
+def train_and_compare(configs: list[RunConfig], tmp_path, alone) -> Store:
+    """Train ``configs`` as one group; assert every metric and the final checkpoint of each
+    copy equal the run trained alone (float tolerance); return the group's store."""
+    assert can_vectorize(configs) == (True, "")
+    store = Store(tmp_path / "vectorized")
+    train_vectorized(configs, store)
+    for cfg in configs:
+        separate = alone(cfg)
+        assert_same_history(store, separate, cfg.identity)
+        assert_close_tree(checkpoint_of(store, cfg.identity),
+                          checkpoint_of(separate, cfg.identity))
+    return store
+
+
 # ----------------------------------------------------------------------------- parity
 
 @pytest.mark.parametrize("batch", ["full", "16"])
@@ -136,14 +155,7 @@ def test_per_copy_learning_rates_and_weight_decays(optimizer, tmp_path, alone):
     base = {"adamw": [0.01, 0.02, 0.005, 0.03], "sgd_momentum": [0.1, 0.05, 0.2, 0.02]}
     configs = seeds_configs(*OPTIMIZERS[optimizer], "batch_size=16", lrs=base[optimizer],
                             weight_decays=[0.0, 0.1, 0.0, 0.5])
-    assert can_vectorize(configs) == (True, "")
-    store = Store(tmp_path / "vectorized")
-    train_vectorized(configs, store)
-    for cfg in configs:
-        separate = alone(cfg)
-        assert_same_history(store, separate, cfg.identity)
-        assert_close_tree(checkpoint_of(store, cfg.identity),
-                          checkpoint_of(separate, cfg.identity))
+    store = train_and_compare(configs, tmp_path, alone)
     # the learning rates took effect: same seed, other lr, other weights
     other = seeds_configs(*OPTIMIZERS[optimizer], "batch_size=16",
                           lrs=base[optimizer][::-1], weight_decays=[0.0, 0.1, 0.0, 0.5])
@@ -227,13 +239,7 @@ def test_can_vectorize_accepts_what_it_supports():
 
 def test_weight_decay_technique_folds_into_the_update(tmp_path, alone):
     configs = seeds_configs("techniques=weight_decay", "techniques.weight_decay.weight_decay=0.3")
-    store = Store(tmp_path / "vectorized")
-    train_vectorized(configs[:2], store)
-    for cfg in configs[:2]:
-        separate = alone(cfg)
-        assert_same_history(store, separate, cfg.identity)
-        assert_close_tree(checkpoint_of(store, cfg.identity),
-                          checkpoint_of(separate, cfg.identity))
+    store = train_and_compare(configs[:2], tmp_path, alone)
     assert checkpoint_of(store, configs[0].identity)["optimizer"]["param_groups"][0][
         "weight_decay"] == 0.3
 
@@ -319,8 +325,8 @@ def test_killed_group_resumes_from_the_copies_last_checkpoints(technique, tmp_pa
     configs = [parse_overrides(c, ["checkpoint_every=4"])
                for c in seeds_configs("batch_size=16")]
     if technique == "ema":
-        configs = [parse_overrides(c, ["techniques=ema", f"techniques.ema.decay={d}"])
-                   for c, d in zip(configs, [0.9, 0.5, 0.8, 0.7], strict=True)]
+        configs = per_copy([parse_overrides(c, ["techniques=ema"]) for c in configs],
+                           "techniques.ema.decay", [0.9, 0.5, 0.8, 0.7])
     straight = Store(tmp_path / "straight")
     train_vectorized(configs, straight)
     broken = Store(tmp_path / "broken")
@@ -462,19 +468,10 @@ def test_sam_and_label_smoothing_match_separate_runs(technique, optimizer, tmp_p
     configs = seeds_configs(*OPTIMIZERS[optimizer], *technique, "batch_size=16")
     if technique in (["techniques=sam"], ["techniques=asam"]):
         name = technique[0].split("=")[1]
-        configs = [parse_overrides(c, [f"techniques.{name}.rho={rho}"])
-                   for c, rho in zip(configs, [0.05, 0.5, 0.01, 0.2], strict=True)]
+        configs = per_copy(configs, f"techniques.{name}.rho", [0.05, 0.5, 0.01, 0.2])
     if technique == ["techniques=label_smoothing"]:
-        configs = [parse_overrides(c, [f"techniques.label_smoothing.smoothing={eps}"])
-                   for c, eps in zip(configs, [0.1, 0.0, 0.3, 0.05], strict=True)]
-    assert can_vectorize(configs) == (True, "")
-    store = Store(tmp_path / "vectorized")
-    train_vectorized(configs, store)
-    for cfg in configs:
-        separate = alone(cfg)
-        assert_same_history(store, separate, cfg.identity)
-        assert_close_tree(checkpoint_of(store, cfg.identity),
-                          checkpoint_of(separate, cfg.identity))
+        configs = per_copy(configs, "techniques.label_smoothing.smoothing", [0.1, 0.0, 0.3, 0.05])
+    train_and_compare(configs, tmp_path, alone)
 
 
 @pytest.mark.parametrize("technique", [
@@ -488,18 +485,10 @@ def test_ema_matches_separate_runs(technique, tmp_path, alone):
     run's to float tolerance."""
     configs = seeds_configs(*OPTIMIZERS["adamw"], *technique, "batch_size=16")
     if technique == ["techniques=ema"]:
-        configs = [parse_overrides(c, [f"techniques.ema.decay={decay}"])
-                   for c, decay in zip(configs, [0.9, 0.5, 0.99, 0.0], strict=True)]
-    assert can_vectorize(configs) == (True, "")
-    store = Store(tmp_path / "vectorized")
-    train_vectorized(configs, store)
+        configs = per_copy(configs, "techniques.ema.decay", [0.9, 0.5, 0.99, 0.0])
+    store = train_and_compare(configs, tmp_path, alone)
     for cfg in configs:
-        separate = alone(cfg)
-        assert_same_history(store, separate, cfg.identity)
-        ours = checkpoint_of(store, cfg.identity)
-        assert_close_tree(ours, checkpoint_of(separate, cfg.identity))
-        average = ours["techniques"]["ema"]
-        assert average["updates"] == 12
+        assert checkpoint_of(store, cfg.identity)["techniques"]["ema"]["updates"] == 12
     if technique == ["techniques=ema"]:  # decay 0 averages nothing: the average is the weights
         last = checkpoint_of(store, configs[3].identity)
         average = last["techniques"]["ema"]
