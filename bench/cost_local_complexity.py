@@ -27,11 +27,11 @@ from collections.abc import Callable
 
 import torch
 
-from heldout.measures.base import EvalContext
+from heldout.core.inputs import InputSpec
+from heldout.core.measure import EvalContext
 from heldout.measures.complexity import local_complexity
 from heldout.measures.information import InformationPlane
 from heldout.models import MLP
-from heldout.tasks.base import InputSpec
 
 
 def main() -> None:

@@ -64,9 +64,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from heldout.measures.coherence import _chunk_sums, m_coherence, per_example_gradients
+from heldout.core.inputs import InputSpec
+from heldout.core.per_example import per_example_gradients
+from heldout.measures.coherence import _chunk_sums, m_coherence
 from heldout.models.mlp import mlp_network
-from heldout.tasks.base import InputSpec
 
 GOAL = 20.0
 

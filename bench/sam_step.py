@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from heldout.core.inputs import InputSpec
 from heldout.methods import SAM
 from heldout.models import MLP
-from heldout.tasks.base import InputSpec
 from heldout.tasks.modular import ModularArithmetic
 
 GOAL = 2.1

@@ -9,7 +9,7 @@ all of them). Two variants: minibatches of ``--batch-size``
 
 Both sides write to a fresh store each round (runs, metrics, checkpoint files, artifacts): the
 separate side runs ``heldout.runner.execute`` for each config in sequence, the vectorized side
-one ``heldout.engine.vectorized.train_vectorized`` call. Both do the same steps, the same
+one ``heldout.vectorize.trainer.train_vectorized`` call. Both do the same steps, the same
 evaluations and write the same runs; after each round the final metrics of every run are
 compared between the two stores (the largest relative difference is printed; it must be float
 rounding, else the timing is not a comparison). Rounds alternate which side goes first;
@@ -31,9 +31,9 @@ from pathlib import Path
 import torch
 
 from heldout.config import RunConfig, parse_overrides
-from heldout.engine.vectorized import can_vectorize, train_vectorized
 from heldout.runner import execute
 from heldout.store import Store
+from heldout.vectorize.trainer import can_vectorize, train_vectorized
 
 GOAL = 8.0
 

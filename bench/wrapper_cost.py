@@ -35,10 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from heldout.core.inputs import InputSpec
 from heldout.methods.robust import RobustMeanGradients
 from heldout.methods.sharpness_family import ASAM, TRAM, UDIM
 from heldout.models import MLP
-from heldout.tasks.base import InputSpec
 
 Step = Callable[[Tensor, Tensor], None]
 

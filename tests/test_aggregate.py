@@ -203,5 +203,5 @@ def test_to_markdown_exact():
     assert described.endswith(
         "|  |\n\nCells: mean ± half-width of the 95% Student-t interval over seeds "
         "(nan: one seed); accuracies in %, ECE ×100.\n"
-        f"- `oracle`: {SELECTION_RULES['oracle'].description}\n"
+        f"- `oracle`: {SELECTION_RULES.get('oracle').summary}\n"
     )

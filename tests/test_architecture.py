@@ -1,15 +1,14 @@
 """Mix-LN (#36), the per-layer gradient-norm report and µP (#54) against hand-written oracles.
 
-``heldout.methods.architecture`` is imported inside the tests (the ``arch`` fixture), not at
-module level: importing it registers ``mix_ln``, ``grad_norm_report`` and ``mup``, and a
-registration during collection would hand them to the registry-wide contract tests, whose
-tiny MLP config cannot host Mix-LN (it needs ``model=transformer``).
+The ``arch`` fixture gathers the three modules under test: ``heldout.methods.mix_ln``,
+``heldout.methods.mup`` and the ``heldout.callbacks.grad_norms`` callback.
 """
 
 from __future__ import annotations
 
 import importlib
 import math
+import types
 
 import pytest
 import torch
@@ -17,19 +16,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from heldout.config import parse_overrides
+from heldout.core.inputs import InputSpec
 from heldout.engine import Technique, Trainer
 from heldout.models.mlp import mlp_network
 from heldout.models.transformer import TransformerNetwork
 from heldout.runner import execute
 from heldout.store import Store
-from heldout.tasks.base import InputSpec
 
 from .conftest import assert_resume_is_exact, tiny_config
 
 
 @pytest.fixture
 def arch():
-    return importlib.import_module("heldout.methods.architecture")
+    names = {}
+    for module in ("heldout.methods.mix_ln", "heldout.methods.mup",
+                   "heldout.callbacks.grad_norms"):
+        mod = importlib.import_module(module)
+        names.update({name: getattr(mod, name) for name in mod.__all__})
+    return types.SimpleNamespace(**names)
 
 
 TOKENS = InputSpec("tokens", (3,), vocab=7)
@@ -155,8 +159,8 @@ def test_mix_ln_reports_grad_norms_at_each_evaluation(arch):
 
     probe = _Probe()
     history = Trainer(transformer(("pre",) * 2), adam, (x, y), max_steps=2, eval_every=2,
-                      eval_data={"train": (x, y)},
-                      techniques=[arch.GradNormReport(), probe, SharpnessAware(rho=0.5)]).fit()
+                      eval_data={"train": (x, y)}, callbacks=[arch.GradNormReport()],
+                      techniques=[probe, SharpnessAware(rho=0.5)]).fit()
     first, second = [norms for step, norms in probe.seen if step == 1]
     assert history[-1][1]["grad_norm/block1"] == pytest.approx(first[1], rel=1e-5)
     assert first[1] != pytest.approx(second[1], rel=1e-3)
@@ -346,7 +350,7 @@ def test_mix_ln_runs_in_heldout_and_resumes_exactly(arch, tmp_path, monkeypatch)
 
 
 def test_grad_norm_report_runs_on_an_mlp(arch, tmp_path):
-    cfg = tiny_config("model.hidden=[16,16]", "techniques=grad_norm_report", "steps=3")
+    cfg = tiny_config("model.hidden=[16,16]", "callbacks=grad_norm_report", "steps=3")
     metrics = execute(cfg, Store(tmp_path)).metrics
     assert {"grad_norm/linear1", "grad_norm/linear2", "grad_norm/head"} <= set(metrics)
 

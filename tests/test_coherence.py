@@ -12,18 +12,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from heldout.core.inputs import InputSpec
+from heldout.core.per_example import iter_per_example_gradients, per_example_gradients
 from heldout.measures import evaluate
 from heldout.measures.coherence import (
     Coherence,
     GradientCoherence,
     coherence,
-    iter_per_example_gradients,
     layerwise_m_coherence,
     m_coherence,
-    per_example_gradients,
 )
 from heldout.models.mlp import mlp_network
-from heldout.tasks.base import InputSpec
 
 
 def _mlp(batch_norm: bool = False, seed: int = 0) -> nn.Sequential:

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from heldout.core.inputs import InputSpec
 from heldout.measures import evaluate
 from heldout.measures.complexity import (
     LocalComplexity,
@@ -16,7 +17,6 @@ from heldout.measures.complexity import (
     orthonormal_directions,
 )
 from heldout.models import MLP
-from heldout.tasks.base import InputSpec
 
 
 def _kinks_1d() -> nn.Sequential:

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from heldout.core.inputs import InputSpec
 from heldout.models import (
     CNN1D,
     MLP,
@@ -18,7 +19,6 @@ from heldout.models import (
     TransformerBlock,
 )
 from heldout.registry import MODELS
-from heldout.tasks.base import InputSpec
 
 TOKENS = InputSpec("tokens", (2,), vocab=7)
 SIGNAL = InputSpec("continuous", (16,))
@@ -283,7 +283,7 @@ def test_transformer_structure_and_validation():
 
 
 def test_models_are_registered_frozen_dataclasses(monkeypatch):
-    monkeypatch.setattr("heldout.registry._load_builtins.done", True)
+    monkeypatch.setattr(MODELS, "_loaded", True)
     for name, cls in [("mlp", MLP), ("cnn1d", CNN1D), ("transformer", Transformer)]:
         entry = MODELS.get(name)
         assert entry.cls is cls and cls.registry_name == name
@@ -295,8 +295,8 @@ def test_models_are_registered_frozen_dataclasses(monkeypatch):
 def test_square_activation_and_normal_init():
     import math as _math
 
+    from heldout.core.inputs import InputSpec
     from heldout.models import MLP
-    from heldout.tasks.base import InputSpec
 
     torch.manual_seed(0)
     net = MLP(hidden=(400,), bias=False, activation="square", init_std=0.05).build(

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from heldout.core.inputs import InputSpec
 from heldout.measures import evaluate
 from heldout.measures.norms import (
     DistanceFromInit,
@@ -30,7 +31,6 @@ from heldout.measures.norms import (
     weight_matrices,
 )
 from heldout.models.mlp import mlp_network
-from heldout.tasks.base import InputSpec
 
 
 def _phi(x: float) -> float:

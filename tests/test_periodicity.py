@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from heldout.core.inputs import InputSpec
 from heldout.measures import evaluate
 from heldout.measures.periodicity import (
     NeuronIPR,
@@ -17,7 +18,6 @@ from heldout.measures.periodicity import (
     prune_neurons,
 )
 from heldout.models import MLP
-from heldout.tasks.base import InputSpec
 
 P = 7
 N_FREQ = P // 2 + 1  # real-DFT bins, DC included

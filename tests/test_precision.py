@@ -9,11 +9,11 @@ from torch import nn
 
 from heldout.config import ConfigError, RunConfig, canonical_json, parse_overrides
 from heldout.engine import Trainer
-from heldout.engine.vectorized import can_vectorize
 from heldout.measures import Accuracy, Loss
 from heldout.methods import SharpnessAware
 from heldout.runner import execute
 from heldout.store import Store
+from heldout.vectorize.trainer import can_vectorize
 
 
 def _data(n=64, d=5, k=3):

@@ -80,3 +80,54 @@ def test_duplicate_registration_and_bad_summary_are_refused():
 
 def test_wildcard_listing():
     assert TECHNIQUES.names("s*") == sorted(n for n in TECHNIQUES.names() if n.startswith("s"))
+
+
+def test_search_spaces_are_checked_when_a_component_registers():
+    import dataclasses
+
+    reg = Registry("widget")
+
+    @dataclasses.dataclass
+    class W:
+        rho: float = 0.1
+        size: int = 2
+
+    reg.register("ok", summary="x", search_space={"rho": ("log_uniform", 0.01, 0.5),
+                                                  "size": ("choice", [1, 2])})(W)
+    with pytest.raises(ValueError, match="names 'lr', which is not a parameter; parameters: rho"):
+        reg.register("bad", summary="x", search_space={"lr": ("uniform", 0, 1)})(W)
+    with pytest.raises(ValueError, match="the kind must be one of uniform"):
+        reg.register("bad", summary="x", search_space={"rho": ("normal", 0, 1)})(W)
+    with pytest.raises(ValueError, match="0 < lo < hi"):
+        reg.register("bad", summary="x", search_space={"rho": ("log_uniform", 0, 1)})(W)
+    with pytest.raises(ValueError, match=r"\('choice', \[values\]\)"):
+        reg.register("bad", summary="x", search_space={"size": ("choice", [])})(W)
+    assert "bad" not in reg
+
+
+def _modules_after(code: str) -> set[str]:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", f"import sys; {code}; "
+         "print(' '.join(m for m in sys.modules if m.startswith('heldout')))"],
+        check=True, capture_output=True, text=True).stdout
+    return set(out.split())
+
+
+def test_a_plain_loop_import_loads_no_run_store_or_ledger_module():
+    upper = ("heldout.store", "heldout.runner", "heldout.run", "heldout.claims",
+             "heldout.experiments", "heldout.report", "heldout.vectorize", "heldout.cli")
+    for code in ("import heldout.methods", "import heldout.measures",
+                 "from heldout.registry import TECHNIQUES; TECHNIQUES.get('sam')"):
+        loaded = _modules_after(code)
+        assert "heldout.methods" in loaded or "heldout.measures" in loaded
+        assert not [m for m in loaded if m.startswith(upper)], code
+
+
+def test_each_registry_loads_only_its_own_builtins():
+    loaded = _modules_after("from heldout.registry import MODELS; MODELS.get('mlp')")
+    assert "heldout.models.mlp" in loaded
+    assert not [m for m in loaded if m.startswith(("heldout.claims", "heldout.methods.",
+                                                   "heldout.measures."))]

@@ -146,7 +146,7 @@ def test_oracle_reads_the_last_step_only_one_query_per_draw():
     assert sel.test_domain_queries == 3
     for rule in ("train_domain_val", "lodo", "last"):
         assert all(s.test_domain_queries == 0 for s in select(sweep(), rule))
-    assert "one test-domain query per draw" in SELECTION_RULES["oracle"].description
+    assert "one test-domain query per draw" in SELECTION_RULES.get("oracle").summary
 
 
 def test_train_domain_val_ignores_an_earlier_better_step():
@@ -211,10 +211,12 @@ def test_ties_go_to_the_lowest_draw():
 
 def test_rules_have_names_and_one_line_descriptions():
     assert list(SELECTION_RULES) == ["train_domain_val", "lodo", "oracle", "last"]
-    for name, rule in SELECTION_RULES.items():
-        assert rule.name == name and rule.description and "\n" not in rule.description
-        assert get_rule(name) is rule and get_rule(rule) is rule
-    with pytest.raises(UnknownNameError, match="valid rules: train_domain_val, lodo"):
+    for entry in SELECTION_RULES.entries():
+        rule = get_rule(entry.name)
+        assert rule.name == entry.name and rule.description == entry.summary
+        assert "\n" not in rule.description
+        assert get_rule(entry.name) is rule and get_rule(rule) is rule
+    with pytest.raises(UnknownNameError, match="valid selection rules: train_domain_val, lodo"):
         get_rule("best")
 
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from heldout.measures.base import evaluate
+from heldout.core.measure import evaluate
 from heldout.measures.sharpness import (
     Hessian,
     Sharpness,

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from heldout.config import parse_overrides
-from heldout.engine.technique import CombinationError
+from heldout.core.technique import CombinationError
 from heldout.engine.trainer import Trainer
 from heldout.methods.sharpness import SAM
 from heldout.methods.sharpness_family import (

@@ -15,7 +15,7 @@ import torch
 from heldout.config import ConfigError, RunConfig, parse_overrides
 from heldout.registry import TASKS
 from heldout.tasks import loaders
-from heldout.tasks.digits import _digits_arrays
+from heldout.tasks.digits import digits_arrays
 from heldout.tasks.loaders import ImageFolderDomains, TableDomains
 from heldout.tasks.mnist1d import mnist1d_arrays
 from heldout.tasks.shift import (
@@ -38,7 +38,7 @@ def _private_cache(tmp_path_factory):
 
 
 def digits_images() -> torch.Tensor:
-    return torch.tensor(_digits_arrays()[0]).reshape(-1, 8, 8)
+    return torch.tensor(digits_arrays()[0]).reshape(-1, 8, 8)
 
 
 def mnist1d_signals() -> torch.Tensor:
@@ -96,7 +96,7 @@ def test_digits_rotation_domains_are_rotated_copies_of_disjoint_images():
     task = DigitsShift(shift="rotation")
     assert task.domain_names() == ("rot0", "rot30", "rot60", "rot90")
     domains = task.domains(0)
-    source, labels = digits_images(), torch.tensor(_digits_arrays()[1])
+    source, labels = digits_images(), torch.tensor(digits_arrays()[1])
     used = torch.cat([d.index for d in domains])
     assert sorted(used.tolist()) == list(range(len(source)))  # disjoint, covering the data
     assert max(len(d) for d in domains) - min(len(d) for d in domains) <= 1
@@ -161,7 +161,7 @@ def test_mnist1d_translation_domains_are_circular_shifts_of_generated_signals():
 def test_spurious_cue_agrees_with_the_label_at_each_domains_rate():
     task = SpuriousCue()
     assert task.domain_names() == ("agree90", "agree80", "agree10") and task.held_out == (2,)
-    source, digits = digits_images().reshape(-1, 64), torch.tensor(_digits_arrays()[1])
+    source, digits = digits_images().reshape(-1, 64), torch.tensor(digits_arrays()[1])
     correlations = []
     for p, domain in zip((0.9, 0.8, 0.1), task.domains(0), strict=True):
         n = len(domain)

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from heldout.config import parse_overrides
+from heldout.core.state import State
 from heldout.engine import Trainer
-from heldout.engine.trainer import State
 from heldout.measures import Loss
 from heldout.methods.soups import (
     SWA,

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from heldout.config import ConfigError
-from heldout.engine.vectorized import train_vectorized
 from heldout.experiments.executors import LocalExecutor, plan_jobs, run_jobs
 from heldout.experiments.sweep import draw_value, expand, run_sweep, sweep_from_dict, sweep_status
 from heldout.runner import execute
 from heldout.store import Store
+from heldout.vectorize.trainer import train_vectorized
 
 SPEC = {
     "name": "tiny",
@@ -319,8 +319,8 @@ def test_a_group_that_cannot_stack_runs_its_configs_one_by_one(tmp_path, monkeyp
     """If the copies turn out not to stack before anything started (training sets of other
     shapes), the job trains its configs separately; the driver's messages are the same."""
     from heldout.config import config_to_dict
-    from heldout.engine import vectorized
     from heldout.experiments.executors import _apply, _train_job
+    from heldout.vectorize import trainer as vectorized
 
     def refuse(self, *args, **kwargs):
         raise ValueError("the copies' training sets differ in shape")

@@ -10,15 +10,15 @@ import torch
 
 from heldout.config import Component, RunConfig, parse_overrides
 from heldout.engine.checkpoint import load_checkpoint
-from heldout.engine.vectorized import (
+from heldout.runner import CHECKPOINT_NAME, RunFailed, execute, measure_run
+from heldout.store import Store
+from heldout.vectorize.trainer import (
     GROUP_NAME,
     _Group,
     _StackedOptimizer,
     can_vectorize,
     train_vectorized,
 )
-from heldout.runner import CHECKPOINT_NAME, RunFailed, execute, measure_run
-from heldout.store import Store
 
 from .conftest import tiny_config
 
@@ -393,9 +393,9 @@ def test_the_stacked_mlp_forward_is_the_vmapped_model(kind, model):
     """The batched-matmul forward of the MLPs equals vmapping the module over the copies."""
     from torch.func import functional_call, stack_module_state
 
-    from heldout.engine.vectorized import _stacked_forward
+    from heldout.core.inputs import InputSpec
     from heldout.models.mlp import MLP
-    from heldout.tasks.base import InputSpec
+    from heldout.vectorize.trainer import _stacked_forward
 
     spec = InputSpec("tokens", (3,), vocab=5) if kind == "tokens" else InputSpec("continuous",
                                                                                  (2, 3))
@@ -415,7 +415,7 @@ def test_the_stacked_mlp_forward_is_the_vmapped_model(kind, model):
 
 @pytest.mark.filterwarnings("ignore:There is a performance drop")
 def test_other_models_are_vmapped_whole_and_match_separate_runs(tmp_path, alone):
-    from heldout.engine.vectorized import _stacked_forward
+    from heldout.vectorize.trainer import _stacked_forward
 
     configs = seeds_configs("model=transformer", "model.d_model=16", "model.n_heads=2",
                             "batch_size=16")[:2]
@@ -499,8 +499,8 @@ def test_ema_matches_separate_runs(technique, tmp_path, alone):
 def test_sam_ascent_is_sams_first_step():
     """The stacked perturbation equals SAM.first_step's move, copy by copy, plain and
     adaptive, with per-copy radii."""
-    from heldout.engine.vectorized import _StackedSAM
     from heldout.methods.sharpness import SAM
+    from heldout.vectorize.trainer import _StackedSAM
 
     gen = torch.Generator().manual_seed(0)
     shapes = [(5, 4), (5,), (2, 5)]

@@ -1,9 +1,9 @@
 """``heldout`` — the command line.
 
-    heldout run [CONFIG.yaml] [--task T] [--model M] [--technique T ...] [--measure M ...]
+    heldout run [CONFIG.yaml] [--task T] [--model M] [--technique T ...] [--callback C ...]
                 [--steps N] [--seed S] [--restart] [key=value ...]
     heldout resume RUN
-    heldout list [techniques|measures|tasks|models|claims|papers]
+    heldout list [techniques|measures|tasks|models|claims|callbacks|selection-rules|papers]
     heldout runs ls|show|export ...
     heldout claims list | run [NAME ...] [--seeds N] [--scale ci|full]
     heldout sweep SPEC.yaml [--executor local|ray] [--workers N] [--address A] [--vectorize K]
@@ -52,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--model")
     run.add_argument("--technique", action="append", dest="techniques", default=None,
                      help="a technique (repeat to combine)")
+    run.add_argument("--callback", action="append", dest="callbacks", default=None,
+                     help="a callback that observes training, e.g. grad_norm_report (repeat)")
     run.add_argument("--measure", action="append", dest="measures", default=None,
                      help="a measure (repeat; replaces the default measures)")
     run.add_argument("--steps", type=int)
@@ -161,6 +163,8 @@ def _cmd_run(args: argparse.Namespace, store: Store) -> int:
         flags.append(f"model={args.model}")
     if args.techniques is not None:
         flags.append("techniques=" + ",".join(args.techniques))
+    if args.callbacks is not None:
+        flags.append("callbacks=" + ",".join(args.callbacks))
     if args.measures is not None:
         flags.append("measures=" + ",".join(args.measures))
     if args.steps is not None:
@@ -169,7 +173,7 @@ def _cmd_run(args: argparse.Namespace, store: Store) -> int:
         flags.append(f"seed={args.seed}")
     cfg = parse_overrides(cfg, flags + overrides)
     if args.sink:
-        from heldout.store.sinks import SINKS
+        from heldout.run.sinks import SINKS
 
         for item in args.sink.split(","):
             name, sep, target = item.partition(":")

@@ -28,7 +28,15 @@ from typing import Any, Literal
 
 import yaml
 
-from heldout.registry import MEASURES, MODELS, TASKS, TECHNIQUES, Registry, UnknownNameError
+from heldout.registry import (
+    CALLBACKS,
+    MEASURES,
+    MODELS,
+    TASKS,
+    TECHNIQUES,
+    Registry,
+    UnknownNameError,
+)
 
 __all__ = [
     "Component",
@@ -87,6 +95,7 @@ class RunConfig:
         Component("ece"),
         Component("gap"),
     )  # registered measures computed at each evaluation
+    callbacks: tuple[Component, ...] = ()  # registered observers (change nothing in training)
     loss: Literal["cross_entropy", "mse"] = "cross_entropy"  # mse: against one-hot targets
     loss_dtype: Literal["float32", "float64"] = "float32"  # precision of the default loss
     # "bf16-mixed": the training forward under bfloat16 autocast, float32 weights, optimizer
@@ -105,7 +114,7 @@ class RunConfig:
         for key in ("task", "model"):
             object.__setattr__(self, key, _check_params(_COMPONENT_FIELDS[key],
                                                         getattr(self, key), key))
-        for key in ("techniques", "measures"):
+        for key in _LIST_FIELDS:
             object.__setattr__(self, key, check_components(key, getattr(self, key)))
         for key in ("steps", "eval_every", "checkpoint_every"):
             if getattr(self, key) < 1:
@@ -125,7 +134,9 @@ _COMPONENT_FIELDS: dict[str, Registry] = {
     "model": MODELS,
     "techniques": TECHNIQUES,
     "measures": MEASURES,
+    "callbacks": CALLBACKS,
 }
+_LIST_FIELDS = ("techniques", "measures", "callbacks")  # lists of registered components
 
 
 def _type_name(hint: Any) -> str:
@@ -237,7 +248,8 @@ def _check_params(registry: Registry, spec: Any, key: str) -> Component:
 
 
 def check_components(key: str, value: Any) -> tuple[Component, ...]:
-    """Check a list of ``techniques`` or ``measures`` (names or mappings with parameters)."""
+    """Check a list of ``techniques``, ``measures`` or ``callbacks`` (names or mappings with
+    parameters)."""
     items = [value] if isinstance(value, str | Mapping | Component) else value
     if not isinstance(items, list | tuple):
         raise ConfigError(f"{key}: expected a list, got {value!r}")
@@ -261,7 +273,7 @@ def config_from_dict(data: Mapping[str, Any]) -> RunConfig:
             raise ConfigError(f"{key}: unknown config key; valid keys: {', '.join(run_fields)}")
         if key in ("task", "model"):
             kwargs[key] = _check_params(_COMPONENT_FIELDS[key], value, key)
-        elif key in ("techniques", "measures"):
+        elif key in _LIST_FIELDS:
             kwargs[key] = check_components(key, value)
         elif key == "optimizer":
             kwargs[key] = _optimizer_from(value)
@@ -298,6 +310,7 @@ def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
         "optimizer": {k: _plain(v) for k, v in dataclasses.asdict(cfg.optimizer).items()},
         "techniques": [component(c) for c in cfg.techniques],
         "measures": [component(c) for c in cfg.measures],
+        "callbacks": [component(c) for c in cfg.callbacks],
         "loss": cfg.loss,
         "loss_dtype": cfg.loss_dtype,
         "precision": cfg.precision,
@@ -315,7 +328,7 @@ def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-_LATER_FIELDS = {"precision": "float32"}
+_LATER_FIELDS = {"precision": "float32", "callbacks": []}
 
 
 def canonical_json(cfg: RunConfig) -> str:
@@ -371,7 +384,7 @@ def _set(data: dict[str, Any], path: list[str], value: Any, item: str) -> None:
     head, rest = path[0], path[1:]
     if head not in data:
         raise ConfigError(f"{head}: unknown config key; valid keys: {', '.join(data)}")
-    if head in ("techniques", "measures"):
+    if head in _LIST_FIELDS:
         if not rest:
             if isinstance(value, str):
                 value = [v.strip() for v in value.split(",") if v.strip()]

@@ -6,28 +6,44 @@ hyper-parameter search space. A registered component is a dataclass: its fields 
 hyper-parameters, their defaults are the paper's defaults, and the config system reads their
 types to check user input. So the catalog that ``heldout list`` prints is generated from code.
 
+Each registry loads the modules that define its built-ins the first time it is asked for a
+name, and only those: looking up a technique imports the techniques, never the claims ledger.
+A search space is checked against the component's fields when it registers.
+
 Example:
     >>> from heldout.registry import TECHNIQUES
-    >>> TECHNIQUES.get("sam").summary  # doctest: +SKIP
-    'Sharpness-Aware Minimization: ascend to the worst point in a rho-ball, descend from there.'
+    >>> TECHNIQUES.get("sam").papers
+    (11,)
+    >>> "sam" in TECHNIQUES and "no-such-thing" not in TECHNIQUES
+    True
 """
 
 from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import importlib
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+if TYPE_CHECKING:  # for the annotations only: the registry imports no component at load time
+
+    from heldout.core.callback import Callback
+    from heldout.core.measure import Measure
+    from heldout.core.technique import Technique
 
 __all__ = [
+    "CALLBACKS",
     "CLAIMS",
     "MEASURES",
     "MODELS",
     "REGISTRIES",
+    "SEARCH_KINDS",
+    "SELECTION_RULES",
     "TASKS",
     "TECHNIQUES",
     "Entry",
@@ -39,6 +55,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+C = TypeVar("C", bound=Callable[..., Any])
 
 
 class UnknownNameError(KeyError):
@@ -82,13 +99,39 @@ def paper(number: int) -> Paper:
     return rows[number - 1]
 
 
+SEARCH_KINDS = ("uniform", "log_uniform", "int_uniform", "choice")
+"""How a hyper-parameter is drawn: ``(kind, lo, hi)``, or ``("choice", [v, ...])``."""
+
+
+def check_search_space(owner: str, cls: Any, space: dict[str, Any]) -> None:
+    """Refuse a search space naming a parameter ``cls`` does not have, or a malformed range."""
+    fields = {f.name for f in dataclasses.fields(cls) if f.init} if dataclasses.is_dataclass(
+        cls) else None
+    for key, spec in space.items():
+        if fields is not None and key not in fields:
+            raise ValueError(f"{owner}: the search space names {key!r}, which is not a "
+                             f"parameter; parameters: {', '.join(sorted(fields)) or 'none'}")
+        kind = spec[0] if isinstance(spec, (tuple, list)) and spec else None
+        if kind not in SEARCH_KINDS:
+            raise ValueError(f"{owner}: search space of {key!r} is {spec!r}; the kind must be "
+                             f"one of {', '.join(SEARCH_KINDS)}")
+        if kind == "choice":
+            if len(spec) != 2 or not isinstance(spec[1], (tuple, list)) or not spec[1]:
+                raise ValueError(f"{owner}: search space of {key!r} must be "
+                                 f"('choice', [values]), got {spec!r}")
+        elif len(spec) != 3 or not spec[1] < spec[2] or (kind == "log_uniform" and spec[1] <= 0):
+            raise ValueError(f"{owner}: search space of {key!r} must be ({kind!r}, lo, hi) with "
+                             f"{'0 < ' if kind == 'log_uniform' else ''}lo < hi, got {spec!r}")
+
+
 @dataclass(frozen=True)
-class Entry:
-    """A registered component: its name, kind, class, summary, papers and search space."""
+class Entry(Generic[T]):
+    """A registered component: its name, kind, class (or factory), summary, papers and search
+    space."""
 
     name: str
     kind: str
-    cls: type
+    cls: Callable[..., T]
     summary: str
     papers: tuple[int, ...] = ()
     search_space: dict[str, Any] = field(default_factory=dict)
@@ -108,7 +151,7 @@ class Entry:
                 out[f.name] = f.default_factory()
         return out
 
-    def build(self, **params: Any) -> Any:
+    def build(self, **params: Any) -> T:
         """Instantiate the component with ``params`` over its defaults."""
         return self.cls(**params)
 
@@ -116,16 +159,23 @@ class Entry:
         return [paper(n).citation for n in self.papers] + list(self.references)
 
 
-class Registry:
+class Registry(Generic[T]):
     """A name → component mapping for one kind of component.
 
     Registering a name twice is an error (two components must not silently shadow each other);
     looking up an unknown name raises :class:`UnknownNameError` listing the valid names.
+    ``builtins`` names the modules that register heldout's own components of this kind; they
+    are imported on the first lookup. Names list sorted, or in registration order when
+    ``ordered`` (the selection rules, which tables print in a fixed order).
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, builtins: tuple[str, ...] = (), *, ordered: bool = False
+                 ) -> None:
         self.kind = kind
-        self._entries: dict[str, Entry] = {}
+        self.builtins = builtins
+        self.ordered = ordered
+        self._entries: dict[str, Entry[T]] = {}
+        self._loaded = not builtins
 
     def register(
         self,
@@ -135,28 +185,38 @@ class Registry:
         papers: tuple[int, ...] = (),
         search_space: dict[str, Any] | None = None,
         references: tuple[str, ...] = (),
-    ) -> Callable[[type[T]], type[T]]:
-        """Class decorator that registers a component under ``name``."""
+    ) -> Callable[[C], C]:
+        """Decorator that registers a component class (or a factory) under ``name``."""
         if not summary or "\n" in summary:
             raise ValueError(f"{self.kind} {name!r}: the summary must be one non-empty line")
 
-        def deco(cls: type[T]) -> type[T]:
+        def deco(cls: C) -> C:
             if name in self._entries and self._entries[name].cls is not cls:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
             for number in papers:
                 if not 1 <= number <= 77:
                     raise ValueError(f"{self.kind} {name!r}: no catalog paper #{number}")
+            check_search_space(f"{self.kind} {name!r}", cls, dict(search_space or {}))
             self._entries[name] = Entry(
                 name, self.kind, cls, summary, tuple(papers), dict(search_space or {}),
                 tuple(references),
             )
-            cls.registry_name = name  # type: ignore[attr-defined]
+            if isinstance(cls, type):
+                cls.registry_name = name  # type: ignore[attr-defined]  # set on the class
             return cls
 
         return deco
 
-    def get(self, name: str) -> Entry:
-        _load_builtins()
+    def load_builtins(self) -> None:
+        """Import the modules that register heldout's own components of this kind (once)."""
+        if self._loaded:
+            return
+        self._loaded = True
+        for module in self.builtins:
+            importlib.import_module(module)
+
+    def get(self, name: str) -> Entry[T]:
+        self.load_builtins()
         try:
             return self._entries[name]
         except KeyError:
@@ -164,18 +224,19 @@ class Registry:
                 f"unknown {self.kind} {name!r}; valid {self.kind}s: {', '.join(self.names())}"
             ) from None
 
-    def build(self, name: str, **params: Any) -> Any:
+    def build(self, name: str, **params: Any) -> T:
         return self.get(name).build(**params)
 
     def names(self, pattern: str = "*") -> list[str]:
-        _load_builtins()
-        return sorted(n for n in self._entries if fnmatch.fnmatch(n, pattern))
+        self.load_builtins()
+        names = [n for n in self._entries if fnmatch.fnmatch(n, pattern)]
+        return names if self.ordered else sorted(names)
 
-    def entries(self) -> list[Entry]:
+    def entries(self) -> list[Entry[T]]:
         return [self._entries[n] for n in self.names()]
 
     def __contains__(self, name: object) -> bool:
-        _load_builtins()
+        self.load_builtins()
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:
@@ -185,40 +246,23 @@ class Registry:
         return len(self.names())
 
 
-TECHNIQUES = Registry("technique")
-MEASURES = Registry("measure")
-TASKS = Registry("task")
-MODELS = Registry("model")
-CLAIMS = Registry("claim")
-REGISTRIES: dict[str, Registry] = {
+TECHNIQUES: Registry[Technique] = Registry("technique", ("heldout.methods",))
+MEASURES: Registry[Measure] = Registry("measure", ("heldout.measures",))
+TASKS: Registry[Any] = Registry("task", ("heldout.tasks",))  # heldout.tasks.Task subclasses
+MODELS: Registry[Any] = Registry("model", ("heldout.models",))  # builders of nn.Module
+CLAIMS: Registry[Any] = Registry("claim", ("heldout.claims",))  # heldout.claims.Claim subclasses
+CALLBACKS: Registry[Callback] = Registry("callback", ("heldout.callbacks",))
+SELECTION_RULES: Registry[Any] = Registry(
+    "selection rule", ("heldout.experiments.selection",), ordered=True)
+REGISTRIES: dict[str, Registry[Any]] = {
     "techniques": TECHNIQUES,
     "measures": MEASURES,
     "tasks": TASKS,
     "models": MODELS,
     "claims": CLAIMS,
+    "callbacks": CALLBACKS,
+    "selection-rules": SELECTION_RULES,
 }
-
-_BUILTIN_MODULES = (
-    "heldout.methods",
-    "heldout.measures",
-    "heldout.tasks",
-    "heldout.models",
-    "heldout.claims",
-)
-
-
-def _load_builtins() -> None:
-    """Import the modules that register heldout's own components (once, on first lookup)."""
-    if _load_builtins.done:  # type: ignore[attr-defined]
-        return
-    _load_builtins.done = True  # type: ignore[attr-defined]
-    import importlib
-
-    for module in _BUILTIN_MODULES:
-        importlib.import_module(module)
-
-
-_load_builtins.done = False  # type: ignore[attr-defined]
 
 
 def implementations(number: int) -> list[str]:

@@ -23,16 +23,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from heldout.config import Component, OptimizerConfig, RunConfig, config_to_dict
-from heldout.engine.checkpoint import load_checkpoint
-from heldout.engine.trainer import (
-    Logger,
-    NonFiniteLossError,
-    Trainer,
-    cross_entropy,
-    mse_to_one_hot,
+from heldout.config import (
+    Component,
+    OptimizerConfig,
+    RunConfig,
+    config_from_dict,
+    config_to_dict,
 )
-from heldout.registry import MEASURES, MODELS, TASKS, TECHNIQUES
+from heldout.core.state import Logger
+from heldout.engine.checkpoint import load_checkpoint
+from heldout.engine.trainer import NonFiniteLossError, Trainer, cross_entropy, mse_to_one_hot
+from heldout.registry import CALLBACKS, MEASURES, MODELS, TASKS, TECHNIQUES
 from heldout.store.sqlite import RunRecord, Store
 
 __all__ = ["ProgressPrinter", "RunFailed", "RunResult", "StoreLogger", "build", "execute",
@@ -130,7 +131,7 @@ def build(
     else:
         def loss_fn(logits, targets):
             return cross_entropy(logits, targets, dtype)
-    return Trainer(
+    trainer = Trainer(
         model,
         make_optimizer(cfg.optimizer),
         splits.train,
@@ -138,6 +139,7 @@ def build(
         eval_data=dict(splits.items()),
         techniques=[_build(TECHNIQUES, t) for t in cfg.techniques],
         measures=[_build(MEASURES, m) for m in cfg.measures],
+        callbacks=[_build(CALLBACKS, c) for c in cfg.callbacks],
         loss_fn=loss_fn,
         batch_size=cfg.batch_size,
         eval_every=cfg.eval_every,
@@ -148,6 +150,24 @@ def build(
         device=device,
         precision=cfg.precision,
     )
+    for technique in trainer.techniques:
+        technique.resolve_runs(lambda run, home: evaluation_model(
+            run, Store(home) if home else store or Store()))
+    return trainer
+
+
+def evaluation_model(run: str, store: Store) -> torch.nn.Module:
+    """The model a finished run evaluates with (its last checkpoint, with the weights its
+    techniques evaluate, e.g. an EMA average), in eval mode."""
+    record = store.get_run(run)
+    if record.status != "done":
+        raise ValueError(f"run {record.id} is {record.status}, not done")
+    trainer = build(config_from_dict(record.config), store=store,
+                    checkpoint_path=store.run_dir(record.id) / CHECKPOINT_NAME)
+    trainer.resume()
+    model = next((m for t in trainer.techniques if (m := t.eval_model(trainer.state)) is not None),
+                 trainer.model)
+    return model.eval()
 
 
 class StoreLogger:
@@ -216,7 +236,7 @@ def execute(
     """Run ``cfg`` (or resume it, or return it if done) and record it in ``store``.
 
     ``sinks`` also streams the metrics to TensorBoard and/or MLflow, e.g.
-    ``"tensorboard:runs/tb,mlflow:mlflow.db"`` (see :func:`heldout.store.sinks.make_sinks`).
+    ``"tensorboard:runs/tb,mlflow:mlflow.db"`` (see :func:`heldout.run.sinks.make_sinks`).
     """
     store = store or Store()
     run_id = cfg.identity
@@ -233,7 +253,7 @@ def execute(
         loggers.append(ProgressPrinter(cfg.steps, stream, label=f"{run_id} "))
     extra = []
     if sinks:
-        from heldout.store.sinks import make_sinks
+        from heldout.run.sinks import make_sinks
 
         extra = make_sinks(sinks, run_id, config_to_dict(cfg))
     loggers += extra

@@ -17,9 +17,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from heldout.core.state import Batch
+
 __all__ = ["Batch", "LoaderBatches", "TensorBatches", "make_batches"]
 
-Batch = tuple[Tensor, Tensor, Tensor | None]  # inputs, targets, dataset indices (if known)
 
 
 class TensorBatches:

@@ -30,7 +30,9 @@ Events reference — the whole loop as pseudocode (see ``Trainer.fit`` for the r
     FIT_END                                          # on_fit_end, in REVERSE list order
 
 "After" events run in reverse so that paired changes unwind like a stack (as in Composer).
-The evaluation at step 0 runs before the first batch.
+The evaluation at step 0 runs before the first batch. At every event the callbacks
+(:class:`~heldout.core.callback.Callback`, observers that change nothing) run after the
+techniques, in list order.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ __all__ = ["REVERSED_EVENTS", "Event"]
 
 
 class Event(enum.Enum):
-    """A point in the training loop at which a technique may act."""
+    """A point in the training loop at which a technique may act (and a callback observe)."""
 
     FIT_START = "on_fit_start"
     BATCH_START = "on_batch_start"

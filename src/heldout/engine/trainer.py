@@ -16,19 +16,20 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from heldout.core.callback import Callback
+from heldout.core.measure import Measure, evaluate
+from heldout.core.state import Logger, State
+from heldout.core.technique import Technique, check_combination
 from heldout.engine.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from heldout.engine.data import Batch, make_batches
+from heldout.engine.data import make_batches
 from heldout.engine.events import REVERSED_EVENTS, Event
-from heldout.engine.technique import Technique, check_combination
-from heldout.measures.base import Measure, evaluate
 
 __all__ = ["Logger", "NonFiniteLossError", "State", "Trainer", "cross_entropy", "mse_to_one_hot"]
 
@@ -46,13 +47,6 @@ class NonFiniteLossError(RuntimeError):
         self.loss = loss
 
 
-class Logger(Protocol):
-    """Receives the metrics of each evaluation; ``flush`` runs before every checkpoint."""
-
-    def log(self, step: int, metrics: Mapping[str, float]) -> None: ...
-    def flush(self) -> None: ...
-
-
 def cross_entropy(logits: Tensor, targets: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
     """Softmax cross-entropy computed in ``dtype`` (float64 delays Softmax Collapse)."""
     return F.cross_entropy(logits.to(dtype), targets)
@@ -65,25 +59,6 @@ def mse_to_one_hot(logits: Tensor, targets: Tensor,
     arXiv:2402.15555)."""
     one_hot = F.one_hot(targets.long(), logits.shape[-1]).to(dtype)
     return F.mse_loss(logits.to(dtype), one_hot)
-
-
-@dataclass
-class State:
-    """What techniques see: the model, optimizer, step and the current batch."""
-
-    model: nn.Module
-    optimizer: Any
-    max_steps: int
-    batch_size: int | None = None  # examples per step (the whole set for full batch)
-    train_size: int | None = None  # examples in the training set, when known
-    steps_per_epoch: int | None = None  # optimizer steps per pass over the training set
-    step: int = 0
-    epoch: int = 0  # passes over the training set completed before the current batch
-    train_data: tuple[Tensor, Tensor] | None = None  # the training tensors, when given as such
-    batch: Batch | None = None
-    loss: Tensor | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-    acted: dict[str, list[str]] = field(default_factory=dict)  # event → techniques that act
 
 
 class Trainer:
@@ -104,6 +79,7 @@ class Trainer:
         eval_data: Mapping[str, Any] | None = None,
         techniques: Sequence[Technique] = (),
         measures: Sequence[Measure] | None = None,
+        callbacks: Sequence[Callback] = (),
         loss_fn: Callable[[Tensor, Tensor], Tensor] = cross_entropy,
         batch_size: int | None = None,
         eval_every: int = 10,
@@ -119,6 +95,7 @@ class Trainer:
         self.precision = precision
         self.techniques = list(techniques)
         check_combination(self.techniques)
+        self.callbacks = list(callbacks)
         self.device = torch.device(device) if device is not None else None
         for technique in self.techniques:
             model = technique.transform_model(model)
@@ -221,6 +198,8 @@ class Trainer:
         techniques = reversed(self.techniques) if event in REVERSED_EVENTS else self.techniques
         for technique in techniques:
             getattr(technique, event.value)(self.state, *args)
+        for callback in self.callbacks:  # observers last, once the techniques have acted
+            getattr(callback, event.value)(self.state, *args)
 
     def measure(self, measures: Sequence[Measure] | None = None,
                 splits: Sequence[str] | None = None,
@@ -266,6 +245,7 @@ class Trainer:
             "initial_model": self.initial_state,
             "optimizer": self.optimizer.state_dict(),
             "techniques": {t.name: t.state_dict() for t in self.techniques},
+            "callbacks": {c.name: c.state_dict() for c in self.callbacks},
             "measures": [m.state_dict() for m in self.measures],
             "history": [[step, dict(metrics)] for step, metrics in self.history],
             "batches": self.batches.state_dict(),
@@ -283,6 +263,10 @@ class Trainer:
             raise ValueError(f"checkpoint has techniques {sorted(saved)}, trainer has {names}")
         for technique in self.techniques:
             technique.load_state_dict(saved[technique.name])
+        watched = ckpt.get("callbacks", {})  # checkpoints written before callbacks have none
+        for callback in self.callbacks:
+            if callback.name in watched:
+                callback.load_state_dict(watched[callback.name])
         if len(ckpt["measures"]) != len(self.measures):
             raise ValueError(f"checkpoint has {len(ckpt['measures'])} measure states, trainer "
                              f"has {len(self.measures)} measures")

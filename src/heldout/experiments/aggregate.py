@@ -335,5 +335,5 @@ def to_markdown(table: Table, *, describe: bool = True) -> str:
                       "seeds (nan: one seed); accuracies in %, ECE ×100."]
         for rule in dict.fromkeys(row["rule"] for row in table):
             if rule in SELECTION_RULES:
-                lines.append(f"- `{rule}`: {SELECTION_RULES[rule].description}")
+                lines.append(f"- `{rule}`: {SELECTION_RULES.get(rule).summary}")
     return "\n".join(lines) + "\n"

@@ -2,8 +2,8 @@
 driver that is the store's single writer.
 
 A job is one config, or a group of configs that differ only in seed (and learning rate or
-weight decay) trained together by :func:`heldout.engine.vectorized.train_vectorized`;
-:func:`plan_jobs` forms the groups where :func:`~heldout.engine.vectorized.can_vectorize`
+weight decay) trained together by :func:`heldout.vectorize.trainer.train_vectorized`;
+:func:`plan_jobs` forms the groups where :func:`~heldout.vectorize.trainer.can_vectorize`
 allows and leaves every other config a job of its own.
 
 - :class:`LocalExecutor`: a pool of ``workers`` processes, one job each at a time, kept from
@@ -149,7 +149,7 @@ def _train_job(configs: Sequence[dict[str, Any]], home: str, emit: Any, threads:
     if len(cfgs) > 1:
         import torch
 
-        from heldout.engine.vectorized import train_vectorized
+        from heldout.vectorize.trainer import train_vectorized
 
         torch.set_num_threads(threads)
         store = _ForwardingStore(Store(home), emit)
@@ -459,7 +459,7 @@ def plan_jobs(configs: Iterable[RunConfig], max_copies: int = 8) -> list[Job]:
         >>> [len(job) for job in jobs]
         [4, 1]
     """
-    from heldout.engine.vectorized import can_vectorize, vectorization_key
+    from heldout.vectorize.trainer import can_vectorize, vectorization_key
 
     unique = list({c.identity: c for c in configs}.values())
     if max_copies <= 1:

@@ -76,7 +76,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from heldout.registry import UnknownNameError
+from heldout.registry import SELECTION_RULES
 
 __all__ = [
     "SELECTION_RULES",
@@ -155,21 +155,19 @@ class SelectionRule:
         return select(records, self, held_out=held_out, strict=strict)
 
 
-SELECTION_RULES: dict[str, SelectionRule] = {}
-"""The selection rules by name, in the order tables print them."""
-
-
 def _rule(name: str, description: str, *, defaults_only: bool = False,
           reads_test_domains: bool = False):
-    """Register the decorated score function as the rule ``name``."""
-    if "\n" in description or not description:
-        raise ValueError(f"selection rule {name!r}: the description must be one line")
+    """Register the decorated score function as the rule ``name`` in
+    :data:`~heldout.registry.SELECTION_RULES` (tables print the rules in this file's order)."""
 
     def deco(score: Callable[[Record, _Runs], float]) -> Callable[[Record, _Runs], float]:
-        if name in SELECTION_RULES:
-            raise ValueError(f"selection rule {name!r} is already registered")
-        SELECTION_RULES[name] = SelectionRule(name, description, score, defaults_only,
-                                              reads_test_domains)
+        rule = SelectionRule(name, description, score, defaults_only, reads_test_domains)
+
+        def build() -> SelectionRule:
+            return rule
+
+        build.__doc__ = score.__doc__ or description
+        SELECTION_RULES.register(name, summary=description)(build)
         return score
 
     return deco
@@ -179,12 +177,7 @@ def get_rule(name: str | SelectionRule) -> SelectionRule:
     """The rule called ``name`` (a rule passes through); unknown names list the valid ones."""
     if isinstance(name, SelectionRule):
         return name
-    try:
-        return SELECTION_RULES[name]
-    except KeyError:
-        raise UnknownNameError(
-            f"unknown selection rule {name!r}; valid rules: {', '.join(SELECTION_RULES)}"
-        ) from None
+    return SELECTION_RULES.build(name)
 
 
 # ----------------------------------------------------------------------------------- records

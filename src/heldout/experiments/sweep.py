@@ -323,7 +323,7 @@ def run_sweep(spec: SweepSpec, store: Any, *, executor: str = "local", workers: 
 
     Runs that differ only in seed (or learning rate / weight decay) train together, up to
     ``vectorize`` copies per process, where the technique and model allow it
-    (:mod:`heldout.engine.vectorized`); ``vectorize=1`` runs every config separately."""
+    (:mod:`heldout.vectorize.trainer`); ``vectorize=1`` runs every config separately."""
     from heldout.config import config_to_dict
     from heldout.experiments.executors import make_executor, run_jobs
 

@@ -1,7 +1,8 @@
 """Measures: pure functions that observe a model, plus their registered adapters."""
 
+from heldout.core.measure import EvalContext, Measure, evaluate
+from heldout.core.per_example import per_example_gradients
 from heldout.measures.alignment import GradientWeightAlignment, gradient_weight_cosine
-from heldout.measures.base import EvalContext, Measure, evaluate
 from heldout.measures.bounds import OccamBound, kl_inverse, occam_bound, tightness_report
 from heldout.measures.calibration import (
     ECE,
@@ -12,11 +13,7 @@ from heldout.measures.calibration import (
     reliability_diagram,
     risk_coverage,
 )
-from heldout.measures.coherence import (
-    GradientCoherence,
-    m_coherence,
-    per_example_gradients,
-)
+from heldout.measures.coherence import GradientCoherence, m_coherence
 from heldout.measures.collapse import (
     SoftmaxCollapse,
     softmax_collapse,

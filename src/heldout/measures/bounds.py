@@ -41,7 +41,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from heldout.measures.base import EvalContext, Measure
+from heldout.core.measure import EvalContext, Measure
 from heldout.measures.ranking import kendall_tau
 from heldout.registry import MEASURES
 

@@ -9,7 +9,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from heldout.measures.base import EvalContext, Measure
+from heldout.core.measure import EvalContext, Measure
 from heldout.registry import MEASURES
 
 __all__ = [

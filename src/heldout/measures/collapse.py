@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from heldout.measures.base import EvalContext, Measure
+from heldout.core.measure import EvalContext, Measure
 from heldout.registry import MEASURES
 
 __all__ = ["SoftmaxCollapse", "softmax_collapse", "softmax_collapse_fraction"]

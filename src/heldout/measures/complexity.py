@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from heldout.measures.base import EvalContext, Measure
+from heldout.core.measure import EvalContext, Measure
 from heldout.measures.information import hidden_layers
 from heldout.models.layers import TokenLinear
 from heldout.registry import MEASURES

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from heldout.measures.base import EvalContext, Measure
+from heldout.core.measure import EvalContext, Measure
 from heldout.registry import MEASURES
 from heldout.tasks.base import Split
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from heldout.measures.base import EvalContext, Measure
+from heldout.core.measure import EvalContext, Measure
 from heldout.registry import MEASURES
 
 __all__ = ["GroupAccuracy", "group_accuracies", "group_metrics"]

@@ -48,7 +48,7 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor, nn
 
-from heldout.measures.base import EvalContext, Measure
+from heldout.core.measure import EvalContext, Measure
 from heldout.registry import MEASURES
 
 __all__ = [

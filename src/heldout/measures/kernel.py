@@ -19,13 +19,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import jacrev, vmap
 
-from heldout.engine.functional import functional_call
-from heldout.measures.base import EvalContext, Measure, eval_mode
-from heldout.measures.coherence import (
-    _check_batch_norm,
-    _differentiable_parameters,
-    _sample_indices,
-)
+from heldout.core.functional import functional_call
+from heldout.core.measure import EvalContext, Measure, eval_mode
+from heldout.core.per_example import check_batch_norm, differentiable_parameters
+from heldout.core.sampling import sample_indices
 from heldout.registry import MEASURES
 
 __all__ = [
@@ -47,8 +44,8 @@ def _jacobian_block(
 ) -> Tensor:
     """∂f_k(x_i)/∂θ for the outputs k in ``outputs``, as an ``(n, B, P)`` float64 tensor;
     one ``vmap(jacrev(...))`` per chunk of examples, in eval mode."""
-    _check_batch_norm(model)
-    params = _differentiable_parameters(model)
+    check_batch_norm(model)
+    params = differentiable_parameters(model)
     buffers = dict(model.named_buffers())
 
     def block_of_one(p: dict[str, Tensor], x: Tensor) -> Tensor:
@@ -103,7 +100,7 @@ def empirical_ntk(model: nn.Module, inputs: Tensor, *, chunk_size: int = 32) -> 
         return torch.zeros(0, 0, dtype=torch.float64)
     with eval_mode(model), torch.no_grad():
         outputs = model(inputs[:1]).reshape(-1).numel()
-    width = sum(p.numel() for p in _differentiable_parameters(model).values())
+    width = sum(p.numel() for p in differentiable_parameters(model).values())
     block = max(1, min(outputs, _JACOBIAN_BUDGET // (n * width)))
     kernel = torch.zeros(n, n, dtype=torch.float64, device=inputs.device)
     for start in range(0, outputs, block):  # blocks of outputs; examples are vmapped
@@ -241,7 +238,7 @@ class NTKAlignment(Measure):
         if ctx.split not in self.splits:
             return {}
         x, y = ctx.tensors()
-        index = _sample_indices(len(y), self.sample_size, self.seed).to(y.device)
+        index = sample_indices(len(y), self.sample_size, self.seed).to(y.device)
         x, y = x[index], y[index]
         kernel = empirical_ntk(ctx.model, x, chunk_size=self.chunk_size)
         with eval_mode(ctx.model), torch.no_grad():

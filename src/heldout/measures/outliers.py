@@ -17,12 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from heldout.measures.base import EvalContext, Measure
-from heldout.measures.coherence import (
-    _sample_indices,
-    iter_per_example_gradients,
-    per_example_loss,
-)
+from heldout.core.measure import EvalContext, Measure
+from heldout.core.per_example import iter_per_example_gradients, per_example_loss
+from heldout.core.sampling import sample_indices
 from heldout.registry import MEASURES
 
 __all__ = [
@@ -245,7 +242,7 @@ class OpposingSignals(Measure):
         if ctx.split not in self.splits:
             return {}
         targets = ctx.targets
-        index = _sample_indices(len(targets), self.probe_size, self.seed).to(targets.device)
+        index = sample_indices(len(targets), self.probe_size, self.seed).to(targets.device)
         current = per_example_losses(ctx.logits[index], targets[index], self.loss).cpu()
         table = self._losses.get(ctx.split)
         if table is not None and table.shape[1] != len(current):

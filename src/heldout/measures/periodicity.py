@@ -31,7 +31,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from heldout.measures.base import EvalContext, Measure
+from heldout.core.measure import EvalContext, Measure
 from heldout.models.layers import TokenLinear
 from heldout.registry import MEASURES
 

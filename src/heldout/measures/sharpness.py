@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from heldout.measures.base import EvalContext, Measure
+from heldout.core.measure import EvalContext, Measure
 from heldout.registry import MEASURES
 
 __all__ = ["Hessian", "Sharpness", "hessian_top_eigenvalue", "hessian_trace", "sharpness"]

@@ -1,16 +1,6 @@
 """Techniques that change training: pure functions and wrappers, plus their Trainer adapters."""
 
 from heldout.methods._wrapper import OptimizerWrapper
-from heldout.methods.architecture import (
-    GradNormReport,
-    MixLN,
-    MuP,
-    apply_mix_ln,
-    layer_gradient_norms,
-    mix_ln_norms,
-    mup_init_,
-    mup_param_groups,
-)
 from heldout.methods.averaging import EMA, ExponentialMovingAverage, ema_update
 from heldout.methods.boosting import (
     GBNN,
@@ -38,6 +28,8 @@ from heldout.methods.losses import (
     stablemax,
     stablemax_cross_entropy,
 )
+from heldout.methods.mix_ln import MixLN, apply_mix_ln, mix_ln_norms
+from heldout.methods.mup import MuP, mup_init_, mup_param_groups
 from heldout.methods.normalization import GhostBatchNorm, GhostBN, ghost_batch_norm
 from heldout.methods.regularization import (
     EntropyRegularization,
@@ -107,11 +99,9 @@ __all__ = [
     "recompute_batchnorm_stats",
     "sparse_model_soup",
     "uniform_soup",
-    "GradNormReport",
     "MixLN",
     "MuP",
     "apply_mix_ln",
-    "layer_gradient_norms",
     "mix_ln_norms",
     "mup_init_",
     "mup_param_groups",

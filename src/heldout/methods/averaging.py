@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from heldout.engine.technique import Technique
+from heldout.core.technique import Technique
 from heldout.registry import TECHNIQUES
 
 __all__ = ["EMA", "ExponentialMovingAverage", "ema_update"]

@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from heldout.engine.technique import Technique
+from heldout.core.inputs import InputSpec
+from heldout.core.technique import Technique
 from heldout.methods._wrapper import OptimizerWrapper
 from heldout.models.base import ModelSpec
 from heldout.registry import MODELS, TECHNIQUES
-from heldout.tasks.base import InputSpec
 
 __all__ = ["GBNN", "BoostedUnits", "BoostingStep", "StackedUnits", "fit_stage",
            "keep_first_units", "newton_step"]

@@ -3,6 +3,7 @@ papers) and progressive self-knowledge distillation (PS-KD, #2)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from heldout.engine.technique import Technique
+from heldout.core.technique import Technique
 from heldout.registry import TECHNIQUES
 
 __all__ = [
@@ -158,29 +159,24 @@ class KnowledgeDistillation(Technique):
         if not 0 <= self.alpha <= 1:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
 
-    def on_fit_start(self, state: Any) -> None:
-        if self._teacher is not None:
-            return
-        if not self.teacher_run:
-            raise ValueError("knowledge_distillation needs teacher_run: the id of a finished run")
-        from heldout.config import config_from_dict
-        from heldout.runner import CHECKPOINT_NAME, build
-        from heldout.store.sqlite import Store
-
-        store = Store(self.home)
-        record = store.get_run(self.teacher_run)
-        if record.status != "done":
-            raise ValueError(f"teacher run {record.id} is {record.status}, not done")
-        trainer = build(config_from_dict(record.config), store=store,
-                        checkpoint_path=store.run_dir(record.id) / CHECKPOINT_NAME)
-        trainer.resume()
-        teacher = next((m for t in trainer.techniques
-                        if (m := t.eval_model(trainer.state)) is not None), trainer.model)
+    def set_teacher(self, teacher: nn.Module) -> None:
+        """Distil from ``teacher`` (any module taking the student's inputs): the plain-loop
+        route; it is used in eval mode and never trained."""
         self._teacher = teacher.eval().requires_grad_(False)
+
+    def resolve_runs(self, load_model: Callable[[str, str | None], nn.Module]) -> None:
+        if self._teacher is None and self.teacher_run:
+            self.set_teacher(load_model(self.teacher_run, self.home))
+
+    def on_fit_start(self, state: Any) -> None:
+        if self._teacher is None:
+            raise ValueError("knowledge_distillation needs teacher_run (the id of a finished "
+                             "run, resolved when heldout builds the run) or set_teacher(model)")
 
     def loss(self, logits: Tensor, targets: Tensor, state: Any) -> Tensor:
         if self._teacher is None:
             self.on_fit_start(state)
+        assert self._teacher is not None
         with torch.no_grad():
             teacher_logits = self._teacher(state.batch[0])
         return distillation_loss(logits, teacher_logits, targets, self.temperature, self.alpha)

@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from heldout.engine.technique import Technique
+from heldout.core.technique import Technique
 from heldout.registry import TECHNIQUES
 
 if TYPE_CHECKING:
-    from heldout.engine.trainer import State
+    from heldout.core.state import State
 
 __all__ = [
     "LabelSmoothing",

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from heldout.engine.technique import Technique
+from heldout.core.technique import Technique
 from heldout.registry import TECHNIQUES
 
 __all__ = ["GhostBN", "GhostBatchNorm", "ghost_batch_norm"]

@@ -28,8 +28,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from heldout.engine.technique import Technique
-from heldout.measures.coherence import per_example_gradients, per_example_loss
+from heldout.core.per_example import per_example_gradients, per_example_loss
+from heldout.core.technique import Technique
 from heldout.registry import TECHNIQUES
 
 __all__ = [

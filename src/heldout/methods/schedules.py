@@ -11,7 +11,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from heldout.engine.technique import Technique
+from heldout.core.technique import Technique
 from heldout.registry import TECHNIQUES
 
 __all__ = [

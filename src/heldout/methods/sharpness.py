@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from heldout.engine.technique import Technique
+from heldout.core.technique import Technique
 from heldout.methods._wrapper import OptimizerWrapper
 from heldout.registry import TECHNIQUES
 

@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import grad, vmap
 
-from heldout.engine.functional import functional_call
-from heldout.engine.technique import Technique
-from heldout.measures.base import eval_mode
+from heldout.core.functional import functional_call
+from heldout.core.measure import eval_mode
+from heldout.core.technique import Technique
 from heldout.methods.sharpness import SAM, preserve_batchnorm_stats
 from heldout.registry import TECHNIQUES
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from heldout.tasks.base import InputSpec
+from heldout.core.inputs import InputSpec
 
 __all__ = ["ModelSpec"]
 

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from heldout.core.inputs import InputSpec
 from heldout.models.base import ModelSpec
 from heldout.registry import MODELS
-from heldout.tasks.base import InputSpec
 
 __all__ = ["CNN1D", "CNN1DNetwork", "cnn1d_network"]
 

@@ -9,10 +9,10 @@ from typing import get_args
 
 from torch import nn
 
+from heldout.core.inputs import InputSpec
 from heldout.models.base import ModelSpec
 from heldout.models.layers import Activation, TokenLinear, activation_module
 from heldout.registry import MODELS
-from heldout.tasks.base import InputSpec
 
 __all__ = ["MLP", "MLPNetwork", "mlp_network"]
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from heldout.core.inputs import InputSpec
 from heldout.models.base import ModelSpec
 from heldout.registry import MODELS
-from heldout.tasks.base import InputSpec
 
 __all__ = ["FixedReadoutNetwork", "FixedReadoutReLU", "ScaledQuadratic", "ScaledQuadraticNetwork"]
 

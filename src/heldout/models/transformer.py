@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from heldout.core.inputs import InputSpec
 from heldout.models.base import ModelSpec
 from heldout.models.layers import activation_module
 from heldout.registry import MODELS
-from heldout.tasks.base import InputSpec
 
 __all__ = [
     "MultiHeadSelfAttention",

@@ -140,7 +140,7 @@ def write_sweep_report(store: Store, sweep: str, out: Path,
     counts: dict[str, int] = defaultdict(int)
     for record, _ in members:
         counts[record.status] += 1
-    rule_list = "".join(f"<li><b>{e(r)}</b>: {e(SELECTION_RULES[r].description)}</li>"
+    rule_list = "".join(f"<li><b>{e(r)}</b>: {e(SELECTION_RULES.get(r).summary)}</li>"
                         for r in rules)
     body = [
         f"<p>{len(members)} runs: "

@@ -109,10 +109,8 @@ def environment_versions() -> dict[str, str]:
     import numpy
     import torch
 
-    from heldout import __version__
-
     return {
-        "heldout": __version__,
+        "heldout": _heldout_version(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": numpy.__version__,
@@ -415,3 +413,12 @@ def _record(row: sqlite3.Row) -> RunRecord:
 
 def _record_dict(r: RunRecord) -> dict[str, Any]:
     return dict(r.__dict__)
+
+
+def _heldout_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("heldout")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "unknown"

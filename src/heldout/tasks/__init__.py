@@ -3,7 +3,8 @@
 Importing this package registers the built-in tasks in :data:`heldout.registry.TASKS`.
 """
 
-from heldout.tasks.base import InputSpec, Split, Splits, Task
+from heldout.core.inputs import InputSpec
+from heldout.tasks.base import Split, Splits, Task
 from heldout.tasks.bits import BitPatterns
 from heldout.tasks.digits import Digits
 from heldout.tasks.loaders import ImageFolderDomains, TableDomains

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import importlib
 import operator
-import zlib
 from collections.abc import Sequence
 from itertools import pairwise
 from types import ModuleType
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -27,18 +25,6 @@ def resolve_seed(seed: int, data_seed: int | None) -> int:
     if isinstance(resolved, bool) or value < 0:
         raise ValueError(f"a data seed must be a non-negative int, got {resolved!r}")
     return value
-
-
-def stream_generator(seed: int, stream: str) -> torch.Generator:
-    """A ``torch.Generator`` for one named random stream of ``seed``.
-
-    Each use of randomness in a task (the split, the label noise, ...) draws from its own stream,
-    so changing one parameter (say the noise rate) leaves the other draws (the split) unchanged.
-    The stream name is mapped to a NumPy ``SeedSequence`` spawn key, never to a global RNG.
-    """
-    sequence = np.random.SeedSequence(seed, spawn_key=(zlib.crc32(stream.encode()),))
-    state = int(sequence.generate_state(1, dtype=np.uint64)[0])
-    return torch.Generator().manual_seed(state)
 
 
 def split_counts(total: int, fractions: Sequence[float]) -> list[int]:

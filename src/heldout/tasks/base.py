@@ -4,31 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 from torch import Tensor
 
+from heldout.core.inputs import InputSpec
+
 __all__ = ["InputSpec", "Split", "Splits", "Task"]
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """The shape of one example.
-
-    ``kind="tokens"``: integer tokens of shape ``shape`` (e.g. ``(2,)`` for ``a ∘ b``), each in
-    ``range(vocab)``. ``kind="continuous"``: float features of shape ``shape`` (``(40,)`` for
-    MNIST-1D, ``(64,)`` for digits).
-    """
-
-    kind: Literal["tokens", "continuous"]
-    shape: tuple[int, ...]
-    vocab: int | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "shape", tuple(self.shape))  # lists from YAML stay hashable
-        if self.kind == "tokens" and not self.vocab:
-            raise ValueError("a token input needs a vocabulary size")
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,11 @@ from dataclasses import dataclass
 
 import torch
 
+from heldout.core.inputs import InputSpec
+from heldout.core.sampling import stream_generator
 from heldout.registry import TASKS
-from heldout.tasks._common import random_partition, resolve_seed, split_counts, stream_generator
-from heldout.tasks.base import InputSpec, Split, Splits, Task
+from heldout.tasks._common import random_partition, resolve_seed, split_counts
+from heldout.tasks.base import Split, Splits, Task
 
 __all__ = ["BitPatterns"]
 

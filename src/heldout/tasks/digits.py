@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from heldout.core.inputs import InputSpec
+from heldout.core.sampling import stream_generator
 from heldout.registry import TASKS
 from heldout.tasks._common import (
     check_range,
@@ -15,15 +17,14 @@ from heldout.tasks._common import (
     noisy_split,
     resolve_seed,
     stratified_partition,
-    stream_generator,
 )
-from heldout.tasks.base import InputSpec, Split, Splits, Task
+from heldout.tasks.base import Split, Splits, Task
 
 __all__ = ["Digits"]
 
 
 @functools.cache
-def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     datasets = import_optional("sklearn.datasets")
     images, labels = datasets.load_digits(return_X_y=True)
     features = (np.asarray(images, dtype=np.float32) / 16.0).reshape(len(labels), 64)
@@ -80,7 +81,7 @@ class Digits(Task):
 
     def splits(self, seed: int) -> Splits:
         seed = resolve_seed(seed, self.data_seed)
-        features, labels = _digits_arrays()
+        features, labels = digits_arrays()
         x, y = torch.tensor(features), torch.tensor(labels)
         test, val, train = stratified_partition(
             y, (self.test_fraction, self.val_fraction), stream_generator(seed, "split")

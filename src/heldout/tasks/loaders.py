@@ -22,9 +22,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from heldout.core.inputs import InputSpec
 from heldout.registry import TASKS
 from heldout.tasks._common import check_range, import_optional
-from heldout.tasks.base import InputSpec
 from heldout.tasks.shift import DomainData, DomainSuite
 
 __all__ = ["IMAGE_SUFFIXES", "TABLE_SUFFIXES", "ImageFolderDomains", "TableDomains"]

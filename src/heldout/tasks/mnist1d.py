@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from heldout.core.inputs import InputSpec
+from heldout.core.sampling import stream_generator
 from heldout.registry import TASKS
 from heldout.tasks._common import (
     check_range,
@@ -20,9 +22,8 @@ from heldout.tasks._common import (
     random_partition,
     resolve_seed,
     split_counts,
-    stream_generator,
 )
-from heldout.tasks.base import InputSpec, Split, Splits, Task
+from heldout.tasks.base import Split, Splits, Task
 
 __all__ = ["MNIST1D", "cache_dir", "mnist1d_arrays"]
 

@@ -8,6 +8,8 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
+from heldout.core.inputs import InputSpec
+from heldout.core.sampling import stream_generator
 from heldout.registry import TASKS
 from heldout.tasks._common import (
     check_range,
@@ -15,9 +17,8 @@ from heldout.tasks._common import (
     random_partition,
     resolve_seed,
     split_counts,
-    stream_generator,
 )
-from heldout.tasks.base import InputSpec, Split, Splits, Task
+from heldout.tasks.base import Split, Splits, Task
 
 __all__ = ["ModularArithmetic", "Operation", "is_prime", "modular_table"]
 

@@ -7,9 +7,11 @@ from dataclasses import dataclass
 
 import torch
 
+from heldout.core.inputs import InputSpec
+from heldout.core.sampling import stream_generator
 from heldout.registry import TASKS
-from heldout.tasks._common import resolve_seed, stream_generator
-from heldout.tasks.base import InputSpec, Split, Splits, Task
+from heldout.tasks._common import resolve_seed
+from heldout.tasks.base import Split, Splits, Task
 
 __all__ = ["SingleIndexQuadratic"]
 

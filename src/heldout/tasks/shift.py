@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from heldout.core.inputs import InputSpec
+from heldout.core.sampling import stream_generator
 from heldout.registry import TASKS
 from heldout.tasks._common import (
     check_range,
@@ -37,10 +39,9 @@ from heldout.tasks._common import (
     resolve_seed,
     split_counts,
     stratified_partition,
-    stream_generator,
 )
-from heldout.tasks.base import InputSpec, Split, Splits, Task
-from heldout.tasks.digits import _digits_arrays
+from heldout.tasks.base import Split, Splits, Task
+from heldout.tasks.digits import digits_arrays
 from heldout.tasks.mnist1d import mnist1d_arrays
 
 __all__ = [
@@ -255,7 +256,7 @@ def _source(source: str, num_samples: int, dataset_seed: int) -> tuple[Tensor, T
     """All examples (x, digit) of a source data set: MNIST-1D's train and test parts together,
     or the 1,797 digits images (pixels / 16, flattened)."""
     if source == "digits":
-        features, labels = _digits_arrays()
+        features, labels = digits_arrays()
         return torch.tensor(features), torch.tensor(labels)
     arrays = mnist1d_arrays(num_samples, dataset_seed)
     x = torch.tensor(np.concatenate([arrays["x"], arrays["x_test"]]))

@@ -8,15 +8,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from heldout.core.inputs import InputSpec
+from heldout.core.sampling import stream_generator
 from heldout.registry import TASKS
-from heldout.tasks._common import (
-    check_range,
-    import_optional,
-    resolve_seed,
-    stratified_partition,
-    stream_generator,
-)
-from heldout.tasks.base import InputSpec, Split, Splits, Task
+from heldout.tasks._common import check_range, import_optional, resolve_seed, stratified_partition
+from heldout.tasks.base import Split, Splits, Task
 
 __all__ = ["BreastCancer", "Moons"]
 

@@ -8,9 +8,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from heldout.core.inputs import InputSpec
+from heldout.core.sampling import stream_generator
 from heldout.registry import TASKS
-from heldout.tasks._common import check_range, resolve_seed, stream_generator
-from heldout.tasks.base import InputSpec, Split, Splits, Task
+from heldout.tasks._common import check_range, resolve_seed
+from heldout.tasks.base import Split, Splits, Task
 
 __all__ = ["XORClusters"]
 

@@ -12,14 +12,14 @@ own loop; the Technique subclass is the thin adapter that plugs it into the Trai
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
-    from heldout.engine.trainer import State
+    from heldout.core.state import State
 
 __all__ = ["EXCLUSIVE", "TOUCHES", "CombinationError", "Technique", "check_combination"]
 
@@ -73,6 +73,14 @@ class Technique:
 
     def eval_model(self, state: State) -> nn.Module | None:
         return None
+
+    def resolve_runs(self, load_model: Callable[[str, str | None], nn.Module]) -> None:
+        """Load the models of other runs this technique names (a teacher, say).
+
+        The run layer calls it once, before training, with ``load_model(run, home)``: the
+        evaluation model of the finished run ``run`` (id, unique prefix or name) of the store
+        in ``home`` (``None``: the run's own store). A technique never reaches into the store
+        itself, so it stays usable in a plain loop."""
 
     def on_fit_start(self, state: State) -> None: ...
     def on_batch_start(self, state: State) -> None: ...

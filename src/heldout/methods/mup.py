@@ -1,10 +1,4 @@
-"""Architecture-level techniques: Mix-LN (#36) with a per-layer gradient-norm report, and the
-Maximal Update Parametrization µP (#54).
-
-Mix-LN sets, per transformer block, where the LayerNorm sits: Post-LN in the shallowest blocks,
-Pre-LN in the deeper ones. :func:`layer_gradient_norms` is the diagnostic the paper argues with
-(per-layer gradient norms); the ``grad_norm_report`` technique logs it for any model, so the
-Pre-LN baseline gets the same report.
+"""The Maximal Update Parametrization µP (#54).
 
 µP scales initialization, the readout and per-layer learning rates with width so that the
 hyper-parameters tuned on a narrow *base* model transfer to wider ones. The pure functions take
@@ -17,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import torch
@@ -26,24 +20,18 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
-from heldout.engine.technique import Technique
-from heldout.models.transformer import Norm, TransformerBlock
+from heldout.core.technique import Technique
 from heldout.registry import TECHNIQUES
 
 if TYPE_CHECKING:
-    from heldout.engine.trainer import State
+    pass
 
 __all__ = [
     "BaseShapes",
-    "GradNormReport",
-    "MixLN",
     "MuP",
     "MuReadout",
     "MupParameter",
-    "apply_mix_ln",
     "base_shapes",
-    "layer_gradient_norms",
-    "mix_ln_norms",
     "mlp_base_shapes",
     "mu_readout",
     "mup_init_",
@@ -52,168 +40,6 @@ __all__ = [
     "mup_split_param_groups",
 ]
 
-# ============================================================================ Mix-LN (#36)
-
-
-def mix_ln_norms(n_layers: int, post_ln_ratio: float = 0.25) -> tuple[Norm, ...]:
-    """The LayerNorm placement of each block under Mix-LN: ``"post"`` for the first
-    ⌊α·L⌋ blocks (α = ``post_ln_ratio``, L = ``n_layers``), ``"pre"`` for the rest.
-
-    The official code takes the number of Post-LN layers as an integer (``POST_NUM``: 3 of 12,
-    6 of 24, i.e. α = 0.25); for an α·L that is not an integer we round down, so α < 1/L gives
-    a plain Pre-LN stack and α = 1 a plain Post-LN one.
-
-    Example:
-        >>> mix_ln_norms(8)
-        ('post', 'post', 'pre', 'pre', 'pre', 'pre', 'pre', 'pre')
-
-    References:
-        Mix-LN: Unleashing the Power of Deeper Layers by Combining Pre-LN and Post-LN
-        (arXiv:2412.13795); code github.com/pixeli99/MixLN (``NORM_TYPE=post_pre``).
-    """
-    if n_layers < 1:
-        raise ValueError(f"n_layers must be >= 1, got {n_layers}")
-    if not 0.0 <= post_ln_ratio <= 1.0:
-        raise ValueError(f"post_ln_ratio must be in [0, 1], got {post_ln_ratio}")
-    n_post = math.floor(post_ln_ratio * n_layers + 1e-9)  # 0.29·100 is 28.999… in floats
-    return ("post",) * n_post + ("pre",) * (n_layers - n_post)
-
-
-def apply_mix_ln(model: nn.Module, post_ln_ratio: float = 0.25) -> nn.Module:
-    """Set, in place, each block's ``norm`` of a heldout transformer to :func:`mix_ln_norms`;
-    return the model.
-
-    The network keeps a final LayerNorm before the head exactly when its last block is Pre-LN
-    (as :class:`~heldout.models.transformer.TransformerNetwork` builds it), so the final norm is
-    added or removed when the last block changes placement: build the optimizer afterwards.
-    Block parameters are untouched (both placements hold the same modules).
-
-    Example:
-        >>> from heldout.models.transformer import Transformer
-        >>> from heldout.tasks.base import InputSpec
-        >>> net = Transformer(d_model=8, n_heads=2, n_layers=4).build(
-        ...     InputSpec("tokens", (2,), vocab=5), num_classes=5)
-        >>> [block.norm for block in apply_mix_ln(net, 0.25).blocks]
-        ['post', 'pre', 'pre', 'pre']
-    """
-    blocks = getattr(model, "blocks", None)
-    if not isinstance(blocks, nn.ModuleList) or not blocks or not all(
-        isinstance(block, TransformerBlock) for block in blocks
-    ):
-        raise TypeError(
-            f"Mix-LN needs a transformer whose `.blocks` are heldout TransformerBlocks; "
-            f"{type(model).__name__} has none (use model=transformer)"
-        )
-    norms = mix_ln_norms(len(blocks), post_ln_ratio)
-    for block, norm in zip(blocks, norms, strict=True):
-        block.norm = norm
-    if hasattr(model, "final_norm"):
-        last = blocks[-1].attention_norm
-        if norms[-1] == "pre" and not isinstance(model.final_norm, nn.LayerNorm):
-            model.final_norm = nn.LayerNorm(
-                last.normalized_shape, eps=last.eps,
-                device=last.weight.device, dtype=last.weight.dtype,
-            )
-        elif norms[-1] == "post" and not isinstance(model.final_norm, nn.Identity):
-            model.final_norm = nn.Identity()
-    return model
-
-
-def layer_gradient_norms(model: nn.Module) -> dict[str, float]:
-    """The L2 norm of the gradient of each layer's parameters (all of them flattened together).
-
-    Layers are the transformer blocks of a model with ``.blocks`` (keys ``block0``,
-    ``block1``, ...), else the model's direct children that hold parameters (keys are their
-    names, e.g. ``linear1``, ``head``). Parameters without a gradient are skipped, and a layer
-    none of whose parameters has one is left out.
-
-    Example:
-        >>> net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
-        >>> net(torch.ones(1, 3)).sum().backward()
-        >>> sorted(layer_gradient_norms(net))
-        ['0', '2']
-    """
-    blocks = getattr(model, "blocks", None)
-    if isinstance(blocks, nn.ModuleList) and len(blocks):
-        layers = [(f"block{i}", block) for i, block in enumerate(blocks)]
-    else:
-        layers = [(name, child) for name, child in model.named_children()
-                  if any(True for _ in child.parameters())]
-    norms = {}
-    for name, layer in layers:
-        grads = [p.grad.detach() for p in layer.parameters() if p.grad is not None]
-        if grads:
-            norms[name] = float(torch.linalg.vector_norm(
-                torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])))
-    return norms
-
-
-@TECHNIQUES.register(
-    "grad_norm_report",
-    summary="Log the gradient norm of each layer (transformer block) at every evaluation.",
-    papers=(36,),
-)
-@dataclass
-class GradNormReport(Technique):
-    """Record :func:`layer_gradient_norms` after the first backward pass of every step and add
-    them to each evaluation's metrics as ``grad_norm/<layer>`` (e.g. ``grad_norm/block0``).
-
-    The gradients are the raw back-propagated ones (before any gradient-changing wrapper) of
-    the step that precedes the evaluation; the evaluation at step 0 has none. Observing only:
-    it changes no part of training.
-    """
-
-    touches = frozenset()
-    _norms: dict[str, float] = field(default_factory=dict, init=False, repr=False)
-    _recorded_step: int = field(default=-1, init=False, repr=False)
-
-    def on_after_backward(self, state: State) -> None:
-        if state.step != self._recorded_step:  # the first backward of the step (SAM: 2 calls)
-            self._norms = layer_gradient_norms(state.model)
-            self._recorded_step = state.step
-
-    def on_eval(self, state: State, metrics: dict[str, float]) -> None:
-        for layer, norm in self._norms.items():
-            metrics[f"grad_norm/{layer}"] = norm
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"norms": dict(self._norms), "recorded_step": self._recorded_step}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._norms = dict(state["norms"])
-        self._recorded_step = int(state["recorded_step"])
-
-
-@TECHNIQUES.register(
-    "mix_ln",
-    summary="Mix-LN: Post-LN in the first blocks, Pre-LN in the deeper ones; logs grad norms.",
-    papers=(36,),
-    search_space={"post_ln_ratio": ("choice", [0.125, 0.25, 0.5])},
-)
-@dataclass
-class MixLN(GradNormReport):
-    """Model transform :func:`apply_mix_ln` on a heldout transformer (``model=transformer``),
-    plus, when ``report_grad_norms``, the per-block gradient-norm report of
-    :class:`GradNormReport` (``grad_norm/block<i>`` at every evaluation)."""
-
-    post_ln_ratio: float = 0.25  # α: the first ⌊α·L⌋ of L blocks are Post-LN (paper: 0.25)
-    report_grad_norms: bool = True  # log grad_norm/block<i> at each evaluation
-
-    touches = frozenset({"model"})
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.post_ln_ratio <= 1.0:
-            raise ValueError(f"post_ln_ratio must be in [0, 1], got {self.post_ln_ratio}")
-
-    def transform_model(self, model: nn.Module) -> nn.Module:
-        return apply_mix_ln(model, self.post_ln_ratio)
-
-    def on_after_backward(self, state: State) -> None:
-        if self.report_grad_norms:
-            super().on_after_backward(state)
-
-
-# ============================================================================ µP (#54)
 
 BaseShapes = Mapping[str, Sequence[int | None]]
 """Per parameter name, each dimension's size in the base model, or None where the dimension

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from heldout.config import RunConfig, config_to_dict
-from heldout.engine.trainer import Logger
+from heldout.core.state import Logger
 from heldout.registry import Registry, UnknownNameError
 
 __all__ = [
@@ -70,7 +70,7 @@ DEFAULT_EXPERIMENT = "heldout"  # the MLflow experiment when a spec names none
 # the heldout store, under the run id the MLflow run is named and tagged with).
 PARAM_VALUE_LIMIT = 500
 _MLFLOW_BATCH = {"metrics": 1000, "params": 100}  # MLflow's per-request limits in log_batch
-_COMPONENT_LISTS = ("techniques", "measures")  # config lists whose items are named components
+_COMPONENT_LISTS = ("techniques", "measures", "callbacks")  # lists of named components
 
 
 # ----------------------------------------------------------------------------- shared helpers

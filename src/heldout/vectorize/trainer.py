@@ -84,9 +84,9 @@ from torch import Tensor, nn
 from torch.func import stack_module_state
 
 from heldout.config import RunConfig, config_to_dict
+from heldout.core.functional import functional_call
 from heldout.engine.checkpoint import load_checkpoint
 from heldout.engine.data import TensorBatches
-from heldout.engine.functional import functional_call
 from heldout.engine.trainer import NonFiniteLossError, Trainer
 from heldout.methods.averaging import EMA
 from heldout.methods.losses import LabelSmoothing, label_smoothing_cross_entropy
