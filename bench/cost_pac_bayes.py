@@ -1,5 +1,6 @@
-"""PAC-Bayes flatness cost: the σ′ search of Jiang et al. (heldout.measures.norms.pac_bayes_sigma,
-paper defaults: bisection on [0, 2], depth 15, 10 Monte-Carlo draws, target 0.1, tolerance 0.01)
+"""PAC-Bayes flatness cost: the σ′ search of Jiang et al.
+(heldout.measures.flatness.pac_bayes_sigma, paper defaults: bisection on [0, 2],
+depth 15, 10 Monte-Carlo draws, target 0.1, tolerance 0.01)
 and its magnitude-aware variant (ε = 1e-3), as a multiple of one full-batch forward pass.
 
 Setting: an MLP 40 → 256 → 256 → 10 (ReLU, 78,858 parameters) trained briefly (Adam, full batch)
@@ -30,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from heldout.measures.norms import pac_bayes_sigma, sharpness_radius
+from heldout.measures.flatness import pac_bayes_sigma, sharpness_radius
 
 GOAL_PER_PASS = 1.25
 

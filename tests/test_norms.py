@@ -12,22 +12,19 @@ from torch import nn
 
 from heldout.core.inputs import InputSpec
 from heldout.measures import evaluate
+from heldout.measures.bounds import magnitude_aware_pac_bayes_bound, pac_bayes_bound
+from heldout.measures.flatness import PacBayesFlatness, pac_bayes_sigma, sharpness_radius
 from heldout.measures.norms import (
     DistanceFromInit,
     Margin,
     Norms,
-    PacBayesFlatness,
     distance_from_init,
     fold_batch_norm,
     log_growth_fit,
-    magnitude_aware_pac_bayes_bound,
     margin_quantile,
     margins,
     norm_measures,
-    pac_bayes_bound,
-    pac_bayes_sigma,
     path_norm,
-    sharpness_radius,
     weight_matrices,
 )
 from heldout.models.mlp import mlp_network

@@ -16,9 +16,7 @@ from heldout.config import ConfigError, RunConfig, parse_overrides
 from heldout.registry import TASKS
 from heldout.tasks import loaders
 from heldout.tasks.digits import digits_arrays
-from heldout.tasks.loaders import ImageFolderDomains, TableDomains
-from heldout.tasks.mnist1d import mnist1d_arrays
-from heldout.tasks.shift import (
+from heldout.tasks.domains import (
     DigitsShift,
     DomainSuite,
     LabelShift,
@@ -26,6 +24,8 @@ from heldout.tasks.shift import (
     SpuriousCue,
     rotate_images,
 )
+from heldout.tasks.loaders import ImageFolderDomains, TableDomains
+from heldout.tasks.mnist1d import mnist1d_arrays
 
 N1D = 800  # MNIST-1D examples for the small suites (200 per domain)
 

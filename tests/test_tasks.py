@@ -12,8 +12,8 @@ import torch
 import heldout.tasks.mnist1d as mnist1d_module
 from heldout.registry import TASKS
 from heldout.tasks import MNIST1D, Digits, ModularArithmetic, Splits, XORClusters, modular_table
-from heldout.tasks._common import corrupt_labels, import_optional, split_counts
 from heldout.tasks.modular import is_prime
+from heldout.tasks.splitting import corrupt_labels, import_optional, split_counts
 
 
 @pytest.fixture

@@ -253,7 +253,7 @@ MODELS: Registry[Any] = Registry("model", ("heldout.models",))  # builders of nn
 CLAIMS: Registry[Any] = Registry("claim", ("heldout.claims",))  # heldout.claims.Claim subclasses
 CALLBACKS: Registry[Callback] = Registry("callback", ("heldout.callbacks",))
 SELECTION_RULES: Registry[Any] = Registry(
-    "selection rule", ("heldout.experiments.selection",), ordered=True)
+    "selection rule", ("heldout.experiments.model_selection",), ordered=True)
 REGISTRIES: dict[str, Registry[Any]] = {
     "techniques": TECHNIQUES,
     "measures": MEASURES,

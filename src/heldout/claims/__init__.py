@@ -23,7 +23,7 @@ from heldout.claims.memorization import (
     corrupted_modular_config,
 )
 from heldout.claims.mup import MuPTransfer, mup_config
-from heldout.claims.sharpness import SharpnessWeaklyCorrelated, sharpness_population
+from heldout.claims.sharpness_correlation import SharpnessWeaklyCorrelated, sharpness_population
 from heldout.claims.soups import GreedySoupBeatsBestIngredient, soup_configs
 from heldout.claims.training_tricks import HardBatchesEffect, PSKDCalibration, mnist1d_mlp_config
 

@@ -10,6 +10,7 @@ Metric keys are ``"<split>/<name>"``, e.g. ``"test/accuracy"``.
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import cached_property
 from typing import Any, ClassVar, Literal
@@ -18,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-__all__ = ["EvalContext", "Measure", "eval_mode", "evaluate"]
+__all__ = ["EvalContext", "Measure", "check_splits", "eval_mode", "evaluate", "is_classification"]
 
 
 @contextlib.contextmanager
@@ -103,10 +104,32 @@ class EvalContext:
         clean = getattr(self.data, "clean_y", None)
         return None if clean is None else clean.to(self.targets.device)
 
+    def initial_model(self) -> nn.Module | None:
+        """A copy of the model holding its weights before training, if they are known."""
+        if self.initial_state is None:
+            return None
+        initial = copy.deepcopy(self.model)
+        try:
+            initial.load_state_dict(self.initial_state)
+        except RuntimeError as error:
+            raise ValueError(f"initial_state does not fit the model: {error}") from None
+        return initial
+
     @property
     def groups(self) -> Tensor | None:
         groups = getattr(self.data, "groups", None)
         return None if groups is None else groups.to(self.targets.device)
+
+
+def is_classification(targets: Tensor) -> bool:
+    """Whether ``targets`` are class indices: one integer label per example."""
+    return not targets.is_floating_point() and targets.dim() == 1
+
+
+def check_splits(splits: tuple[str, ...]) -> None:
+    """Refuse a measure's ``splits`` parameter unless it is a non-empty tuple of split names."""
+    if not splits or not all(isinstance(s, str) for s in splits):
+        raise ValueError(f"splits must be a non-empty tuple of split names, got {splits!r}")
 
 
 class Measure:

@@ -1,9 +1,9 @@
 """Experiments over sweeps: specs and executors, model selection after training, and
 aggregation over seeds.
 
-:mod:`~heldout.experiments.selection` chooses, per (task, technique, held-out set, seed) group,
-one run by a named rule (training-domain validation, leave-one-domain-out, test-domain oracle,
-or the defaults' last checkpoint) and points at its checkpoint;
+:mod:`~heldout.experiments.model_selection` chooses, per (task, technique, held-out set,
+seed) group, one run by a named rule (training-domain validation, leave-one-domain-out,
+test-domain oracle, or the defaults' last checkpoint) and points at its checkpoint;
 :mod:`~heldout.experiments.aggregate` turns those choices into tables of means and Student-t
 confidence intervals over seeds, exported as CSV or Markdown.
 """
@@ -26,7 +26,7 @@ from heldout.experiments.executors import (
     make_executor,
     run_jobs,
 )
-from heldout.experiments.selection import (
+from heldout.experiments.model_selection import (
     SELECTION_RULES,
     Record,
     Selection,

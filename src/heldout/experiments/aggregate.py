@@ -1,8 +1,8 @@
 """Aggregate selections over seeds: means, Student-t confidence intervals, and tables.
 
-:func:`aggregate` turns the :class:`~heldout.experiments.selection.Selection` records of one or
-more rules into a :class:`Table` with one row per (rule, task, technique, held-out set) and an
-``average`` row per (rule, task, technique). Every cell is an :class:`Interval` over seeds::
+:func:`aggregate` turns the :class:`~heldout.experiments.model_selection.Selection` records of
+one or more rules into a :class:`Table` with one row per (rule, task, technique, held-out set)
+and an ``average`` row per (rule, task, technique). Every cell is an :class:`Interval` over seeds::
 
     mean ± t_{(1+c)/2, n−1} · s / √n        (s: the sample standard deviation, ddof = 1)
 
@@ -45,7 +45,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from heldout.experiments.selection import SELECTION_RULES, Selection
+from heldout.experiments.model_selection import SELECTION_RULES, Selection
 
 __all__ = [
     "AVERAGE",
@@ -207,7 +207,7 @@ def aggregate(selections: Iterable[Selection],
     ``metrics``: column names from :data:`METRICS`, or a mapping column → metric key; by
     default every metric of :data:`METRICS` that some selection has. Rows keep the order in
     which (rule, task, technique) and held-out sets first occur in ``selections`` (the order
-    :func:`~heldout.experiments.selection.select` returns), each group of held-out rows
+    :func:`~heldout.experiments.model_selection.select` returns), each group of held-out rows
     followed by its ``average`` row.
 
     Example:

@@ -74,7 +74,7 @@ class SweepSpec:
     def __post_init__(self) -> None:
         if self.hparams < 1:
             raise ConfigError(f"hparams: must be >= 1, got {self.hparams}")
-        from heldout.experiments.selection import SELECTION_RULES
+        from heldout.experiments.model_selection import SELECTION_RULES
 
         unknown = [r for r in self.selection if r not in SELECTION_RULES]
         if unknown:

@@ -21,6 +21,7 @@ from heldout.measures.collapse import (
 )
 from heldout.measures.complexity import LocalComplexity, local_complexity
 from heldout.measures.concepts import ConceptFrequency, log_linear_fit, long_tail_split
+from heldout.measures.flatness import PacBayesFlatness, pac_bayes_sigma
 from heldout.measures.groups import GroupAccuracy, group_accuracies, group_metrics
 from heldout.measures.inductive_bias import InductiveBias, estimate_inductive_bias
 from heldout.measures.information import (
@@ -34,10 +35,8 @@ from heldout.measures.norms import (
     DistanceFromInit,
     Margin,
     Norms,
-    PacBayesFlatness,
     fold_batch_norm,
     norm_measures,
-    pac_bayes_sigma,
     path_norm,
 )
 from heldout.measures.outliers import OpposingSignals, opposing_signals

@@ -41,11 +41,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+from torch import Tensor
+
 from heldout.core.measure import EvalContext, Measure
 from heldout.measures.ranking import kendall_tau
 from heldout.registry import MEASURES
 
 __all__ = [
+    "magnitude_aware_pac_bayes_bound",
+    "pac_bayes_bound",
+    "sharpness_bound",
     "OccamBound",
     "binary_kl",
     "kl_inverse",
@@ -211,6 +217,34 @@ def tightness_report(bounds: Sequence[float], test_errors: Sequence[float]) -> d
         "kendall_tau": kendall_tau(bounds, test_errors, variant="b") if len(gaps) > 1
         else math.nan,
     }
+
+
+# --------------------------------------------------------------------------- Jiang et al.'s
+# PAC-Bayes and sharpness bounds, from the flatness radii of :mod:`heldout.measures.flatness`
+
+
+def pac_bayes_bound(reference_sq_norm: float, sigma: float, m: int) -> float:
+    """‖v‖²/(4σ′²) + log(m/σ′) + 10: ``pacbayes_init`` (48) with v = w − w⁰ and
+    ``pacbayes_orig`` (49) with v = w (``reference_sq_norm`` = ‖v‖²)."""
+    return reference_sq_norm / (4 * sigma**2) + math.log(m / sigma) + 10
+
+
+def magnitude_aware_pac_bayes_bound(reference: Tensor, sigma: float, m: int,
+                                    eps: float = 1e-3) -> float:
+    """¼ Σ_i log[(ε² + (σ′² + 1)‖v‖²/ω) / (ε² + σ′² v_i²)] + log(m/σ′) + 10 over the ω entries
+    of v: ``pacbayes_mag_init`` (56) with v = w − w⁰, ``pacbayes_mag_orig`` (57) with v = w."""
+    v = reference.double().reshape(-1)
+    omega = v.numel()
+    numerator = eps**2 + (sigma**2 + 1) * float(v.square().sum()) / omega
+    terms = torch.log(numerator / (eps**2 + sigma**2 * v.square()))
+    return 0.25 * float(terms.sum()) + math.log(m / sigma) + 10
+
+
+def sharpness_bound(reference_sq_norm: float, alpha: float, m: int, omega: int) -> float:
+    """‖v‖²·log(2ω)/(4α′²) + log(m/α′) + 10: ``sharpness_init`` (v = w − w⁰) and
+    ``sharpness_orig`` (v = w). The shape is an assumption [recon], not checked against the
+    paper's text."""
+    return reference_sq_norm * math.log(2 * omega) / (4 * alpha**2) + math.log(m / alpha) + 10
 
 
 @MEASURES.register(

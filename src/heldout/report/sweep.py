@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from heldout.experiments.aggregate import aggregate, to_csv, to_markdown
-from heldout.experiments.selection import SELECTION_RULES, record_from_store, select_all
+from heldout.experiments.model_selection import SELECTION_RULES, record_from_store, select_all
 from heldout.report.html import claims_html, image_html, page_html, png_base64, table_html
 from heldout.store.sqlite import Store
 

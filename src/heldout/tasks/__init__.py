@@ -7,11 +7,7 @@ from heldout.core.inputs import InputSpec
 from heldout.tasks.base import Split, Splits, Task
 from heldout.tasks.bits import BitPatterns
 from heldout.tasks.digits import Digits
-from heldout.tasks.loaders import ImageFolderDomains, TableDomains
-from heldout.tasks.mnist1d import MNIST1D
-from heldout.tasks.modular import ModularArithmetic, modular_table
-from heldout.tasks.regression import SingleIndexQuadratic
-from heldout.tasks.shift import (
+from heldout.tasks.domains import (
     DigitsShift,
     DomainData,
     DomainSuite,
@@ -20,6 +16,10 @@ from heldout.tasks.shift import (
     SpuriousCue,
     rotate_images,
 )
+from heldout.tasks.loaders import ImageFolderDomains, TableDomains
+from heldout.tasks.mnist1d import MNIST1D
+from heldout.tasks.modular import ModularArithmetic, modular_table
+from heldout.tasks.regression import SingleIndexQuadratic
 from heldout.tasks.tabular import BreastCancer, Moons
 from heldout.tasks.xor import XORClusters
 

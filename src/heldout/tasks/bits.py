@@ -9,8 +9,8 @@ import torch
 from heldout.core.inputs import InputSpec
 from heldout.core.sampling import stream_generator
 from heldout.registry import TASKS
-from heldout.tasks._common import random_partition, resolve_seed, split_counts
 from heldout.tasks.base import Split, Splits, Task
+from heldout.tasks.splitting import random_partition, resolve_seed, split_counts
 
 __all__ = ["BitPatterns"]
 

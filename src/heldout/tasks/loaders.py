@@ -1,6 +1,6 @@
 """A user's own multi-domain data: an image tree ``root/<domain>/<class>/<file>`` or a table.
 
-Both tasks follow the multi-domain convention of :class:`heldout.tasks.shift.DomainSuite`
+Both tasks follow the multi-domain convention of :class:`heldout.tasks.domains.DomainSuite`
 (``held_out``, per-domain splits, ``val@<domain>`` / ``test@<domain>``). Files are read on first
 use, not when the task is built, and kept in memory per path; a file whose modification time
 or size changed is read again.
@@ -24,8 +24,8 @@ import torch.nn.functional as F
 
 from heldout.core.inputs import InputSpec
 from heldout.registry import TASKS
-from heldout.tasks._common import check_range, import_optional
-from heldout.tasks.shift import DomainData, DomainSuite
+from heldout.tasks.domains import DomainData, DomainSuite
+from heldout.tasks.splitting import check_range, import_optional
 
 __all__ = ["IMAGE_SUFFIXES", "TABLE_SUFFIXES", "ImageFolderDomains", "TableDomains"]
 
@@ -176,7 +176,7 @@ class ImageFolderDomains(DomainSuite):
     installed. Names starting with ``.`` are ignored. Each image is converted to grayscale (ITU-R
     601 luma) or RGB, resized to ``size x size`` (bilinear, antialiased) and flattened in
     ``(C, H, W)`` order to ``C * size * size`` features. The splits follow
-    :class:`heldout.tasks.shift.DomainSuite`.
+    :class:`heldout.tasks.domains.DomainSuite`.
 
     Example:
         >>> task = ImageFolderDomains(root="my_images", size=16, color="rgb", held_out=(1,))
@@ -325,7 +325,7 @@ class TableDomains(DomainSuite):
     ``domain_column``, classes those of ``label_column`` (string labels allowed), each sorted
     (numerically when all values are numbers) and numbered in that order. The features are
     ``feature_columns`` in that order, or by default every other column whose values are all
-    finite numbers. The splits follow :class:`heldout.tasks.shift.DomainSuite`.
+    finite numbers. The splits follow :class:`heldout.tasks.domains.DomainSuite`.
 
     Example:
         >>> task = TableDomains(path="patients.csv", domain_column="hospital",

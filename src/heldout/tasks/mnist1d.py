@@ -15,7 +15,8 @@ import torch
 from heldout.core.inputs import InputSpec
 from heldout.core.sampling import stream_generator
 from heldout.registry import TASKS
-from heldout.tasks._common import (
+from heldout.tasks.base import Split, Splits, Task
+from heldout.tasks.splitting import (
     check_range,
     import_optional,
     noisy_split,
@@ -23,7 +24,6 @@ from heldout.tasks._common import (
     resolve_seed,
     split_counts,
 )
-from heldout.tasks.base import Split, Splits, Task
 
 __all__ = ["MNIST1D", "cache_dir", "mnist1d_arrays"]
 

@@ -11,14 +11,14 @@ from torch import Tensor
 from heldout.core.inputs import InputSpec
 from heldout.core.sampling import stream_generator
 from heldout.registry import TASKS
-from heldout.tasks._common import (
+from heldout.tasks.base import Split, Splits, Task
+from heldout.tasks.splitting import (
     check_range,
     noisy_split,
     random_partition,
     resolve_seed,
     split_counts,
 )
-from heldout.tasks.base import Split, Splits, Task
 
 __all__ = ["ModularArithmetic", "Operation", "is_prime", "modular_table"]
 

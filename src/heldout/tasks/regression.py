@@ -10,8 +10,8 @@ import torch
 from heldout.core.inputs import InputSpec
 from heldout.core.sampling import stream_generator
 from heldout.registry import TASKS
-from heldout.tasks._common import resolve_seed
 from heldout.tasks.base import Split, Splits, Task
+from heldout.tasks.splitting import resolve_seed
 
 __all__ = ["SingleIndexQuadratic"]
 

@@ -11,8 +11,8 @@ import torch
 from heldout.core.inputs import InputSpec
 from heldout.core.sampling import stream_generator
 from heldout.registry import TASKS
-from heldout.tasks._common import check_range, import_optional, resolve_seed, stratified_partition
 from heldout.tasks.base import Split, Splits, Task
+from heldout.tasks.splitting import check_range, import_optional, resolve_seed, stratified_partition
 
 __all__ = ["BreastCancer", "Moons"]
 

@@ -11,8 +11,8 @@ from torch import Tensor
 from heldout.core.inputs import InputSpec
 from heldout.core.sampling import stream_generator
 from heldout.registry import TASKS
-from heldout.tasks._common import check_range, resolve_seed
 from heldout.tasks.base import Split, Splits, Task
+from heldout.tasks.splitting import check_range, resolve_seed
 
 __all__ = ["XORClusters"]
 
