@@ -499,8 +499,7 @@ def test_ema_matches_separate_runs(technique, tmp_path, alone):
 def test_sam_ascent_is_sams_first_step():
     """The stacked perturbation equals SAM.first_step's move, copy by copy, plain and
     adaptive, with per-copy radii."""
-    from heldout.methods.sharpness import SAM
-    from heldout.vectorize.trainer import _StackedSAM
+    from heldout.methods.sharpness import SAM, StackedAscent
 
     gen = torch.Generator().manual_seed(0)
     shapes = [(5, 4), (5,), (2, 5)]
@@ -517,7 +516,7 @@ def test_sam_ascent_is_sams_first_step():
             layout.append((str(i), start, start + n, torch.Size(s)))
             start += n
         rho = torch.tensor(rhos, dtype=torch.float64).unsqueeze(1)
-        e = _StackedSAM(rho, adaptive, eta, layout).perturbation(flat, grad)
+        e = StackedAscent(rho, layout, eta=eta if adaptive else None).ascent(flat, grad)
         for k, (params, g) in enumerate(zip(copies, grads, strict=True)):
             for p, gi in zip(params, g, strict=True):
                 p.grad = gi.clone()
@@ -526,3 +525,61 @@ def test_sam_ascent_is_sams_first_step():
                 eta=eta).first_step()
             moved = torch.cat([p.detach().flatten() for p in params]) - before
             torch.testing.assert_close(e[k], moved, rtol=1e-5, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------- extension
+
+def test_a_technique_vectorizes_by_declaring_its_stacked_rule(tmp_path, monkeypatch):
+    """What vectorizes, the refusal messages and the per-copy fields come from the techniques'
+    own declarations: a technique defined here (one class, as a user's file would hold it),
+    with a per-copy hyper-parameter and a loss rule, trains vectorized exactly as alone."""
+    from dataclasses import dataclass
+
+    import torch.nn.functional as F
+
+    from heldout.core.stacked import StackedRule, cast
+    from heldout.core.stacked import per_copy as stacked_per_copy
+    from heldout.core.technique import Technique
+    from heldout.registry import TECHNIQUES
+    from heldout.vectorize.trainer import per_copy_fields, vectorizable_techniques
+
+    monkeypatch.setattr(TECHNIQUES, "_entries", dict(TECHNIQUES._entries))
+
+    class _Scaled(StackedRule):
+        def __init__(self, scale):
+            self.scale = scale
+
+        def loss(self, logits, targets):
+            ce = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none").mean(dim=1)
+            scale = cast(self.scale, ce)
+            return ce * (scale if isinstance(scale, float) else scale.squeeze(1))
+
+    @TECHNIQUES.register("scaled_loss_for_test", summary="Cross-entropy times a constant.")
+    @dataclass
+    class ScaledLoss(Technique):
+        """Cross-entropy times ``scale``."""
+
+        scale: float = 1.0
+        touches = frozenset({"loss"})
+        vectorizable = frozenset({"scale"})
+
+        def loss(self, logits, targets, state):
+            return F.cross_entropy(logits, targets) * self.scale
+
+        @classmethod
+        def stacked_rule(cls, copies, stack):
+            return _Scaled(stacked_per_copy([c.scale for c in copies], stack.flat))
+
+    assert vectorizable_techniques()["scaled_loss_for_test"] == {"scale"}
+    assert "techniques.scaled_loss_for_test.scale" in per_copy_fields()
+    configs = per_copy(seeds_configs("techniques=scaled_loss_for_test"),
+                       "techniques.scaled_loss_for_test.scale", [0.5, 1.0, 2.0, 3.0])
+    store = Store(tmp_path / "vectorized")
+    train_vectorized(configs, store)
+    separate = Store(tmp_path / "alone")
+    for cfg in configs:
+        execute(cfg, separate)
+        assert_same_history(store, separate, cfg.identity)
+    # a technique that does not declare it is refused, and the message lists what vectorizes
+    ok, why = can_vectorize(seeds_configs("techniques=perp_grad"))
+    assert not ok and "scaled_loss_for_test" in why and "ema" in why

@@ -99,9 +99,9 @@ def _parser() -> argparse.ArgumentParser:
                        "ray without --address: CPUs of the local instance")
     sweep.add_argument("--address", help="ray: a cluster to join (default: start a local one)")
     sweep.add_argument("--vectorize", type=int, default=8, metavar="K",
-                       help="train up to K runs that differ only in seed (lr, weight decay, "
-                       "(A)SAM's rho, label smoothing, EMA's decay) together in one process "
-                       "where the model and techniques allow (1: never; default 8)")
+                       help="train up to K runs that differ only in "
+                       f"{_vectorize_fields()} together in one process where the model and "
+                       "techniques allow (1: never; default 8)")
 
     flagship = sub.add_parser("flagship", help="the grokking comparison with its HTML report")
     flagship.add_argument("--steps", type=int, default=None)
@@ -130,6 +130,12 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--out", default="heldout-report")
     report.add_argument("--title", default="heldout report")
     return parser
+
+
+def _vectorize_fields() -> str:
+    from heldout.vectorize.trainer import per_copy_fields
+
+    return per_copy_fields()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
+    from heldout.core.stacked import Stack, StackedRule
     from heldout.core.state import State
 
 __all__ = ["EXCLUSIVE", "TOUCHES", "CombinationError", "Technique", "check_combination"]
@@ -54,6 +55,16 @@ class Technique:
 
     registry_name: ClassVar[str]
     touches: ClassVar[frozenset[str]] = frozenset()
+    # Vectorized seeds (heldout.core.stacked): the hyper-parameters in which copies trained
+    # together may differ; None: the technique does not vectorize.
+    vectorizable: ClassVar[frozenset[str] | None] = None
+
+    @classmethod
+    def stacked_rule(cls, copies: Sequence[Any], stack: Stack) -> StackedRule | None:
+        """This technique's action on K copies trained as one stack (see
+        :mod:`heldout.core.stacked`); ``None`` when the stacked optimizer already does it all
+        (weight decay). Only called when ``vectorizable`` is not ``None``."""
+        return None
 
     @property
     def name(self) -> str:

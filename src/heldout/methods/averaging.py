@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
+from heldout.core.stacked import Stack, StackedRule, cast, per_copy
 from heldout.core.technique import Technique
 from heldout.registry import TECHNIQUES
 
@@ -75,6 +77,7 @@ class EMA(Technique):
     _pending: dict[str, Any] | None = field(default=None, init=False, repr=False)
 
     touches = frozenset({"after_step", "eval_model"})
+    vectorizable = frozenset({"decay"})
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.decay < 1.0:
@@ -108,3 +111,43 @@ class EMA(Technique):
                 self._pending = state
             else:
                 self._ema.load_state_dict(state)
+
+    @classmethod
+    def stacked_rule(cls, copies: Sequence[EMA], stack: Stack) -> StackedRule:
+        return _StackedEMA(copies, stack)
+
+
+class _StackedEMA(StackedRule):
+    """The copies' averages as a second (K, P) tensor, from the initial weights, updated after
+    each step by :func:`ema_update`'s op (``lerp`` with weight 1 − decay, per copy) and
+    evaluated in place of the weights when the technique evaluates its average."""
+
+    def __init__(self, copies: Sequence[EMA], stack: Stack) -> None:
+        self.average = stack.flat.clone()
+        self.weight = per_copy([1.0 - c.decay for c in copies], stack.flat)
+        self.evaluate_average = copies[0].evaluate_average
+        self.updates = 0
+        self.stack = stack
+
+    @torch.no_grad()
+    def after_step(self, flat: Tensor) -> None:
+        self.average.lerp_(flat, cast(self.weight, flat))
+        self.updates += 1
+
+    def eval_weights(self, flat: Tensor) -> Tensor | None:
+        return self.average if self.evaluate_average else None
+
+    @torch.no_grad()
+    def load(self, copies: Sequence[EMA], models: Sequence[nn.Module]) -> None:
+        averages = [c.average(m) for c, m in zip(copies, models, strict=True)]
+        self.average.copy_(torch.stack([
+            torch.cat([p.reshape(-1) for p in a.module.parameters()]) for a in averages]))
+        self.updates = averages[0].updates
+
+    @torch.no_grad()
+    def export(self, index: int, technique: EMA, model: nn.Module) -> None:
+        average = technique.average(model)
+        rows = self.stack.params(self.average)
+        for name, param in average.module.named_parameters():
+            param.copy_(rows[name][index])
+        average.updates = self.updates

@@ -6,6 +6,7 @@ Trainer's training loss (a technique that ``touches`` the loss: one at a time).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -13,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from heldout.core.stacked import Stack, StackedRule, cast, per_copy
 from heldout.core.technique import Technique
 from heldout.registry import TECHNIQUES
 
@@ -116,6 +118,7 @@ class LabelSmoothing(Technique):
     smoothing: float = 0.1  # ε, the mass moved to the uniform distribution (Szegedy et al.)
 
     touches = frozenset({"loss"})
+    vectorizable = frozenset({"smoothing"})
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.smoothing < 1.0:
@@ -123,3 +126,18 @@ class LabelSmoothing(Technique):
 
     def loss(self, logits: Tensor, targets: Tensor, state: State) -> Tensor:
         return label_smoothing_cross_entropy(logits, targets, self.smoothing)
+
+    @classmethod
+    def stacked_rule(cls, copies: Sequence[LabelSmoothing], stack: Stack) -> StackedRule:
+        return _StackedLabelSmoothing(per_copy([c.smoothing for c in copies], stack.flat))
+
+
+class _StackedLabelSmoothing(StackedRule):
+    """Each copy's mean smoothed cross-entropy on its batch, with its own ε."""
+
+    def __init__(self, smoothing: float | Tensor) -> None:
+        self.smoothing = smoothing
+
+    def loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        eps = cast(self.smoothing, logits)
+        return label_smoothing_cross_entropy(logits, targets, eps, reduction="none").mean(dim=1)

@@ -27,6 +27,7 @@ class WeightDecay(Technique):
     weight_decay: float = 1.0  # the usual grokking value with AdamW (Power et al., 2022)
 
     touches = frozenset({"optimizer"})
+    vectorizable = frozenset({"weight_decay"})  # the stacked optimizer reads it per copy
 
     def __post_init__(self) -> None:
         if self.weight_decay < 0:

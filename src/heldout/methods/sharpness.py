@@ -13,13 +13,14 @@ they move exactly once per step (from the first, unperturbed pass).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from heldout.core.stacked import Layout, Stack, StackedRule, cast, per_copy
 from heldout.core.technique import Technique
 from heldout.methods._wrapper import OptimizerWrapper
 from heldout.registry import TECHNIQUES
@@ -174,6 +175,7 @@ class SharpnessAware(Technique):
     preserve_batchnorm: bool = True  # keep BN statistics from the second pass out
 
     touches = frozenset({"step"})
+    vectorizable = frozenset({"rho"})
 
     def __post_init__(self) -> None:
         if self.rho < 0:
@@ -182,3 +184,33 @@ class SharpnessAware(Technique):
     def wrap_optimizer(self, optimizer: torch.optim.Optimizer, model: nn.Module) -> Any:
         return SAM(optimizer, self.rho, self.adaptive, self.eta,
                    model if self.preserve_batchnorm else None)
+
+    @classmethod
+    def stacked_rule(cls, copies: Sequence[SharpnessAware], stack: Stack) -> StackedRule:
+        return StackedAscent(per_copy([c.rho for c in copies], stack.flat), stack.layout,
+                             eta=copies[0].eta if copies[0].adaptive else None)
+
+
+class StackedAscent(StackedRule):
+    """:meth:`SAM.first_step` for K copies at once: ``e_k = rho_k · g_k / (‖g_k‖ + 1e-12)``,
+    the norm over all of copy k's parameters (per-parameter norms, then their norm, as SAM
+    computes it). With ``eta`` (adaptive mode) the gradient is scaled by ``T = |w| + eta``
+    inside the norm and ``e`` by ``T²``, with ``T = 1`` on the parameters ``scaled`` refuses
+    (ASAM's biases)."""
+
+    def __init__(self, rho: float | Tensor, layout: Layout, eta: float | None = None,
+                 scaled: Callable[[str], bool] = lambda name: True) -> None:
+        self.rho, self.layout, self.eta = rho, layout, eta
+        self.unscaled = [(start, end) for name, start, end, _ in layout if not scaled(name)]
+
+    @torch.no_grad()
+    def ascent(self, flat: Tensor, grad: Tensor) -> Tensor:
+        scale = None if self.eta is None else flat.abs() + self.eta
+        if scale is not None:
+            for start, end in self.unscaled:
+                scale[:, start:end] = 1.0
+        scaled = grad * scale if scale is not None else grad
+        norms = torch.stack([scaled[:, start:end].norm(dim=1)
+                             for _, start, end, _ in self.layout], dim=1)
+        e = grad * (cast(self.rho, grad) / (norms.norm(dim=1, keepdim=True) + 1e-12))
+        return e * (scale * scale) if scale is not None else e

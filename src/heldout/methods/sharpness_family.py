@@ -30,8 +30,9 @@ from torch.func import grad, vmap
 
 from heldout.core.functional import functional_call
 from heldout.core.measure import eval_mode
+from heldout.core.stacked import Stack, StackedRule, per_copy
 from heldout.core.technique import Technique
-from heldout.methods.sharpness import SAM, preserve_batchnorm_stats
+from heldout.methods.sharpness import SAM, StackedAscent, preserve_batchnorm_stats
 from heldout.registry import TECHNIQUES
 
 __all__ = [
@@ -56,6 +57,12 @@ def _trainable(optimizer: torch.optim.Optimizer) -> list[Tensor]:
 
 
 # =========================================================================== ASAM
+
+
+def asam_scales(name: str) -> bool:
+    """ASAM's rule for which parameters its ascent scales by T = |w| + η: those named like a
+    weight (``...weight``); the others (biases) keep T = 1, as the official code does."""
+    return "weight" in name
 
 
 class ASAM(SAM):
@@ -99,7 +106,7 @@ class ASAM(SAM):
                          model=model if preserve_batchnorm else None)
         self.model = model
         self._unscaled = set() if model is None else {
-            id(p) for name, p in model.named_parameters() if "weight" not in name
+            id(p) for name, p in model.named_parameters() if not asam_scales(name)
         }
 
     def is_scaled(self, param: Tensor) -> bool:
@@ -134,6 +141,7 @@ class AdaptiveSharpnessAware(Technique):
     preserve_batchnorm: bool = True  # keep BN statistics from the second pass out
 
     touches = frozenset({"step"})
+    vectorizable = frozenset({"rho"})
 
     def __post_init__(self) -> None:
         if self.rho < 0 or self.eta < 0:
@@ -141,6 +149,12 @@ class AdaptiveSharpnessAware(Technique):
 
     def wrap_optimizer(self, optimizer: torch.optim.Optimizer, model: nn.Module) -> Any:
         return ASAM(optimizer, self.rho, self.eta, model, self.preserve_batchnorm)
+
+    @classmethod
+    def stacked_rule(cls, copies: Sequence[AdaptiveSharpnessAware], stack: Stack
+                     ) -> StackedRule:
+        return StackedAscent(per_copy([c.rho for c in copies], stack.flat), stack.layout,
+                             eta=copies[0].eta, scaled=asam_scales)
 
 
 # =========================================================================== TRAM

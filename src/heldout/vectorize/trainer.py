@@ -1,9 +1,10 @@
 """Vectorized seeds: train K copies of a small model in one process with ``torch.func``.
 
 The copies differ in ``seed`` and optionally in ``optimizer.lr`` / ``optimizer.weight_decay``
-and the per-copy hyper-parameters of the supported techniques (weight decay, SAM's and ASAM's
-``rho``, label smoothing's ``smoothing``, EMA's ``decay``); everything else in their configs
-is equal.
+and the per-copy hyper-parameters of their techniques (each technique that vectorizes declares
+them in ``vectorizable`` and its action on the stack in ``stacked_rule``, see
+:mod:`heldout.core.stacked`; :func:`vectorizable_techniques` lists them); everything else in
+their configs is equal.
 Each copy is built exactly as :func:`heldout.runner.build` builds it alone (the task splits from
 its seed, then ``seed_everything(seed)``, then the model), so the initial weights, the training
 data and the minibatch order are the ones of the separate run. Then:
@@ -16,17 +17,17 @@ data and the minibatch order are the ones of the separate run. Then:
   own batch (its own split when the data depends on the seed; minibatches gathered with its own
   per-epoch order, the permutation its ``TensorBatches`` draws);
 * row ``k`` of the gradient of the summed losses is the gradient of copy ``k``'s loss alone
-  (with SAM, a second gradient is taken at ``w + e``, ``e`` computed per copy as
-  :meth:`heldout.methods.SAM.first_step` does, and the weights return to ``w``),
+  (with an ascent rule such as SAM's, a second gradient is taken at ``w + e``, ``e`` computed
+  per copy as :meth:`heldout.methods.SAM.first_step` does, and the weights return to ``w``),
   and the optimizer update (SGD with momentum / dampening / Nesterov, Adam, AdamW) is written
   out on the (K, P) tensor op for op as torch's single-tensor implementations do it (L2 or
   decoupled decay, ``lerp`` of the first moment, bias corrections, ``eps`` added after the
   square root and its bias correction): every op is elementwise, so fed the same gradients it
   equals K torch optimizers bit for bit. A hyper-parameter shared by all copies is a Python
   scalar, exactly as in torch; one that differs (lr, weight decay) is a (K, 1) float64 column,
-  cast to float32 where torch casts its scalar; with EMA, a second (K, P) tensor holds the
-  copies' averages, updated after each step by one ``lerp`` (``ema_update``'s op) and
-  evaluated in place of the weights when the technique evaluates the average;
+  cast to float32 where torch casts its scalar; the techniques' stacked rules then act after
+  the step (EMA: a second (K, P) tensor of the copies' averages, one ``lerp`` per step,
+  evaluated in place of the weights when the technique evaluates the average);
 * at step 0, every ``eval_every`` steps and the last step each copy's weights are copied into
   its own module and evaluated with the regular :func:`heldout.measures.evaluate` (through its
   own Trainer, so stateful measures and measures relative to the initialization behave as in
@@ -85,32 +86,17 @@ from torch.func import stack_module_state
 
 from heldout.config import RunConfig, config_to_dict
 from heldout.core.functional import functional_call
+from heldout.core.stacked import Stack, StackedRule, cast, per_copy
 from heldout.engine.checkpoint import load_checkpoint
 from heldout.engine.data import TensorBatches
 from heldout.engine.trainer import NonFiniteLossError, Trainer
-from heldout.methods.averaging import EMA
-from heldout.methods.losses import LabelSmoothing, label_smoothing_cross_entropy
-from heldout.methods.sharpness import SAM
-from heldout.methods.sharpness_family import ASAM
 from heldout.models.layers import Square, TokenLinear
 from heldout.models.mlp import MLPNetwork
-from heldout.registry import MODELS, TASKS
+from heldout.registry import MODELS, TASKS, TECHNIQUES
 from heldout.runner import CHECKPOINT_NAME, ProgressPrinter, RunResult, build
 from heldout.store.sqlite import Store
 
-__all__ = ["VECTORIZABLE_TECHNIQUES", "can_vectorize", "train_vectorized", "vectorization_key"]
-
-# The techniques vectorized training supports, each with the hyper-parameters in which the
-# copies may differ (the others must be equal): weight decay folds into the stacked update
-# (read back from the built optimizer), SAM's ascent step is taken per copy on the stacked
-# gradient, label smoothing is computed per copy, EMA averages the stacked weights.
-VECTORIZABLE_TECHNIQUES: dict[str, frozenset[str]] = {
-    "weight_decay": frozenset({"weight_decay"}),
-    "sam": frozenset({"rho"}),
-    "asam": frozenset({"rho"}),
-    "label_smoothing": frozenset({"smoothing"}),
-    "ema": frozenset({"decay"}),
-}
+__all__ = ["can_vectorize", "train_vectorized", "vectorizable_techniques", "vectorization_key"]
 
 # Metrics of the copies reach the store at most this often, and before each checkpoint: a
 # killed group resumes from its checkpoints, which carry the history, so writing every
@@ -129,16 +115,34 @@ _OPTIMIZERS = (torch.optim.SGD, torch.optim.Adam)  # AdamW is an Adam (decoupled
 
 # ----------------------------------------------------------------------------- the check
 
+def vectorizable_techniques() -> dict[str, frozenset[str]]:
+    """The registered techniques that vectorize, each with the hyper-parameters in which the
+    copies may differ (what each technique declares in ``vectorizable``)."""
+    out = {}
+    for entry in TECHNIQUES.entries():
+        fields = getattr(entry.cls, "vectorizable", None)
+        if fields is not None:
+            out[entry.name] = fields
+    return out
+
+
+def per_copy_fields() -> str:
+    """The config fields copies may differ in, for messages and help: ``seed, name, ...``."""
+    techniques = [f"techniques.{name}.{field}" for name, fields in
+                  vectorizable_techniques().items() for field in sorted(fields)]
+    return ", ".join(["seed", "name", "optimizer.lr", "optimizer.weight_decay", *techniques])
+
+
 def vectorization_key(cfg: RunConfig) -> dict[str, Any]:
     """The config without the fields copies may differ in: seed, name, optimizer.lr and
-    optimizer.weight_decay, and the per-copy hyper-parameters of
-    :data:`VECTORIZABLE_TECHNIQUES` (``techniques.sam.rho``, ...)."""
+    optimizer.weight_decay, and each technique's ``vectorizable`` hyper-parameters
+    (``techniques.sam.rho``, ...)."""
     data = config_to_dict(cfg)
     for key in ("seed", "name"):
         data.pop(key)
     data["optimizer"] = {k: v for k, v in data["optimizer"].items()
                          if k not in ("lr", "weight_decay")}
-    free = VECTORIZABLE_TECHNIQUES
+    free = vectorizable_techniques()
     data["techniques"] = [{k: v for k, v in t.items() if k not in free.get(t["name"], ())}
                           for t in data["techniques"]]
     return data
@@ -170,13 +174,11 @@ def can_vectorize(configs: Sequence[RunConfig]) -> tuple[bool, str]:
     """Whether ``configs`` can be trained together by :func:`train_vectorized`, and if not why.
 
     They can when they differ only in ``seed``, ``name``, ``optimizer.lr`` and
-    ``optimizer.weight_decay`` (and ``techniques.sam.rho``, ``techniques.asam.rho``,
-    ``techniques.label_smoothing.smoothing``, ``techniques.weight_decay.weight_decay``,
-    ``techniques.ema.decay``); use no techniques beyond
-    :data:`VECTORIZABLE_TECHNIQUES`;
-    use SGD, Adam or AdamW; train in float32 (``precision="float32"``); and their model has no
-    BatchNorm and no dropout. Any measures are
-    fine (each copy is evaluated on its own module). The model check builds the first
+    ``optimizer.weight_decay`` (and the per-copy hyper-parameters their techniques declare,
+    e.g. ``techniques.sam.rho``); use only techniques that vectorize
+    (:func:`vectorizable_techniques`); use SGD, Adam or AdamW; train in float32
+    (``precision="float32"``); and their model has no BatchNorm and no dropout. Any measures
+    are fine (each copy is evaluated on its own module). The model check builds the first
     config's task and model (with the global RNG state preserved).
 
     Example:
@@ -194,16 +196,14 @@ def can_vectorize(configs: Sequence[RunConfig]) -> tuple[bool, str]:
     for cfg in configs[1:]:
         difference = _first_difference(first, vectorization_key(cfg))
         if difference:
-            return False, (f"configs differ in {difference}; copies may differ only in seed, "
-                           "name, optimizer.lr, optimizer.weight_decay and the techniques' "
-                           "per-copy hyper-parameters (sam.rho, asam.rho, label_smoothing."
-                           "smoothing, weight_decay.weight_decay, ema.decay)")
+            return False, (f"configs differ in {difference}; copies may differ only in "
+                           f"{per_copy_fields()}")
     cfg = configs[0]
+    supported = vectorizable_techniques()
     for technique in cfg.techniques:
-        if technique.name not in VECTORIZABLE_TECHNIQUES:
-            supported = ", ".join(sorted(VECTORIZABLE_TECHNIQUES))
+        if technique.name not in supported:
             return False, (f"technique {technique.name!r} is not supported by vectorized "
-                           f"training (supported: {supported})")
+                           f"training (supported: {', '.join(sorted(supported))})")
     if cfg.optimizer.name not in ("sgd", "adam", "adamw"):
         return False, f"optimizer {cfg.optimizer.name!r} is not supported"
     if cfg.precision != "float32":
@@ -220,24 +220,11 @@ def can_vectorize(configs: Sequence[RunConfig]) -> tuple[bool, str]:
 
 # ----------------------------------------------------------------------------- the optimizer
 
-def _per_copy(values: Sequence[float], like: Tensor) -> float | Tensor:
-    """A Python float when all copies share the value (then every op is torch's own, with the
-    same scalar), else a float64 (K, 1) tensor, cast to the parameters' dtype where torch
-    casts its scalar."""
-    if all(v == values[0] for v in values):
-        return float(values[0])
-    return torch.tensor(values, dtype=torch.float64, device=like.device).unsqueeze(1)
-
-
-def _cast(value: float | Tensor, like: Tensor) -> float | Tensor:
-    return value if isinstance(value, float) else value.to(like.dtype)
-
-
 def _add_scaled(tensor: Tensor, other: Tensor, alpha: float | Tensor) -> Tensor:
     """``tensor + alpha * other`` (torch's ``add(other, alpha=...)``), out of place."""
     if isinstance(alpha, float):
         return tensor.add(other, alpha=alpha)
-    return torch.addcmul(tensor, other, _cast(alpha, other))
+    return torch.addcmul(tensor, other, cast(alpha, other))
 
 
 def _scalar_dtype() -> torch.dtype:
@@ -267,8 +254,8 @@ class _StackedOptimizer:
             if any(g[key] != group[key] for g in groups):
                 raise ValueError(f"the copies' optimizers differ in {key}")
         self.group = group
-        self.lr = _per_copy([g["lr"] for g in groups], flat)
-        self.weight_decay = _per_copy([g["weight_decay"] for g in groups], flat)
+        self.lr = per_copy([g["lr"] for g in groups], flat)
+        self.weight_decay = per_copy([g["weight_decay"] for g in groups], flat)
         self.decay_on = any(g["weight_decay"] != 0 for g in groups)
         self.step_count = 0
         self.state: dict[str, Tensor] = {}
@@ -296,7 +283,7 @@ class _StackedOptimizer:
         if isinstance(self.lr, float):
             param.add_(grad, alpha=-self.lr)
         else:
-            param.addcmul_(grad, _cast(-self.lr, param))
+            param.addcmul_(grad, cast(-self.lr, param))
 
     def _adam(self, param: Tensor, grad: Tensor) -> None:
         group, state = self.group, self.state
@@ -308,7 +295,7 @@ class _StackedOptimizer:
         lr, decay = self.lr, self.weight_decay
         if self.decay_on:
             if group["decoupled_weight_decay"]:
-                param.mul_(_cast(1 - lr * decay, param))
+                param.mul_(cast(1 - lr * decay, param))
             else:
                 grad = _add_scaled(grad, param, decay)
         exp_avg.lerp_(grad, 1 - beta1)
@@ -321,7 +308,7 @@ class _StackedOptimizer:
         if isinstance(step_size, float):
             param.addcdiv_(exp_avg, denom, value=-step_size)
         else:  # torch's addcdiv computes self + (value * t1) / t2
-            param.add_(_cast(-step_size, param) * exp_avg / denom)
+            param.add_(cast(-step_size, param) * exp_avg / denom)
 
     def load_copies(self, optimizers: Sequence[torch.optim.Optimizer],
                     params: Sequence[Sequence[Tensor]]) -> None:
@@ -355,56 +342,6 @@ class _StackedOptimizer:
                          **entry}
             out[number] = entry
         return out
-
-
-class _StackedSAM:
-    """SAM's ascent step (:meth:`heldout.methods.SAM.first_step`) for K copies at once:
-    ``e_k = rho_k · g_k / (‖g_k‖ + 1e-12)``, the norm over all of copy k's parameters (its
-    per-parameter norms, then their norm, as SAM computes it); adaptive mode scales the
-    gradient by ``T = |w| + eta`` inside the norm and ``e`` by ``T²``, with ``T = 1`` on the
-    columns of ``unscaled`` (ASAM's parameters that are not weight-like: biases)."""
-
-    def __init__(self, rho: float | Tensor, adaptive: bool, eta: float,
-                 layout: Sequence[tuple[str, int, int, torch.Size]],
-                 unscaled: Sequence[tuple[int, int]] = ()) -> None:
-        self.rho, self.adaptive, self.eta, self.layout = rho, adaptive, eta, layout
-        self.unscaled = list(unscaled)
-
-    @classmethod
-    def of(cls, trainers: Sequence[Trainer], layout: Sequence[tuple[str, int, int, torch.Size]],
-           flat: Tensor) -> _StackedSAM | None:
-        """The copies' SAM or ASAM (read from their optimizers' groups), or None."""
-        optimizers = [t.optimizer for t in trainers]
-        if not isinstance(optimizers[0], SAM):
-            return None
-        kind = type(optimizers[0])
-        if kind not in (SAM, ASAM) or any(type(o) is not kind for o in optimizers):
-            raise ValueError("vectorized training supports SAM and ASAM, not other variants")
-        groups = [o.param_groups[0] for o in optimizers]
-        for key in ("adaptive", "eta"):
-            if any(g[key] != groups[0][key] for g in groups):
-                raise ValueError(f"the copies' SAM differ in {key}")
-        rho = _per_copy([float(g["rho"]) for g in groups], flat)
-        unscaled = []
-        if isinstance(optimizers[0], ASAM):
-            params = dict(trainers[0].model.named_parameters())
-            unscaled = [(start, end) for name, start, end, _ in layout
-                        if not optimizers[0].is_scaled(params[name])]
-        return cls(rho, bool(groups[0]["adaptive"]), float(groups[0]["eta"]), layout,
-                   unscaled)
-
-    @torch.no_grad()
-    def perturbation(self, flat: Tensor, grad: Tensor) -> Tensor:
-        scale = flat.abs() + self.eta if self.adaptive else None
-        if scale is not None:
-            for start, end in self.unscaled:
-                scale[:, start:end] = 1.0
-        scaled = grad * scale if scale is not None else grad
-        norms = torch.stack([scaled[:, start:end].norm(dim=1)
-                             for _, start, end, _ in self.layout], dim=1)
-        factor = _cast(self.rho, grad) / (norms.norm(dim=1, keepdim=True) + 1e-12)
-        e = grad * factor
-        return e * (scale * scale) if scale is not None else e
 
 
 # ----------------------------------------------------------------------------- the forward
@@ -569,10 +506,9 @@ class _Group:
             if not isinstance(base, _OPTIMIZERS):
                 raise ValueError(f"optimizer {type(base).__name__} is not supported by "
                                  "vectorized training")
-            if trainer.loss_terms or (trainer.loss_technique is not None and not isinstance(
-                    trainer.loss_technique, LabelSmoothing)):
-                raise ValueError("vectorized training supports no loss technique but label "
-                                 "smoothing")
+            refused = [t.name for t in trainer.techniques if t.vectorizable is None]
+            if refused:
+                raise ValueError(f"techniques {refused} do not vectorize")
         params, self.buffers = stack_module_state(models)  # type: ignore[arg-type]
         k = len(models)
         # One (K, P) tensor holds every parameter of every copy, so each optimizer op is one
@@ -594,20 +530,15 @@ class _Group:
         # the runner's default loss, per copy without vmap's decomposed cross-entropy
         plain_ce = cfg.loss == "cross_entropy" and classes
         self.ce_dtype = getattr(torch, cfg.loss_dtype) if plain_ce else None
-        smoothing = [getattr(t.loss_technique, "smoothing", None) for t in self.trainers]
-        self.smoothing = (None if smoothing[0] is None
-                          else _per_copy([float(e) for e in smoothing], self.flat))
-        self.sam = _StackedSAM.of(self.trainers, self.layout, self.flat)
         self.optimizer = _StackedOptimizer(bases, self.flat)
-        # EMA: the copies' averages as a second (K, P) tensor, from the initial weights
-        self.emas = [next((t for t in tr.techniques if isinstance(t, EMA)), None)
-                     for tr in self.trainers]
-        ema = self.emas[0]
-        self.ema_flat = None if ema is None else self.flat.clone()
-        self.ema_weight = (None if ema is None else  # ema_update's 1 - decay, per copy
-                           _per_copy([1.0 - e.decay for e in self.emas], self.flat))
-        self.ema_updates = 0
-        self.evaluate_average = ema is not None and ema.evaluate_average
+        # each technique's action on the stack, at its position in the technique list
+        stack = Stack(self.flat, self.layout, models)
+        self.rules: list[tuple[int, StackedRule]] = []
+        for position, technique in enumerate(self.trainers[0].techniques):
+            copies = [t.techniques[position] for t in self.trainers]
+            rule = type(technique).stacked_rule(copies, stack)
+            if rule is not None:
+                self.rules.append((position, rule))
         self.data = _Data([t.batches for t in self.trainers])  # type: ignore[misc]
         self.max_steps = self.trainers[0].state.max_steps
         self.eval_every = self.trainers[0].eval_every
@@ -641,14 +572,9 @@ class _Group:
         self.optimizer.load_copies(
             [getattr(t.optimizer, "base", t.optimizer) for t in self.trainers],
             [list(t.model.parameters()) for t in self.trainers])
-        if self.ema_flat is not None:  # the averages the checkpoints hold
-            averages = [e.average(t.model)  # type: ignore[union-attr]
-                        for e, t in zip(self.emas, self.trainers, strict=True)]
-            with torch.no_grad():
-                self.ema_flat.copy_(torch.stack([
-                    torch.cat([p.reshape(-1) for p in a.module.parameters()])
-                    for a in averages]))
-            self.ema_updates = averages[0].updates
+        for position, rule in self.rules:  # the state the copies' techniques restored
+            rule.load([t.techniques[position] for t in self.trainers],
+                      [t.model for t in self.trainers])
         self.data.seek(positions[0])
         return steps[0]
 
@@ -657,15 +583,24 @@ class _Group:
         return {name: flat[:, start:end].view(-1, *shape)
                 for name, start, end, shape in self.layout}
 
+    def eval_weights(self) -> Tensor:
+        """The (K, P) weights evaluation uses: a rule's (an EMA average), else the weights."""
+        for _, rule in self.rules:
+            weights = rule.eval_weights(self.flat)
+            if weights is not None:
+                return weights
+        return self.flat
+
     def _copy_logits(self, params: dict[str, Tensor], buffers: dict[str, Tensor],
                      x: Tensor) -> Tensor:
         return functional_call(self.base, (params, buffers), (x,))
 
     def losses(self, logits: Tensor, y: Tensor) -> Tensor:
         """Each copy's training loss on its batch: (K, batch, C) logits → (K,)."""
-        if self.smoothing is not None:  # each copy's ε: a (K, 1) column or one float
-            eps = _cast(self.smoothing, logits)
-            return label_smoothing_cross_entropy(logits, y, eps, reduction="none").mean(dim=1)
+        for _, rule in self.rules:  # a loss technique's rule (label smoothing, say)
+            losses = rule.loss(logits, y)
+            if losses is not None:
+                return losses
         if self.ce_dtype is not None:  # mean cross-entropy of each copy's batch
             return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).to(self.ce_dtype),
                                    y.reshape(-1), reduction="none").view(y.shape).mean(dim=1)
@@ -691,36 +626,30 @@ class _Group:
         """One optimizer step of every copy; returns the K losses (detached)."""
         x, y = self.data.next()
         losses, grad = self.gradient(x, y)
-        if self.sam is not None:  # SAM.step: the gradient at w + e, then back to w
-            e = self.sam.perturbation(self.flat, grad)
-            with torch.no_grad():
-                self.flat.add_(e)
-            _, grad = self.gradient(x, y)
-            with torch.no_grad():
-                self.flat.sub_(e)
+        for _, rule in self.rules:  # an ascent rule (SAM): the gradient at w + e, back to w
+            e = rule.ascent(self.flat, grad)
+            if e is not None:
+                with torch.no_grad():
+                    self.flat.add_(e)
+                _, grad = self.gradient(x, y)
+                with torch.no_grad():
+                    self.flat.sub_(e)
+                break
         self.optimizer.step(self.flat, grad)
-        if self.ema_flat is not None:  # EMA.on_after_step: a.lerp_(p, 1 - decay)
-            with torch.no_grad():
-                weight = _cast(self.ema_weight, self.flat)  # type: ignore[arg-type]
-                self.ema_flat.lerp_(self.flat, weight)
-            self.ema_updates += 1
+        for _, rule in reversed(self.rules):  # as on_after_step: in reverse list order
+            rule.after_step(self.flat)
         return losses
 
     @torch.no_grad()
     def load_copy(self, index: int) -> Trainer:
-        """Copy ``index``'s current weights (and EMA average) into its own modules; return
-        its Trainer."""
+        """Copy ``index``'s current weights (and its rules' state, e.g. an EMA average) into its
+        own modules and techniques; return its Trainer."""
         trainer = self.trainers[index]
         stacked = self.params(self.flat)
         for name, param in trainer.model.named_parameters():
             param.copy_(stacked[name][index])
-        ema = self.emas[index]
-        if ema is not None:
-            average = ema.average(trainer.model)
-            stacked = self.params(self.ema_flat)  # type: ignore[arg-type]
-            for name, param in average.module.named_parameters():
-                param.copy_(stacked[name][index])
-            average.updates = self.ema_updates
+        for position, rule in self.rules:
+            rule.export(index, trainer.techniques[position], trainer.model)
         return trainer
 
     @torch.no_grad()
@@ -731,8 +660,7 @@ class _Group:
         per_copy: list[dict[str, tuple[Tensor, Tensor]]] = [{} for _ in self.trainers]
         if self.stacked_forward is None:
             return per_copy
-        weights = self.ema_flat if self.evaluate_average else self.flat
-        params = self.params(weights)  # type: ignore[arg-type]
+        params = self.params(self.eval_weights())
         for split in self.trainers[0].eval_data:
             data = [_tensors(t.eval_data.get(split)) for t in self.trainers]
             if any(d is None for d in data):
