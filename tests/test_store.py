@@ -107,5 +107,5 @@ def test_init_from_starts_from_a_finished_run(store):
     wrong = tiny_config(f"init_from={base.identity}", "model.hidden=[16]")
     with pytest.raises(ValueError, match="do not fit this model"):
         build(wrong, store=store)
-    with pytest.raises(KeyError, match="no run"):
+    with pytest.raises(ValueError, match="init_from: no run"):  # a ConfigError: one line
         build(tiny_config("init_from=nosuchrun"), store=store)

@@ -7,30 +7,36 @@
     heldout runs ls|show|export ...
     heldout claims list | run [NAME ...] [--seeds N] [--scale ci|full]
     heldout sweep SPEC.yaml [--executor local|ray] [--workers N] [--address A] [--vectorize K]
+                [--max-runs N]
     heldout sweep status SWEEP
     heldout flagship [--steps N] [--out DIR]
     heldout report SWEEP|RUN ... [--out DIR]
     heldout measure RUN --measure NAME [--split S] [--set k=v]
     heldout measure rank RUN RUN ... --measure KEY [--gap KEY] [--axis CONFIG.KEY]
 
-Config mistakes (unknown key or name, wrong type) print one line and exit with status 2.
+Mistakes in what was typed (unknown key or name, wrong type or range, a file that cannot be
+read, a directory that is a file) print one line and exit with status 2, and write no run
+record. Overrides may come before or after the flags.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import yaml
 
 from heldout.config import ConfigError, RunConfig, config_from_dict, load_config, parse_overrides
+from heldout.experiments.sweep import MAX_RUNS
 from heldout.registry import CLAIMS, REGISTRIES, UnknownNameError, implementations, papers
 from heldout.runner import RunFailed, execute
-from heldout.store.sqlite import Store
+from heldout.store.sqlite import Store, default_home
 
 __all__ = ["main"]
 
@@ -39,8 +45,15 @@ class UsageError(Exception):
     """A mistake in what the user typed: one line, exit status 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors in one line (no usage block) and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="heldout", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="heldout", description=__doc__.splitlines()[0])
     parser.add_argument("--home", help="where the runs store lives (default: $HELDOUT_HOME "
                         "or ./.heldout)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -98,6 +111,8 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--workers", type=int, default=2, help="local: processes at a time; "
                        "ray without --address: CPUs of the local instance")
     sweep.add_argument("--address", help="ray: a cluster to join (default: start a local one)")
+    sweep.add_argument("--max-runs", type=int, default=MAX_RUNS, metavar="N",
+                       help=f"refuse a plan of more than N runs (default {MAX_RUNS:,})")
     sweep.add_argument("--vectorize", type=int, default=8, metavar="K",
                        help="train up to K runs that differ only in "
                        f"{_vectorize_fields()} together in one process where the model and "
@@ -139,9 +154,14 @@ def _vectorize_fields() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "run" and all("=" in a and not a.startswith("-") for a in extra):
+        args.overrides = [*args.overrides, *extra]  # overrides given after a flag
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        store = Store(args.home) if args.command not in ("list",) else None
+        store = Store(_home(args.home)) if args.command not in ("list",) else None
         return _COMMANDS[args.command](args, store)
     except (ConfigError, UnknownNameError, UsageError) as err:
         print(f"heldout: error: {err}", file=sys.stderr)
@@ -153,6 +173,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("heldout: interrupted; `heldout run` with the same config resumes",
               file=sys.stderr)
         return 130
+
+
+def _writable_dir(path: Path, what: str) -> Path:
+    """``path`` if it is a directory or can be made one; else a one-line UsageError naming
+    the file in the way (``path`` itself, or the nearest existing parent)."""
+    for existing in (path, *path.parents):
+        if existing.exists():
+            if not existing.is_dir():
+                where = "is a file" if existing == path else f"is under {existing}, a file"
+                raise UsageError(f"{what} {path} {where}; give a directory")
+            break
+    return path
+
+
+def _home(home: str | None) -> Path:
+    """The store's directory (``--home``, ``$HELDOUT_HOME`` or ``./.heldout``), checked
+    before the store opens it."""
+    what = "--home" if home is not None else (
+        "HELDOUT_HOME" if "HELDOUT_HOME" in os.environ else "the default home")
+    return _writable_dir(Path(home) if home is not None else default_home(), what)
 
 
 # ----------------------------------------------------------------------------- commands
@@ -267,9 +307,16 @@ def _cmd_runs(args: argparse.Namespace, store: Store) -> int:
         print("  config   " + json.dumps(r.config, sort_keys=True))
         _print_metrics(store.final_metrics(r.id), indent="  ")
         return 0
-    text = store.export(args.runs or None, args.format)
+    try:
+        text = store.export(args.runs or None, args.format)
+    except KeyError as err:
+        raise UsageError(str(err.args[0])) from None
     if args.out:
-        Path(args.out).write_text(text)
+        out = Path(args.out)
+        if out.is_dir():
+            raise UsageError(f"--out {out} is a directory; give a file name")
+        _writable_dir(out.parent, "--out").mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
         print(f"wrote {args.out}")
     else:
         sys.stdout.write(text)
@@ -381,11 +428,10 @@ def _cmd_sweep(args: argparse.Namespace, store: Store) -> int:
             print(f"  failed {failure['run_id']} ({failure['technique']}, seed "
                   f"{failure['seed']}): {failure['error']}")
         return 0
+    for flag in ("workers", "vectorize", "max_runs"):
+        if getattr(args, flag) < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} must be >= 1")
     spec = load_sweep(args.spec)
-    if args.workers < 1:
-        raise UsageError("--workers must be >= 1")
-    if args.vectorize < 1:
-        raise UsageError("--vectorize must be >= 1")
 
     def report(outcome) -> None:
         line = f"{outcome.run_id} {outcome.status}"
@@ -393,7 +439,8 @@ def _cmd_sweep(args: argparse.Namespace, store: Store) -> int:
 
     print(f"sweep {spec.name} ({spec.identity}); store {store.path}", flush=True)
     run_sweep(spec, store, executor=args.executor, workers=args.workers,
-              address=args.address, progress=report, vectorize=args.vectorize)
+              address=args.address, progress=report, vectorize=args.vectorize,
+              max_runs=args.max_runs)
     status = sweep_status(store, spec.identity)
     print(f"{status['runs']} runs: " + ", ".join(
         f"{k} {v}" for k, v in sorted(status["counts"].items())))
@@ -403,8 +450,8 @@ def _cmd_sweep(args: argparse.Namespace, store: Store) -> int:
 def _cmd_flagship(args: argparse.Namespace, store: Store) -> int:
     from heldout.flagship import run_flagship
 
-    path = run_flagship(store, out=Path(args.out), steps=args.steps, seed=args.seed,
-                        progress=True)
+    out = _writable_dir(Path(args.out), "--out")
+    path = run_flagship(store, out=out, steps=args.steps, seed=args.seed, progress=True)
     print(f"report: {path.resolve()}")
     return 0
 
@@ -412,6 +459,7 @@ def _cmd_flagship(args: argparse.Namespace, store: Store) -> int:
 def _cmd_report(args: argparse.Namespace, store: Store) -> int:
     from heldout.report.html import write_report
 
+    out = _writable_dir(Path(args.out), "--out")
     if len(args.runs) == 1:  # a sweep id or name?
         try:
             store.get_sweep(args.runs[0])
@@ -420,14 +468,14 @@ def _cmd_report(args: argparse.Namespace, store: Store) -> int:
         else:
             from heldout.report.sweep import write_sweep_report
 
-            path = write_sweep_report(store, args.runs[0], Path(args.out))
+            path = write_sweep_report(store, args.runs[0], out)
             print(f"report: {path.resolve()}")
             return 0
     try:
         ids = [store.get_run(r).id for r in args.runs]
     except KeyError as err:
         raise UsageError(str(err.args[0])) from None
-    path = write_report(store, ids, Path(args.out), title=args.title)
+    path = write_report(store, ids, out, title=args.title)
     print(f"report: {path.resolve()}")
     return 0
 

@@ -16,9 +16,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -49,6 +51,7 @@ __all__ = [
     "config_to_dict",
     "load_config",
     "parse_overrides",
+    "read_yaml",
     "run_identity",
 ]
 
@@ -79,6 +82,18 @@ class OptimizerConfig:
     momentum: float = 0.0  # SGD momentum
     nesterov: bool = False  # SGD Nesterov momentum
     weight_decay: float = 0.0  # decoupled for AdamW, L2 for Adam and SGD
+
+    def __post_init__(self) -> None:
+        # torch.optim's own checks, one line each, before any run record is written
+        for key in ("lr", "eps", "momentum", "weight_decay"):
+            value = getattr(self, key)
+            if not 0.0 <= value < math.inf:
+                raise ConfigError(f"optimizer.{key}: must be a finite number >= 0, got {value}")
+        for i, beta in enumerate(self.betas):
+            if not 0.0 <= beta < 1.0:
+                raise ConfigError(f"optimizer.betas[{i}]: must be in [0, 1), got {beta}")
+        if self.nesterov and self.momentum <= 0:
+            raise ConfigError("optimizer.nesterov: needs optimizer.momentum > 0")
 
 
 @dataclass(frozen=True)
@@ -121,6 +136,8 @@ class RunConfig:
                 raise ConfigError(f"{key}: must be >= 1, got {getattr(self, key)}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"batch_size: must be >= 1 or null, got {self.batch_size}")
+        if self.seed < 0:
+            raise ConfigError(f"seed: must be >= 0, got {self.seed}")
 
     @property
     def identity(self) -> str:
@@ -186,22 +203,30 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         raise ConfigError(f"{key}: expected true or false, got {value!r}")
     if hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if not -_INT_LIMIT <= value < _INT_LIMIT:  # what the store (SQLite) can hold
+                raise ConfigError(f"{key}: {value} is out of range (|value| < 2**63)")
             return value
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if hint is float:
+        number = None
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+            number = float(value)
+        elif isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                number = float(value)
+        if number is None:
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if math.isnan(number):  # NaN compares false with every bound, so it slips past them
+            raise ConfigError(f"{key}: expected a number, got NaN")
+        return number
     if hint is str:
         if isinstance(value, str):
             return value
         raise ConfigError(f"{key}: expected a string, got {value!r}")
     raise ConfigError(f"{key}: unsupported type {hint!r}")  # a bug in a component, not user input
+
+
+_INT_LIMIT = 2**63
 
 
 def _fields(cls: type) -> dict[str, Any]:
@@ -259,6 +284,14 @@ def check_components(key: str, value: Any) -> tuple[Component, ...]:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError(f"{key}: {', '.join(dupes)} listed more than once")
+    if key == "techniques" and len(checked) > 1:
+        from heldout.core.technique import check_combination
+
+        try:
+            check_combination([_COMPONENT_FIELDS[key].build(c.name, **dict(c.params))
+                               for c in checked])
+        except ValueError as err:  # CombinationError: names both techniques
+            raise ConfigError(f"{key}: {err}") from None
     return tuple(checked)
 
 
@@ -348,14 +381,23 @@ def run_identity(cfg: RunConfig) -> str:
     return hashlib.sha256(canonical_json(cfg).encode()).hexdigest()[:12]
 
 
-def load_config(path: str | Path, overrides: Iterable[str] = ()) -> RunConfig:
-    """Read a YAML run config and apply ``key=value`` overrides."""
+def read_yaml(path: str | Path, what: str = "config") -> Any:
+    """The parsed YAML of the file at ``path`` (None when empty); a file that cannot be read,
+    is not UTF-8 text or is not YAML is a one-line :class:`ConfigError` naming it."""
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except OSError as err:
-        raise ConfigError(f"{path}: cannot read config ({err.strerror})") from None
+        raise ConfigError(f"{path}: cannot read {what} ({err.strerror})") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: {what} is not UTF-8 text (byte {err.object[err.start]:#04x}"
+                          f" at offset {err.start})") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+
+
+def load_config(path: str | Path, overrides: Iterable[str] = ()) -> RunConfig:
+    """Read a YAML run config and apply ``key=value`` overrides."""
+    data = read_yaml(path, "config") or {}
     return parse_overrides(config_from_dict(data), overrides)
 
 

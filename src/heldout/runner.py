@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from heldout.config import (
     Component,
+    ConfigError,
     OptimizerConfig,
     RunConfig,
     config_from_dict,
@@ -36,8 +37,8 @@ from heldout.engine.trainer import NonFiniteLossError, Trainer, cross_entropy, m
 from heldout.registry import CALLBACKS, MEASURES, MODELS, TASKS, TECHNIQUES
 from heldout.store.sqlite import RunRecord, Store
 
-__all__ = ["ProgressPrinter", "RunFailed", "RunResult", "StoreLogger", "build", "execute",
-           "make_optimizer", "measure_run"]
+__all__ = ["ProgressPrinter", "RunFailed", "RunResult", "StoreLogger", "build",
+           "check_init_from", "execute", "make_optimizer", "measure_run"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -82,16 +83,31 @@ def make_optimizer(cfg: OptimizerConfig):
     return factory
 
 
-def _load_weights(model: torch.nn.Module, run_id: str, store: Store) -> None:
-    record = store.get_run(run_id)
+def check_init_from(cfg: RunConfig, store: Store) -> Path | None:
+    """The checkpoint that ``cfg.init_from`` names (None without ``init_from``); a run that
+    is unknown, unfinished or has no checkpoint file is a one-line :class:`ConfigError`."""
+    if not cfg.init_from:
+        return None
+    try:
+        record = store.get_run(cfg.init_from)
+    except KeyError as err:
+        raise ConfigError(f"init_from: {err.args[0]}") from None
     if record.status != "done":
-        raise RunFailed(record.id, f"init_from needs a finished run, {record.id} is "
-                        f"{record.status}")
-    state = load_checkpoint(store.run_dir(record.id) / CHECKPOINT_NAME)["model"]
+        raise ConfigError(f"init_from: needs a finished run; run {record.id} is {record.status}")
+    checkpoint = store.run_dir(record.id) / CHECKPOINT_NAME
+    if not checkpoint.is_file():
+        raise ConfigError(f"init_from: run {record.id} has no checkpoint ({checkpoint} is "
+                          "missing)")
+    return checkpoint
+
+
+def _load_weights(model: torch.nn.Module, cfg: RunConfig, store: Store) -> None:
+    checkpoint = check_init_from(cfg, store)
+    state = load_checkpoint(checkpoint)["model"]
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        raise ValueError(f"init_from {record.id}: its weights do not fit this model "
+        raise ValueError(f"init_from {cfg.init_from}: its weights do not fit this model "
                          f"({str(err).splitlines()[0]})") from None
 
 
@@ -120,7 +136,7 @@ def build(
     seed_everything(cfg.seed)
     model = _build(MODELS, cfg.model).build(splits.input, splits.num_classes)
     if cfg.init_from:
-        _load_weights(model, cfg.init_from, store or Store())
+        _load_weights(model, cfg, store or Store())
     dtype = getattr(torch, cfg.loss_dtype)
     if splits.regression:
         def loss_fn(outputs, targets):
@@ -240,12 +256,10 @@ def execute(
     """
     store = store or Store()
     run_id = cfg.identity
-    record = store.create_run(run_id, config_to_dict(cfg), cfg.seed, cfg.name)
-    run_dir = store.run_dir(run_id)
-    if restart and run_dir.exists():
-        shutil.rmtree(run_dir)
-    if record.status == "done" and not restart:
+    if not restart and store.has_run(run_id) and (record := store.get_run(run_id)).status == "done":
         return RunResult(run_id, "done", store.final_metrics(run_id), None, True, record)
+    check_init_from(cfg, store)  # a mistake here leaves no run record behind
+    run_dir = store.run_dir(run_id)
     checkpoint = run_dir / CHECKPOINT_NAME
     loggers: list[Logger] = [StoreLogger(store, run_id)]
     if progress:
@@ -257,8 +271,15 @@ def execute(
 
         extra = make_sinks(sinks, run_id, config_to_dict(cfg))
     loggers += extra
-    trainer = build(cfg, checkpoint_path=checkpoint, loggers=loggers, device=device,
-                    store=store)
+    try:
+        trainer = build(cfg, checkpoint_path=checkpoint, loggers=loggers, device=device,
+                        store=store)
+    except ValueError as err:  # a model that does not fit the task, say: no record written
+        _close(extra, failed=True)
+        raise ConfigError(f"run {run_id} cannot be built: {err}") from err
+    store.create_run(run_id, config_to_dict(cfg), cfg.seed, cfg.name)
+    if restart and run_dir.exists():
+        shutil.rmtree(run_dir)
     resumed_from = trainer.resume() if checkpoint.exists() else None
     store.start_run(run_id, resumed_from or 0)
     try:

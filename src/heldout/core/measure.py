@@ -19,7 +19,20 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-__all__ = ["EvalContext", "Measure", "check_splits", "eval_mode", "evaluate", "is_classification"]
+__all__ = [
+    "EvalContext",
+    "Measure",
+    "NonFiniteOutputError",
+    "check_splits",
+    "eval_mode",
+    "evaluate",
+    "is_classification",
+]
+
+
+class NonFiniteOutputError(ValueError):
+    """A model's outputs on a split hold NaN or infinite values: no measure of them means
+    anything (and some, such as binned calibration, cannot be computed at all)."""
 
 
 @contextlib.contextmanager
@@ -91,9 +104,20 @@ class EvalContext:
             self.model.train(was_training)
         return torch.cat(logits), torch.cat(targets)
 
+    @cached_property
+    def _finite_logits(self) -> Tensor:
+        logits = self._outputs[0]
+        finite = torch.isfinite(logits)
+        if not bool(finite.all()):
+            rows = int((~finite.reshape(len(logits), -1).all(dim=1)).sum())
+            raise NonFiniteOutputError(f"the model's outputs on split {self.split!r} hold NaN "
+                                       f"or infinite values ({rows} of {len(logits)} rows)")
+        return logits
+
     @property
     def logits(self) -> Tensor:
-        return self._outputs[0]
+        """The model's outputs on the split (checked finite once)."""
+        return self._finite_logits
 
     @property
     def targets(self) -> Tensor:

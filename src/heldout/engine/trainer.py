@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from heldout.core.callback import Callback
-from heldout.core.measure import Measure, evaluate
+from heldout.core.measure import Measure, NonFiniteOutputError, evaluate
 from heldout.core.state import Logger, State
 from heldout.core.technique import Technique, check_combination
 from heldout.engine.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
@@ -38,11 +38,16 @@ OptimizerLike = torch.optim.Optimizer | Callable[[Iterable[nn.Parameter]], torch
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the run stops and its last checkpoint is kept."""
+    """The loss, or the model's outputs at an evaluation, became NaN or infinite; the run
+    stops at ``step``. ``checkpoint_kept`` says whether a checkpoint saved before that step
+    is kept (None: not known, so the message does not say)."""
 
-    def __init__(self, step: int, loss: float) -> None:
-        super().__init__(f"non-finite loss ({loss}) at step {step}; the run stopped, "
-                         "its last good checkpoint is kept")
+    def __init__(self, step: int, loss: float, checkpoint_kept: bool | None = None,
+                 what: str | None = None) -> None:
+        kept = {True: ", its last good checkpoint is kept",
+                False: "; no checkpoint was saved before it", None: ""}[checkpoint_kept]
+        super().__init__(f"{what or f'non-finite loss ({loss})'} at step {step}; the run "
+                         f"stopped{kept}")
         self.step = step
         self.loss = loss
 
@@ -162,7 +167,7 @@ class Trainer:
             state.loss = loss.detach()
             if not math.isfinite(value := float(state.loss)):
                 self.seconds += time.perf_counter() - started
-                raise NonFiniteLossError(state.step + 1, value)
+                raise NonFiniteLossError(state.step + 1, value, self._checkpoint_kept())
             state.step += 1
             self._fire(Event.AFTER_STEP)
             if state.step % self.eval_every == 0 or state.step == state.max_steps:
@@ -218,7 +223,11 @@ class Trainer:
 
     def _evaluate(self) -> None:
         state = self.state
-        metrics = self.measure()
+        try:
+            metrics = self.measure()
+        except NonFiniteOutputError as err:  # diverged between two losses: stop as non-finite
+            raise NonFiniteLossError(state.step, math.nan, self._checkpoint_kept(),
+                                     what=f"non-finite outputs at evaluation ({err})") from None
         if state.loss is not None:
             metrics["train/step_loss"] = float(state.loss)
         state.metrics = metrics
@@ -226,6 +235,9 @@ class Trainer:
         self.history.append((state.step, metrics))
         for logger in self.loggers:
             logger.log(state.step, metrics)
+
+    def _checkpoint_kept(self) -> bool:
+        return self.checkpoint_path is not None and self.checkpoint_path.exists()
 
     def _checkpoint_due(self) -> bool:
         if self.checkpoint_path is None:

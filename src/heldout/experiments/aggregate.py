@@ -315,20 +315,29 @@ def to_csv(table: Table, *, formatted: bool = True) -> str:
     return buffer.getvalue()
 
 
+def _markdown(text: str) -> str:
+    """``text`` as one Markdown table cell: a pipe would end the cell and a line break the
+    row, so pipes (and the backslashes that could undo their escape) are escaped and line
+    breaks become spaces."""
+    text = text.replace("\\", "\\\\").replace("|", "\\|")
+    return " ".join(text.splitlines())
+
+
 def to_markdown(table: Table, *, describe: bool = True) -> str:
     """The table as a GitHub Markdown table (numbers right-aligned).
 
     Metric headers carry their units; with ``describe`` a footer states the interval and lists
     the one-line description of every selection rule in the table.
     """
-    headers = [_HEADERS.get(c, c) for c in table.columns]
+    headers = [_markdown(_HEADERS.get(c, c)) for c in table.columns]
     numeric = {"seeds", "missing", *table.metrics}
     lines = [
         "| " + " | ".join(headers) + " |",
         "|" + "|".join("---:" if c in numeric else "---" for c in table.columns) + "|",
     ]
     for row in table:
-        lines.append("| " + " | ".join(_cell(c, row.get(c)) for c in table.columns) + " |")
+        lines.append("| " + " | ".join(_markdown(_cell(c, row.get(c))) for c in table.columns)
+                     + " |")
     if describe:
         percent = f"{100 * table.confidence:g}%"
         lines += ["", f"Cells: mean ± half-width of the {percent} Student-t interval over "

@@ -66,11 +66,6 @@ def _train(config: dict[str, Any], home: str, emit: Any, threads: int) -> dict[s
     from heldout.engine.trainer import NonFiniteLossError
     from heldout.runner import CHECKPOINT_NAME, build
 
-    torch.set_num_threads(threads)
-    cfg = config_from_dict(config)
-    store = Store(home)  # read-only here: init_from and knowledge distillation read runs
-    checkpoint = store.run_dir(cfg.identity) / CHECKPOINT_NAME
-
     class Emitter:
         def log(self, step: int, metrics: Mapping[str, float]) -> None:
             emit("metrics", _rows([(step, metrics)]))
@@ -78,8 +73,15 @@ def _train(config: dict[str, Any], home: str, emit: Any, threads: int) -> dict[s
         def flush(self) -> None:
             pass
 
-    trainer = build(cfg, checkpoint_path=checkpoint, loggers=[Emitter()], store=store)
-    resumed = trainer.resume() if checkpoint.exists() else 0
+    torch.set_num_threads(threads)
+    try:  # a run that cannot be built or resumed fails with its own reason, not the worker's
+        cfg = config_from_dict(config)
+        store = Store(home)  # read-only here: init_from and knowledge distillation read runs
+        checkpoint = store.run_dir(cfg.identity) / CHECKPOINT_NAME
+        trainer = build(cfg, checkpoint_path=checkpoint, loggers=[Emitter()], store=store)
+        resumed = trainer.resume() if checkpoint.exists() else 0
+    except Exception as err:  # noqa: BLE001 - the run fails, the sweep goes on
+        return {"status": "failed", "error": _message(err), "seconds": 0.0, "step": None}
     emit("started", resumed)
     if trainer.history:  # evaluations the checkpoint carries: report them again (idempotent)
         emit("metrics", _rows(trainer.history))
@@ -355,10 +357,14 @@ class LocalExecutor:
 
 
 def _finish(store: Store, run_id: str, result: Mapping[str, Any]) -> None:
+    """Record how a run ended; a step of None (it failed before training) keeps the step
+    the store already has."""
     if result["status"] == "done" and result.get("checkpoint"):
         store.set_checkpoint(run_id, result["checkpoint"], result["step"])
+    step = result.get("step")
     store.finish_run(run_id, status=result["status"], seconds=result.get("seconds") or 0.0,
-                     step=result.get("step") or 0, error=result.get("error"))
+                     step=store.get_run(run_id).step if step is None else step,
+                     error=result.get("error"))
 
 
 def _ray_task(configs: list[dict[str, Any]], home: str, threads: int) -> list[tuple[str, str, Any]]:

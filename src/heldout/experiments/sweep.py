@@ -36,9 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from heldout.config import ConfigError, RunConfig, config_from_dict
+from heldout.config import ConfigError, RunConfig, config_from_dict, read_yaml
 from heldout.registry import TASKS, TECHNIQUES
 
 __all__ = [
@@ -47,12 +46,14 @@ __all__ = [
     "draw_value",
     "expand",
     "load_sweep",
+    "plan_size",
     "run_sweep",
     "sweep_from_dict",
     "sweep_status",
 ]
 
 BASELINE = "erm"  # the technique name that means "no technique"
+MAX_RUNS = 10_000  # a plan larger than this is refused unless the caller raises the limit
 
 
 @dataclass(frozen=True)
@@ -206,9 +207,47 @@ def _held_out_sets(spec: SweepSpec, domains: tuple[str, ...]) -> list[tuple[int,
     return list(dict.fromkeys(sets))
 
 
-def expand(spec: SweepSpec) -> list[PlannedRun]:
+def _space(spec: SweepSpec, parts: list[str]) -> dict[str, Sequence[Any]]:
+    """The searched hyper-parameters of a technique made of ``parts``: the spec's ``search``
+    plus each technique's registered search space."""
+    space = dict(spec.search)
+    for part in parts:
+        for param, sub in TECHNIQUES.get(part).search_space.items():
+            space.setdefault(f"techniques.{part}.{param}", sub)
+    return space
+
+
+def plan_size(spec: SweepSpec) -> int:
+    """How many runs :func:`expand` plans at most, counted from the sizes of the spec's axes
+    without expanding anything (runs whose configs coincide are planned once, so the plan
+    can be smaller)."""
+    per_task = 0
+    for technique in spec.techniques:
+        parts = _parts(technique)
+        keys = [k for k in spec.grid
+                if not k.startswith("techniques.") or k.split(".")[1] in parts]
+        draws = spec.hparams if _space(spec, parts) else 1
+        per_task += math.prod(len(spec.grid[k]) for k in keys) * draws
+    total = 0
+    for task in spec.tasks:
+        total += len(_held_out_sets(spec, _domain_names(task))) * per_task * len(spec.seeds)
+    return total
+
+
+def check_plan_size(spec: SweepSpec, max_runs: int = MAX_RUNS) -> int:
+    """:func:`plan_size`, refused with a one-line :class:`ConfigError` above ``max_runs``."""
+    size = plan_size(spec)
+    if size > max_runs:
+        raise ConfigError(f"sweep {spec.name}: the plan has {size:,} runs, more than the limit "
+                          f"of {max_runs:,} (raise it with --max-runs)")
+    return size
+
+
+def expand(spec: SweepSpec, max_runs: int = MAX_RUNS) -> list[PlannedRun]:
     """Every run of ``spec``, in a fixed order, each run once (a draw that repeats another
-    run's config is not planned twice)."""
+    run's config is not planned twice). A plan of more than ``max_runs`` runs is refused
+    before anything is expanded."""
+    check_plan_size(spec, max_runs)
     runs = []
     for task in spec.tasks:
         domains = _domain_names(task)
@@ -217,10 +256,7 @@ def expand(spec: SweepSpec) -> list[PlannedRun]:
         for held in _held_out_sets(spec, domains):
             for technique in spec.techniques:
                 parts = _parts(technique)
-                space = dict(spec.search)
-                for part in parts:
-                    for param, sub in TECHNIQUES.get(part).search_space.items():
-                        space.setdefault(f"techniques.{part}.{param}", sub)
+                space = _space(spec, parts)
                 # with nothing to search, every draw would repeat the defaults: plan draw 0 only
                 draws = range(spec.hparams if space else 1)
                 for g, point in enumerate(_grid_points(spec.grid, parts)):
@@ -276,58 +312,104 @@ def _assign(data: dict[str, Any], dotted: str, value: Any) -> None:
 
 def load_sweep(path: str | Path) -> SweepSpec:
     """Read a sweep spec from YAML; unknown keys or names give one clear line."""
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read sweep spec ({err.strerror})") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    data = read_yaml(path, "sweep spec") or {}
     return sweep_from_dict(data, default_name=Path(path).stem)
 
 
+def _listed(data: Mapping[str, Any], key: str, default: Any, item: type | tuple[type, ...],
+            what: str) -> list[Any]:
+    """``data[key]`` as a list whose entries are ``item``s; a single entry counts as a list
+    of one (``techniques: sam`` is ``[sam]``, not the letters s, a, m)."""
+    value = data.get(key, default)
+    if isinstance(value, item) and not isinstance(value, list):
+        value = [value]
+    if not isinstance(value, list | tuple) or not all(
+            isinstance(v, item) and not isinstance(v, bool) for v in value):
+        raise ConfigError(f"{key}: expected {what} or a list of them, got {value!r}")
+    return list(value)
+
+
+def _integer(data: Mapping[str, Any], key: str, default: int) -> int:
+    value = data.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    return value
+
+
+def _mapping(data: Mapping[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key) or {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+    return dict(value)
+
+
+def _seeds(data: Mapping[str, Any]) -> tuple[int, ...]:
+    """``seeds: N`` (seeds 0 .. N-1, N >= 1) or an explicit list of seeds >= 0."""
+    seeds = data.get("seeds", 1)
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        if seeds < 1:
+            raise ConfigError(f"seeds: must be >= 1 (or a list of seeds), got {seeds}")
+        return tuple(range(seeds))
+    listed = _listed(data, "seeds", 1, int, "a number of seeds, a seed")
+    if not listed or min(listed) < 0:
+        raise ConfigError(f"seeds: a list of seeds needs at least one, each >= 0; got {seeds!r}")
+    return tuple(listed)
+
+
 def sweep_from_dict(data: Mapping[str, Any], default_name: str = "sweep") -> SweepSpec:
+    """A checked :class:`SweepSpec` from plain data (parsed YAML, say); every mistake in the
+    spec's shape is a one-line :class:`ConfigError` naming the key."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"a sweep spec must be a mapping of keys (name, tasks, techniques, "
+                          f"...), got a {type(data).__name__}")
     fields = set(SweepSpec.__dataclass_fields__)
-    unknown = sorted(set(data) - fields)
+    unknown = sorted(set(data) - fields, key=str)
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown sweep key; valid keys: "
                           f"{', '.join(sorted(fields))}")
-    if "tasks" not in data or not data["tasks"]:
+    tasks = tuple({"name": t} if isinstance(t, str) else dict(t)
+                  for t in _listed(data, "tasks", [], str | Mapping, "a task name or mapping"))
+    if not tasks:
         raise ConfigError("tasks: a sweep needs at least one task")
-    tasks = tuple({"name": t} if isinstance(t, str) else dict(t) for t in data["tasks"])
     for task in tasks:
-        if "name" not in task:
+        if not isinstance(task.get("name"), str):
             raise ConfigError(f"tasks: every task needs a name, got {task!r}")
-    seeds = data.get("seeds", 1)
-    seeds = tuple(range(seeds)) if isinstance(seeds, int) else tuple(seeds)
     held = data.get("held_out", "each")
     if not isinstance(held, str):
-        held = tuple(tuple([h] if isinstance(h, int) else h) for h in held)
-    base = dict(data.get("base", {}))
+        entries = _listed(data, "held_out", "each", int | list, "a domain index or list")
+        held = tuple(tuple([h] if isinstance(h, int) else h) for h in entries)
+    base = _mapping(data, "base")
     for key in ("task", "techniques", "seed"):
         if key in base:
             raise ConfigError(f"base.{key}: set by the sweep (use tasks / techniques / seeds)")
     return SweepSpec(
         name=str(data.get("name", default_name)), tasks=tasks,
-        techniques=tuple(data.get("techniques", [BASELINE])), base=base,
-        hparams=int(data.get("hparams", 1)), seeds=seeds, held_out=held,
-        search=dict(data.get("search", {})), grid=dict(data.get("grid", {})),
-        selection=tuple(data.get("selection", ("train_domain_val", "oracle", "last"))),
-        sweep_seed=int(data.get("sweep_seed", 0)),
+        techniques=tuple(_listed(data, "techniques", [BASELINE], str, "a technique name")),
+        base=base, hparams=_integer(data, "hparams", 1), seeds=_seeds(data), held_out=held,
+        search=_mapping(data, "search"), grid=_mapping(data, "grid"),
+        selection=tuple(_listed(data, "selection", ["train_domain_val", "oracle", "last"],
+                                str, "a selection rule")),
+        sweep_seed=_integer(data, "sweep_seed", 0),
     )
 
 
 def run_sweep(spec: SweepSpec, store: Any, *, executor: str = "local", workers: int = 2,
               address: str | None = None, progress: Any = None,
-              vectorize: int = 8) -> list[Any]:
+              vectorize: int = 8, max_runs: int = MAX_RUNS) -> list[Any]:
     """Record the sweep's plan in ``store`` and run what is not done; return the outcomes.
 
     Runs that differ only in seed (or learning rate / weight decay) train together, up to
     ``vectorize`` copies per process, where the technique and model allow it
-    (:mod:`heldout.vectorize.trainer`); ``vectorize=1`` runs every config separately."""
+    (:mod:`heldout.vectorize.trainer`); ``vectorize=1`` runs every config separately.
+    Every planned config is checked (``init_from`` included) before anything is recorded,
+    and a plan of more than ``max_runs`` runs is refused before it is expanded."""
     from heldout.config import config_to_dict
     from heldout.experiments.executors import make_executor, run_jobs
+    from heldout.runner import check_init_from
 
-    planned = expand(spec)
+    planned = expand(spec, max_runs)
+    for run in planned:
+        check_init_from(run.config, store)
     store.record_sweep(spec.identity, spec.name, _plain(spec.__dict__), [
         (p.config.identity, config_to_dict(p.config), p.meta, p.seed) for p in planned])
     runner = make_executor(executor, store.home, workers=workers, address=address)

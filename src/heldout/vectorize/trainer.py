@@ -814,7 +814,8 @@ def _train(group: _Group, store: Store, progress: bool) -> dict[str, RunResult]:
             if not bool(finite.all()):  # as the Trainer: fail at the step that broke
                 for index in torch.nonzero(~finite).flatten().tolist():
                     if active[index]:
-                        err = NonFiniteLossError(step + 1, float(losses[index]))
+                        err = NonFiniteLossError(step + 1, float(losses[index]),
+                                                 paths[index].exists())
                         finish(index, "failed", err.step, str(err))
             step += 1
             if step % group.eval_every == 0 or step == group.max_steps:
