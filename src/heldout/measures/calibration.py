@@ -45,6 +45,7 @@ def _probabilities(owner: str, probs: Tensor, targets: Tensor, from_logits: bool
     in [0, C)); with ``from_logits`` the softmax of the given logits."""
     name = "logits" if from_logits else "probs"
     check_class_targets(owner, probs, targets, name)
+    probs = probs.detach()  # a measure: no graph, so model(x) may be passed as it comes
     if probs.dim() != 2:
         raise ValueError(f"{owner}: {name} must be (examples, classes), got shape "
                          f"{tuple(probs.shape)}")
@@ -65,7 +66,12 @@ def reliability_diagram(
     """Per-bin ``count``, mean ``confidence`` and ``accuracy`` (NaN for an empty bin), and the
     bin edges ``lower``/``upper`` (for equal-mass bins, the confidence range of the bin).
     Inputs as for :func:`expected_calibration_error`."""
-    probs = _probabilities("reliability_diagram", probs, targets, from_logits)
+    return _diagram(_probabilities("reliability_diagram", probs, targets, from_logits),
+                    targets, n_bins, binning)
+
+
+def _diagram(probs: Tensor, targets: Tensor, n_bins: int, binning: str
+             ) -> dict[str, list[float]]:
     confidence, prediction = probs.max(dim=-1)
     correct = (prediction == targets).double()
     bins = _bins(confidence, n_bins, binning)
@@ -130,7 +136,8 @@ def maximum_calibration_error(
 ) -> float:
     """MCE = max over non-empty bins of |acc_b − conf_b| (Guo et al., 2017); inputs as for
     :func:`expected_calibration_error`."""
-    diagram = reliability_diagram(probs, targets, n_bins, binning, from_logits=from_logits)
+    probs = _probabilities("maximum_calibration_error", probs, targets, from_logits)
+    diagram = _diagram(probs, targets, n_bins, binning)
     gaps = [abs(a - c) for a, c, n in zip(diagram["accuracy"], diagram["confidence"],
                                           diagram["count"], strict=True) if n > 0]
     return max(gaps)

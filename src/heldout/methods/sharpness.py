@@ -158,6 +158,8 @@ class SAM(OptimizerWrapper):
                              "(or call first_step() and second_step() yourself)")
         with torch.enable_grad():
             loss = closure()
+        if not self._params():  # like a torch optimizer given no gradient: no update (RM3
+            return loss         # withholds the first steps' gradients this way)
         self.first_step()
         with torch.enable_grad(), preserve_batchnorm_stats(None, self._bn_layers):
             closure()
