@@ -606,3 +606,22 @@ def test_cosine_power_annealing_differs_from_the_authors_as_documented(
     if first_gap is not None:
         assert 1 - closed_form[0] == pytest.approx(first_gap, abs=5e-4)
         assert heldout[-1] == pytest.approx(last_step, abs=5e-5)
+
+
+def test_other_public_functions_refuse_the_same_class_of_misuse():
+    from heldout.methods import cosine_annealing, ema_update, entropy_regularization
+
+    with pytest.raises(ValueError, match="mode must be 'bonus' or 'penalty', got 'penality'"):
+        entropy_regularization(torch.zeros(2, 3), 0.1, "penality")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"expected a mask of shape \(2, 5\)"):
+        entropy_regularization(torch.zeros(2, 5, 3), 0.1, mask=torch.ones(2, 3))
+    average, model = nn.Linear(3, 2), nn.Linear(3, 2)
+    for decay in (1.5, -0.1, float("nan")):
+        with pytest.raises(ValueError, match=r"ema_update: decay must be"):
+            ema_update(average, model, decay)
+    with pytest.raises(ValueError, match=r"average parameter of shape \(2, 3\) and model "
+                                         r"parameter of shape \(3, 2\) differ"):
+        ema_update(average, nn.Linear(2, 3), 0.9)
+    for fn in (cosine_annealing, cosine_power_annealing):
+        with pytest.raises(ValueError, match="total must be >= 1"):
+            fn(0, 0, 1.0)

@@ -26,9 +26,15 @@ __all__ = [
 ]
 
 
+def _check_total(owner: str, total: int) -> None:
+    if not total >= 1:
+        raise ValueError(f"{owner}: total must be >= 1 (the schedule's length), got {total}")
+
+
 def cosine_annealing(step: int, total: int, max_lr: float, min_lr: float = 0.0) -> float:
     """η_t = η_min + (η_max − η_min)·(1 + cos(π t / T)) / 2 (Loshchilov & Hutter,
-    arXiv:1608.03983), for t in [0, T]."""
+    arXiv:1608.03983), for t in [0, T] (T >= 1)."""
+    _check_total("cosine_annealing", total)
     t = min(max(step, 0), total)
     return min_lr + (max_lr - min_lr) * (1 + math.cos(math.pi * t / total)) / 2
 
@@ -62,6 +68,7 @@ def cosine_power_annealing(step: int, total: int, max_lr: float, min_lr: float =
     """
     if power < 1:
         raise ValueError(f"power must be >= 1, got {power}")
+    _check_total("cosine_power_annealing", total)
     t = min(max(step, 0), total)
     c = (1 + math.cos(math.pi * t / total)) / 2
     proportion = c if power == 1 else (power**c - 1) / (power - 1)
