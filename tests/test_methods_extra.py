@@ -116,7 +116,8 @@ def test_select_hard_batches():
     losses = torch.tensor([0.5, 2.0, 1.0, 2.0, 0.1])
     assert select_hard_batches(losses, 0.4).tolist() == [1, 3]  # ties keep index order
     assert select_hard_batches(losses, 0.1).tolist() == [1]  # at least one
-    assert select_hard_batches(losses, 1.0).tolist() == [1, 3, 2, 0, 4]
+    assert select_hard_batches(losses, 1.0, "hardest_first").tolist() == [1, 3, 2, 0, 4]
+    assert select_hard_batches(losses, 0.6).tolist() == [1, 2, 3]  # dataset order (default)
 
 
 @dataclass
@@ -133,7 +134,7 @@ class BatchSpy(Technique):
 def test_hard_batches_first_visit_all_then_the_hardest():
     torch.manual_seed(0)
     x, y = torch.randn(20, 3), torch.randint(0, 2, (20,))
-    hard = HardBatches(fraction=0.5, seed=3)
+    hard = HardBatches(fraction=0.5, seed=3, order="hardest_first")
     spy = BatchSpy(hard)
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 2)

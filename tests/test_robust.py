@@ -98,10 +98,11 @@ def _hand_loop(w, b, x, y, lr, steps, estimator):
             robust = np.clip(g, low, high).mean(axis=0)
         elif estimator == "median_of_means":
             robust = np.median(np.stack([c.mean(0) for c in np.array_split(g, 3)]), axis=0)
-        else:  # RM3: median of this and the two previous batch gradients, padded with the first
+        else:  # RM3 (official rm3.py): no update until 3 batch gradients, then their median
             history.append(g.mean(axis=0))
-            window = ([history[0]] * 3 + history)[-3:]
-            robust = np.median(np.stack(window), axis=0)
+            if len(history) < 3:
+                continue
+            robust = np.median(np.stack(history[-3:]), axis=0)
         w = w - lr * robust[: w.size].reshape(w.shape)
         b = b - lr * robust[w.size :]
     return w, b
@@ -162,7 +163,8 @@ def test_registered_defaults():
     assert entry.papers == (10,)
     assert entry.cls.touches == frozenset({"gradients"})
     assert entry.defaults() == {"estimator": "winsorized", "clip_fraction": 0.1, "groups": 3,
-                                "window": 3, "loss": "cross_entropy", "chunk_size": 64}
+                                "window": 3, "pad_window": False, "loss": "cross_entropy",
+                                "chunk_size": 64}
 
 
 @pytest.mark.parametrize("estimator", ["winsorized", "running_median"])

@@ -9,6 +9,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from heldout.core.checks import check_class_targets, check_probabilities
 from heldout.core.measure import EvalContext, Measure
 from heldout.registry import MEASURES
 
@@ -41,12 +42,39 @@ def _bins(confidence: Tensor, n_bins: int, binning: str) -> Tensor:
     raise ValueError(f"binning must be 'width' or 'mass', got {binning!r}")
 
 
+def _probabilities(owner: str, probs: Tensor, targets: Tensor, from_logits: bool) -> Tensor:
+    """``probs`` (N, C) in float64 after checking it and ``targets`` (N integer class indices
+    in [0, C)); with ``from_logits`` the softmax of the given logits."""
+    name = "logits" if from_logits else "probs"
+    check_class_targets(owner, probs, targets, name)
+    probs = probs.detach()  # a measure: no graph, so model(x) may be passed as it comes
+    if probs.dim() != 2:
+        raise ValueError(f"{owner}: {name} must be (examples, classes), got shape "
+                         f"{tuple(probs.shape)}")
+    if len(probs) == 0:
+        raise ValueError(f"{owner}: calibration of an empty set")
+    if from_logits:
+        if not bool(torch.isfinite(probs).all()):
+            raise ValueError(f"{owner}: logits must be finite, got NaN or infinite values")
+        return torch.softmax(probs.double(), dim=-1)
+    check_probabilities(owner, probs, hint=" (for logits pass from_logits=True)")
+    return probs.double()
+
+
 def reliability_diagram(
-    probs: Tensor, targets: Tensor, n_bins: int = 10, binning: Literal["width", "mass"] = "width"
+    probs: Tensor, targets: Tensor, n_bins: int = 10, binning: Literal["width", "mass"] = "width",
+    *, from_logits: bool = False,
 ) -> dict[str, list[float]]:
     """Per-bin ``count``, mean ``confidence`` and ``accuracy`` (NaN for an empty bin), and the
-    bin edges ``lower``/``upper`` (for equal-mass bins, the confidence range of the bin)."""
-    confidence, prediction = probs.double().max(dim=-1)
+    bin edges ``lower``/``upper`` (for equal-mass bins, the confidence range of the bin).
+    Inputs as for :func:`expected_calibration_error`."""
+    return _diagram(_probabilities("reliability_diagram", probs, targets, from_logits),
+                    targets, n_bins, binning)
+
+
+def _diagram(probs: Tensor, targets: Tensor, n_bins: int, binning: str
+             ) -> dict[str, list[float]]:
+    confidence, prediction = probs.max(dim=-1)
     correct = (prediction == targets).double()
     bins = _bins(confidence, n_bins, binning)
     count = torch.bincount(bins, minlength=n_bins).double()
@@ -69,6 +97,8 @@ def expected_calibration_error(
     targets: Tensor,
     n_bins: int = 10,
     binning: Literal["width", "mass"] = "width",
+    *,
+    from_logits: bool = False,
 ) -> float:
     """ECE = Σ_b (n_b / N) · |acc_b − conf_b| over bins of the confidence (max probability).
 
@@ -76,16 +106,25 @@ def expected_calibration_error(
     (nearly) equal numbers of examples, sorted by confidence. Empty bins contribute 0. The
     result is a fraction in [0, 1] (multiply by 100 for the percent that papers print).
 
+    ``probs`` is (N, C) with rows that are distributions; with ``from_logits=True`` it holds
+    the model's logits and the softmax is taken here (in float64), the route for a plain loop.
+    ``targets`` holds N class indices in [0, C). Logits passed as probabilities, labels out of
+    range, NaN or a shape mismatch raise ``ValueError`` (``TypeError`` for float labels).
+
     Example:
         >>> p = torch.tensor([[0.9, 0.1], [0.9, 0.1]])  # 90% confident, right half the time
         >>> round(expected_calibration_error(p, torch.tensor([0, 1])), 6)
+        0.4
+        >>> z = torch.log(p)  # the same predictions as logits
+        >>> round(expected_calibration_error(z, torch.tensor([0, 1]), from_logits=True), 6)
         0.4
 
     References:
         On Calibration of Modern Neural Networks (arXiv:1706.04599); Self-Knowledge
         Distillation with Progressive Refinement of Targets (arXiv:2006.12000).
     """
-    confidence, prediction = probs.double().max(dim=-1)
+    probs = _probabilities("expected_calibration_error", probs, targets, from_logits)
+    confidence, prediction = probs.max(dim=-1)
     correct = (prediction == targets).double()
     bins = _bins(confidence, n_bins, binning)
     conf_sum = torch.bincount(bins, weights=confidence, minlength=n_bins)
@@ -94,42 +133,58 @@ def expected_calibration_error(
 
 
 def maximum_calibration_error(
-    probs: Tensor, targets: Tensor, n_bins: int = 10, binning: Literal["width", "mass"] = "width"
+    probs: Tensor, targets: Tensor, n_bins: int = 10, binning: Literal["width", "mass"] = "width",
+    *, from_logits: bool = False,
 ) -> float:
-    """MCE = max over non-empty bins of |acc_b − conf_b| (Guo et al., 2017)."""
-    diagram = reliability_diagram(probs, targets, n_bins, binning)
+    """MCE = max over non-empty bins of |acc_b − conf_b| (Guo et al., 2017); inputs as for
+    :func:`expected_calibration_error`."""
+    probs = _probabilities("maximum_calibration_error", probs, targets, from_logits)
+    diagram = _diagram(probs, targets, n_bins, binning)
     gaps = [abs(a - c) for a, c, n in zip(diagram["accuracy"], diagram["confidence"],
                                           diagram["count"], strict=True) if n > 0]
     return max(gaps)
 
 
-def brier_score(probs: Tensor, targets: Tensor) -> float:
-    """Mean over examples of Σ_k (p_k − 1[k = y])² (the multi-class Brier score)."""
+def brier_score(probs: Tensor, targets: Tensor, *, from_logits: bool = False) -> float:
+    """Mean over examples of Σ_k (p_k − 1[k = y])² (the multi-class Brier score); inputs as
+    for :func:`expected_calibration_error`."""
+    probs = _probabilities("brier_score", probs, targets, from_logits)
     onehot = torch.nn.functional.one_hot(targets.long(), probs.shape[-1]).double()
-    return float(((probs.double() - onehot) ** 2).sum(dim=-1).mean())
+    return float(((probs - onehot) ** 2).sum(dim=-1).mean())
 
 
-def risk_coverage(probs: Tensor, targets: Tensor) -> dict[str, float]:
+def risk_coverage(probs: Tensor, targets: Tensor, *, from_logits: bool = False
+                  ) -> dict[str, float]:
     """Selective-classification area under the risk-coverage curve.
 
     Sort by confidence, most confident first; the risk at coverage i/n is the error rate among
     the i most confident examples; AURC is the mean of those n risks. E-AURC subtracts the
-    AURC of an oracle ranking with the same errors (all of them last), computed exactly here
-    (the PS-KD code uses the continuous approximation r + (1 − r) ln(1 − r)). Ties in
-    confidence are broken by the stable sort order.
+    AURC of an oracle ranking with the same e errors (all of them last), computed exactly:
+    (1/n) Σ_{i=1..e} i / (n − e + i), as the PS-KD code does (``utils/metric.py``,
+    ``calc_aurc``), not by the continuous approximation r + (1 − r) ln(1 − r) of the
+    bias-reduced-uncertainty paper's code. Ties in confidence are broken by index order (the
+    PS-KD code reverses NumPy's unstable ascending argsort, so its order of tied examples is
+    unspecified). Inputs as for :func:`expected_calibration_error`.
+
+    Example:
+        >>> p = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.6, 0.4]])
+        >>> out = risk_coverage(p, torch.tensor([0, 1, 0, 1]))  # wrong at ranks 2 and 4
+        >>> round(out["aurc"], 6), round(out["aurc"] - out["eaurc"], 6)  # oracle (1/3 + 2/4)/4
+        (0.333333, 0.208333)
 
     References:
         Bias-Reduced Uncertainty Estimation for Deep Neural Classifiers (arXiv:1805.08206);
         Self-Knowledge Distillation with Progressive Refinement of Targets (arXiv:2006.12000).
     """
-    confidence, prediction = probs.double().max(dim=-1)
+    probs = _probabilities("risk_coverage", probs, targets, from_logits)
+    confidence, prediction = probs.max(dim=-1)
     errors = (prediction != targets).double()
     n = len(errors)
     order = torch.argsort(-confidence, stable=True)
-    coverage = torch.arange(1, n + 1, dtype=torch.float64)
+    coverage = torch.arange(1, n + 1, dtype=torch.float64, device=errors.device)
     aurc = float((errors[order].cumsum(0) / coverage).mean())
     e = int(errors.sum())
-    oracle = torch.clamp(coverage - (n - e), min=0) / coverage
+    oracle = torch.clamp(coverage - (n - e), min=0) / coverage  # i / (n − e + i) in the tail
     return {"aurc": aurc, "eaurc": aurc - float(oracle.mean())}
 
 
@@ -152,8 +207,8 @@ class ECE(Measure):
             raise ValueError(f"n_bins must be >= 1, got {self.n_bins}")
 
     def compute(self, ctx: EvalContext) -> dict[str, float]:
-        probs = torch.softmax(ctx.logits.double(), dim=-1)
-        return {"ece": expected_calibration_error(probs, ctx.targets, self.n_bins, self.binning)}
+        return {"ece": expected_calibration_error(ctx.logits, ctx.targets, self.n_bins,
+                                                  self.binning, from_logits=True)}
 
 
 @MEASURES.register(

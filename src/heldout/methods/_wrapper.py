@@ -2,11 +2,35 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 
-__all__ = ["OptimizerWrapper"]
+__all__ = ["OptimizerWrapper", "base_optimizer"]
+
+
+def base_optimizer(owner: str, base: torch.optim.Optimizer | Iterable[Any],
+                   optimizer_class: type[torch.optim.Optimizer] | None,
+                   kwargs: dict[str, Any]) -> torch.optim.Optimizer:
+    """The optimizer a wrapper wraps: ``base`` itself when it is an optimizer instance, else
+    ``optimizer_class(base, **kwargs)`` with ``base`` the parameters (davda54/sam's
+    ``SAM(params, torch.optim.SGD, rho=0.05, lr=0.1)``)."""
+    if isinstance(base, torch.optim.Optimizer):
+        if optimizer_class is not None or kwargs:
+            extra = [] if optimizer_class is None else [repr(optimizer_class)]
+            raise TypeError(f"{owner}: got an optimizer instance and also "
+                            f"{', '.join(extra + sorted(kwargs))}; pass the wrapper's own "
+                            "settings by keyword (rho=0.05), and the optimizer's only with "
+                            "parameters and an optimizer class")
+        return base
+    if not (isinstance(optimizer_class, type)
+            and issubclass(optimizer_class, torch.optim.Optimizer)):
+        raise TypeError(f"{owner} wraps a torch.optim.Optimizer instance, or takes the "
+                        f"parameters and an optimizer class, as in {owner}(model.parameters(), "
+                        f"torch.optim.SGD, lr=0.1); got {type(base).__name__} and "
+                        f"{optimizer_class!r} (pass the wrapper's own settings by keyword)")
+    return optimizer_class(base, **kwargs)
 
 
 class OptimizerWrapper(torch.optim.Optimizer):

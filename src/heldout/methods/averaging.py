@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from heldout.core.checks import check_same_shape, check_unit_interval
 from heldout.core.stacked import Stack, StackedRule, cast, per_copy
 from heldout.core.technique import Technique
 from heldout.registry import TECHNIQUES
@@ -20,8 +21,11 @@ __all__ = ["EMA", "ExponentialMovingAverage", "ema_update"]
 @torch.no_grad()
 def ema_update(average: nn.Module, model: nn.Module, decay: float) -> None:
     """θ̄ ← decay · θ̄ + (1 - decay) · θ for every parameter; buffers (BatchNorm statistics)
-    are copied from ``model``, as they are not trained by the optimizer."""
+    are copied from ``model``, as they are not trained by the optimizer. ``decay`` is in
+    [0, 1] and the two models have parameters of the same shapes."""
+    decay = check_unit_interval("ema_update", "decay", decay)
     for a, p in zip(average.parameters(), model.parameters(), strict=True):
+        check_same_shape("ema_update", ("average parameter", a), ("model parameter", p))
         a.lerp_(p.detach(), 1.0 - decay)
     for a, b in zip(average.buffers(), model.buffers(), strict=True):
         a.copy_(b)

@@ -5,12 +5,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from numbers import Integral
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from heldout.core.checks import (
+    check_class_targets,
+    check_probabilities,
+    check_same_shape,
+    check_unit_interval,
+)
 from heldout.core.technique import Technique
 from heldout.registry import TECHNIQUES
 
@@ -25,18 +32,51 @@ __all__ = [
 
 
 def pskd_alpha(epoch: int, total_epochs: int, alpha_final: float = 0.8) -> float:
-    """α_t = α_T · (t + 1) / T for the 0-based epoch t of T (linear growth to α_T)."""
+    """α_t = α_T · (t + 1) / T for the 0-based epoch t of T (linear growth to α_T).
+
+    ``total_epochs`` T >= 1 and 0 <= ``epoch`` < T are integers and α_T is in [0, 1], so α_t
+    stays in (0, α_T]; anything else raises (an epoch past the end would give α_t > α_T).
+
+    Example:
+        >>> pskd_alpha(0, 4), pskd_alpha(3, 4)
+        (0.2, 0.8)
+
+    References:
+        Self-Knowledge Distillation with Progressive Refinement of Targets
+        (arXiv:2006.12000), eq. 6.
+    """
+    for name, value in (("epoch", epoch), ("total_epochs", total_epochs)):
+        if isinstance(value, bool) or not isinstance(value, Integral):
+            raise TypeError(f"pskd_alpha: {name} must be an integer, got "
+                            f"{type(value).__name__} {value!r}")
+    if total_epochs < 1 or not 0 <= epoch < total_epochs:
+        raise ValueError(f"pskd_alpha: need 0 <= epoch < total_epochs (0-based epochs), got "
+                         f"epoch={epoch}, total_epochs={total_epochs}")
+    alpha_final = check_unit_interval("pskd_alpha", "alpha_final", alpha_final)
     return alpha_final * (epoch + 1) / total_epochs
 
 
 def pskd_targets(targets: Tensor, past: Tensor, alpha: float) -> Tensor:
-    """ỹ = (1 − α)·one_hot(y) + α·P: the label mixed with the model's own past prediction."""
+    """ỹ = (1 − α)·one_hot(y) + α·P: the label mixed with the model's own past prediction.
+
+    ``past`` (N, C) holds distributions (rows in [0, 1] summing to 1), ``targets`` N class
+    indices in [0, C) and α is in [0, 1], so every row of ỹ is a distribution; anything else
+    raises.
+
+    Example:
+        >>> pskd_targets(torch.tensor([0]), torch.tensor([[0.5, 0.5]]), 0.5)
+        tensor([[0.7500, 0.2500]])
+    """
+    alpha = check_unit_interval("pskd_targets", "alpha", alpha)
+    check_class_targets("pskd_targets", past, targets, "past")
+    check_probabilities("pskd_targets", past, "past")
     one_hot = F.one_hot(targets.long(), past.shape[-1]).to(past.dtype)
     return (1 - alpha) * one_hot + alpha * past
 
 
 def soft_cross_entropy(logits: Tensor, soft_targets: Tensor) -> Tensor:
-    """Batch mean of −Σ_c ỹ_c log softmax(z)_c."""
+    """Batch mean of −Σ_c ỹ_c log softmax(z)_c (``soft_targets`` of the shape of ``logits``)."""
+    check_same_shape("soft_cross_entropy", ("logits", logits), ("soft_targets", soft_targets))
     return -(soft_targets * F.log_softmax(logits, dim=-1)).sum(dim=-1).mean()
 
 
@@ -125,6 +165,9 @@ def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, targets: T
     References:
         Distilling the Knowledge in a Neural Network (arXiv:1503.02531).
     """
+    check_same_shape("distillation_loss", ("student_logits", student_logits),
+                     ("teacher_logits", teacher_logits))
+    check_class_targets("distillation_loss", student_logits, targets, "student_logits")
     soft_teacher = F.log_softmax(teacher_logits.detach() / temperature, dim=-1)
     soft_student = F.log_softmax(student_logits / temperature, dim=-1)
     kl = F.kl_div(soft_student, soft_teacher, log_target=True, reduction="batchmean")

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from heldout.core.checks import check_non_negative, check_same_shape
 from heldout.core.technique import Technique
 from heldout.methods._wrapper import OptimizerWrapper
 from heldout.registry import TECHNIQUES
@@ -22,7 +23,8 @@ def perpendicular_gradient(weight: Tensor, grad: Tensor, eps: float = 1e-30) -> 
     With w and g flattened: g⊥ = g - (w·g / (w·w + ε)) w, then g⊥ · ‖g‖ / (‖g⊥‖ + ε). Removing
     the component along w removes "naive loss minimization", which only scales the weights
     (and the logits) up; rescaling keeps the step size of the base optimizer unchanged. A
-    g⊥ at rounding level (g parallel to w) gives 0.
+    g⊥ at rounding level (g parallel to w) gives 0. ``weight`` and ``grad`` must have one shape
+    (a (3, 4) weight with a (4, 3) gradient raises instead of pairing elements).
 
     Example:
         >>> w, g = torch.tensor([1.0, 0.0]), torch.tensor([1.0, 1.0])
@@ -32,6 +34,7 @@ def perpendicular_gradient(weight: Tensor, grad: Tensor, eps: float = 1e-30) -> 
     References:
         Grokking at the Edge of Numerical Stability (arXiv:2501.04697), section 5.
     """
+    check_same_shape("perpendicular_gradient", ("weight", weight), ("grad", grad))
     w, g = weight.reshape(-1), grad.reshape(-1)
     projection = torch.dot(w, g) / (torch.dot(w, w) + eps)
     orthogonal = g - projection * w
@@ -56,6 +59,7 @@ class PerpendicularGradient(OptimizerWrapper):
     """
 
     def __init__(self, base: torch.optim.Optimizer, eps: float = 1e-30) -> None:
+        eps = check_non_negative("PerpendicularGradient", "eps", eps)
         super().__init__(base, {"perp_eps": eps})
 
     @torch.no_grad()

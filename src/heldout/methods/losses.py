@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from heldout.core.checks import check_class_targets
 from heldout.core.stacked import Stack, StackedRule, cast, per_copy
 from heldout.core.technique import Technique
 from heldout.registry import TECHNIQUES
@@ -52,12 +53,33 @@ def log_stablemax(logits: Tensor, dim: int = -1) -> Tensor:
     return torch.log(s) - torch.log(s.sum(dim=dim, keepdim=True))
 
 
-def stablemax_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
-    """Mean of -log StableMax(z)_y, computed in float64 as in the paper's code.
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def _reduce(losses: Tensor, reduction: str) -> Tensor:
+    if reduction == "mean":
+        return losses.mean()
+    return losses.sum() if reduction == "sum" else losses
+
+
+def _check_reduction(owner: str, reduction: str, valid: tuple[str, ...] = REDUCTIONS) -> None:
+    if reduction not in valid:
+        raise ValueError(f"{owner}: unknown reduction {reduction!r}; valid reductions: "
+                         f"{', '.join(valid)}")
+
+
+def stablemax_cross_entropy(logits: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor:
+    """-log StableMax(z)_y per row, computed in float64 as in the paper's code and returned in
+    the dtype of ``logits``; ``reduction`` is ``"mean"`` (default), ``"sum"`` or ``"none"``
+    (one loss per row), as for ``F.cross_entropy``.
 
     Because s grows linearly, the correct-class probability of a confident sample approaches 1
     only polynomially in the margin, so the loss and its gradient never round to exactly 0
     (the Softmax Collapse that stops learning under float32 softmax).
+
+    ``logits`` is (..., C) floating point and ``targets`` integer class indices of shape
+    ``logits.shape[:-1]`` in [0, C); anything else raises (``TypeError`` for a dtype,
+    ``ValueError`` for a shape or a value), as ``F.cross_entropy`` does.
 
     Example:
         >>> z = torch.tensor([[1.0, -1.0, 0.0]])
@@ -67,8 +89,11 @@ def stablemax_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     References:
         Grokking at the Edge of Numerical Stability (arXiv:2501.04697).
     """
+    check_class_targets("stablemax_cross_entropy", logits, targets)
+    _check_reduction("stablemax_cross_entropy", reduction)
     log_p = log_stablemax(logits.to(torch.float64))
-    return -log_p.gather(-1, targets.long().unsqueeze(-1)).squeeze(-1).mean()
+    losses = -log_p.gather(-1, targets.long().unsqueeze(-1)).squeeze(-1)
+    return _reduce(losses, reduction).to(logits.dtype)
 
 
 def label_smoothing_cross_entropy(logits: Tensor, targets: Tensor, smoothing: float | Tensor,
@@ -77,16 +102,17 @@ def label_smoothing_cross_entropy(logits: Tensor, targets: Tensor, smoothing: fl
 
     ``reduction="none"`` returns the per-example losses (shape of ``targets``); ``smoothing``
     may then be a tensor that broadcasts against them (one ε per copy of a vectorized group).
+    Targets are checked as for :func:`stablemax_cross_entropy`.
 
     References:
         Rethinking the Inception Architecture for Computer Vision (arXiv:1512.00567).
     """
-    if reduction not in ("mean", "none"):
-        raise ValueError(f"unknown reduction {reduction!r}; valid reductions: mean, none")
+    _check_reduction("label_smoothing_cross_entropy", reduction, ("mean", "none"))
+    check_class_targets("label_smoothing_cross_entropy", logits, targets)
     log_p = F.log_softmax(logits, dim=-1)
     nll = -log_p.gather(-1, targets.long().unsqueeze(-1)).squeeze(-1)
     losses = (1 - smoothing) * nll - smoothing * log_p.mean(dim=-1)
-    return losses.mean() if reduction == "mean" else losses
+    return _reduce(losses, reduction)
 
 
 @TECHNIQUES.register(

@@ -70,6 +70,13 @@ def entropy_regularization(logits: Tensor, coefficient: float,
         Reinforcement Learning for Reasoning in Large Language Models with One Training
         Example (arXiv:2504.20571).
     """
+    if mode not in ("bonus", "penalty"):
+        raise ValueError(f"entropy_regularization: mode must be 'bonus' or 'penalty', got "
+                         f"{mode!r}")
+    if mask is not None and mask.shape != logits.shape[:-1]:
+        raise ValueError(f"entropy_regularization: expected a mask of shape "
+                         f"{tuple(logits.shape[:-1])} (logits without the class dimension), "
+                         f"got {tuple(mask.shape)}")
     h = entropy(logits.float())
     if mask is None:
         mean = h.mean()

@@ -11,7 +11,7 @@ memorization. A robust mean keeps the first and damps the second:
   coordinate-wise median of the group means (M3 with 3 groups: the median of 3 minibatch
   gradients);
 * :func:`running_median`: the coordinate-wise median of the last k minibatch gradients, one
-  update per step (RM3 with k = 3).
+  update per step once k gradients have been seen (RM3 with k = 3).
 
 Per-example gradients come from ``torch.func`` (``functional_call`` + ``vmap(grad)``, in
 chunks of examples) through :func:`heldout.measures.coherence.per_example_gradients`.
@@ -160,15 +160,23 @@ class RobustMeanGradients(Technique):
     computed in eval mode (BatchNorm reads its running statistics, dropout is off), which is
     exact for the paper's plain MLPs. ``running_median`` (RM3) needs no per-example
     gradients: it replaces the batch gradient by the median of it and the previous
-    ``window − 1`` steps' gradients (the window starts filled with copies of the first).
-    With a two-pass step strategy (SAM) it acts on each pass, and the gradient of the last
-    pass of a step is the one the running median remembers.
+    ``window − 1`` steps' gradients. As in the official optimizer (``rm3.py``: a ring buffer
+    whose median is applied only once its counter reaches 3), the first ``window − 1`` steps
+    make no update: their gradients only fill the window, and the parameters' ``.grad`` is
+    set to None, so the base optimizer skips them (no momentum, weight decay or Adam moments
+    either). ``pad_window=True`` instead updates from the first step, with the window padded
+    by copies of the first gradient. With a two-pass step strategy (SAM) it acts on each pass,
+    and the gradient of the last pass of a step is the one the running median remembers (a
+    step whose first pass leaves no gradient makes no update). The official optimizer folds
+    weight decay into each remembered gradient; here the base optimizer's weight decay acts
+    on the median.
     """
 
     estimator: Estimator = "winsorized"  # winsorized, median_of_means (M3) or running_median
     clip_fraction: float = 0.1  # winsorized: c (the code's flag: 10 percent)
     groups: int = 3  # median_of_means: number of groups (M3: 3)
     window: int = 3  # running_median: gradients in the median (RM3: 3)
+    pad_window: bool = False  # running_median: update from step 1, padding with the first grad
     loss: Literal["cross_entropy", "mse"] = "cross_entropy"  # per-example loss
     chunk_size: int = 64  # examples per vmap(grad) call: memory ~ chunk_size x #params
     _history: list[list[Tensor]] = field(default_factory=list, init=False, repr=False)
@@ -209,13 +217,17 @@ class RobustMeanGradients(Technique):
     def _running_median(self, params: list[Tensor]) -> None:
         current = [torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()
                    for p in params]
+        self._pending = current
         earlier = self._history[-(self.window - 1):] if self.window > 1 else []
+        if len(earlier) < self.window - 1 and not self.pad_window:
+            for p in params:  # the window is not full yet: no update (the official rule)
+                p.grad = None
+            return
         padding = self._history[0] if self._history else current
         window = [padding] * (self.window - 1 - len(earlier)) + earlier + [current]
         for index, p in enumerate(params):
             if p.grad is not None:
                 p.grad.copy_(running_median([grads[index] for grads in window]))
-        self._pending = current
 
     def on_after_step(self, state: Any) -> None:
         if self._pending is not None:

@@ -13,16 +13,17 @@ they move exactly once per step (from the first, unperturbed pass).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from heldout.core.checks import check_non_negative
 from heldout.core.stacked import Layout, Stack, StackedRule, cast, per_copy
 from heldout.core.technique import Technique
-from heldout.methods._wrapper import OptimizerWrapper
+from heldout.methods._wrapper import OptimizerWrapper, base_optimizer
 from heldout.registry import TECHNIQUES
 
 __all__ = ["SAM", "SharpnessAware", "preserve_batchnorm_stats"]
@@ -58,6 +59,11 @@ class SAM(OptimizerWrapper):
     second forward-backward in your own loop. Attach LR schedulers to either optimizer: the
     parameter groups are shared.
 
+    Two ways to build it: around an optimizer instance, ``SAM(torch.optim.SGD(params,
+    lr=0.1), rho=0.05)``, or as davda54/sam does, ``SAM(params, torch.optim.SGD, rho=0.05,
+    lr=0.1)`` (the keyword arguments SAM does not take go to the optimizer class). Both give
+    the same steps. ``rho`` and ``eta`` must be finite numbers >= 0, passed by keyword.
+
     Example:
         >>> model = nn.Linear(3, 1)
         >>> opt = SAM(torch.optim.SGD(model.parameters(), lr=0.1), rho=0.05)
@@ -74,15 +80,20 @@ class SAM(OptimizerWrapper):
 
     def __init__(
         self,
-        base: torch.optim.Optimizer,
+        base: torch.optim.Optimizer | Iterable[Any],
+        optimizer_class: type[torch.optim.Optimizer] | None = None,
+        *,
         rho: float = 0.05,
         adaptive: bool = False,
         eta: float = 0.0,
         model: nn.Module | None = None,
+        **optimizer_kwargs: Any,
     ) -> None:
-        if rho < 0:
-            raise ValueError(f"rho must be >= 0, got {rho}")
-        super().__init__(base, {"rho": rho, "adaptive": adaptive, "eta": eta})
+        name = type(self).__name__
+        rho = check_non_negative(name, "rho", rho)
+        eta = check_non_negative(name, "eta", eta)
+        base = base_optimizer(name, base, optimizer_class, optimizer_kwargs)
+        super().__init__(base, {"rho": rho, "adaptive": bool(adaptive), "eta": eta})
         self.model = model
         self._bn_layers = [] if model is None else _batchnorm_layers(model)
         self._moved: list[tuple[list[Tensor], list[Tensor]]] = []  # (params, e) per group
@@ -148,6 +159,8 @@ class SAM(OptimizerWrapper):
                              "(or call first_step() and second_step() yourself)")
         with torch.enable_grad():
             loss = closure()
+        if not self._params():  # like a torch optimizer given no gradient: no update (RM3
+            return loss         # withholds the first steps' gradients this way)
         self.first_step()
         with torch.enable_grad(), preserve_batchnorm_stats(None, self._bn_layers):
             closure()
@@ -178,12 +191,12 @@ class SharpnessAware(Technique):
     vectorizable = frozenset({"rho"})
 
     def __post_init__(self) -> None:
-        if self.rho < 0:
-            raise ValueError(f"rho must be >= 0, got {self.rho}")
+        check_non_negative("sam", "rho", self.rho)
+        check_non_negative("sam", "eta", self.eta)
 
     def wrap_optimizer(self, optimizer: torch.optim.Optimizer, model: nn.Module) -> Any:
-        return SAM(optimizer, self.rho, self.adaptive, self.eta,
-                   model if self.preserve_batchnorm else None)
+        return SAM(optimizer, rho=self.rho, adaptive=self.adaptive, eta=self.eta,
+                   model=model if self.preserve_batchnorm else None)
 
     @classmethod
     def stacked_rule(cls, copies: Sequence[SharpnessAware], stack: Stack) -> StackedRule:

@@ -19,7 +19,7 @@ with the statistics frozen (pass ``preserve_batchnorm=False`` to turn that off).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import grad, vmap
 
+from heldout.core.checks import check_non_negative, check_unit_interval
 from heldout.core.functional import functional_call
 from heldout.core.measure import eval_mode
 from heldout.core.stacked import Stack, StackedRule, per_copy
@@ -76,7 +77,9 @@ class ASAM(SAM):
     the perturbed function, and the sharpness ASAM minimizes, is unchanged.
 
     Use ``step(closure)`` as for :class:`~heldout.methods.sharpness.SAM` (two forward-backward
-    passes; ``model`` also freezes the BatchNorm statistics in the second).
+    passes; ``model`` also freezes the BatchNorm statistics in the second). Built like SAM:
+    around an optimizer instance or from ``(params, optimizer_class, ..., **optimizer_kwargs)``;
+    its own settings by keyword.
 
     Example:
         >>> model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
@@ -94,16 +97,17 @@ class ASAM(SAM):
 
     def __init__(
         self,
-        base: torch.optim.Optimizer,
+        base: torch.optim.Optimizer | Iterable[Any],
+        optimizer_class: type[torch.optim.Optimizer] | None = None,
+        *,
         rho: float = 0.5,
         eta: float = 0.01,
         model: nn.Module | None = None,
         preserve_batchnorm: bool = True,
+        **optimizer_kwargs: Any,
     ) -> None:
-        if eta < 0:
-            raise ValueError(f"eta must be >= 0, got {eta}")
-        super().__init__(base, rho, adaptive=True, eta=eta,
-                         model=model if preserve_batchnorm else None)
+        super().__init__(base, optimizer_class, rho=rho, adaptive=True, eta=eta,
+                         model=model if preserve_batchnorm else None, **optimizer_kwargs)
         self.model = model
         self._unscaled = set() if model is None else {
             id(p) for name, p in model.named_parameters() if not asam_scales(name)
@@ -144,11 +148,12 @@ class AdaptiveSharpnessAware(Technique):
     vectorizable = frozenset({"rho"})
 
     def __post_init__(self) -> None:
-        if self.rho < 0 or self.eta < 0:
-            raise ValueError(f"rho and eta must be >= 0, got rho={self.rho}, eta={self.eta}")
+        check_non_negative("asam", "rho", self.rho)
+        check_non_negative("asam", "eta", self.eta)
 
     def wrap_optimizer(self, optimizer: torch.optim.Optimizer, model: nn.Module) -> Any:
-        return ASAM(optimizer, self.rho, self.eta, model, self.preserve_batchnorm)
+        return ASAM(optimizer, rho=self.rho, eta=self.eta, model=model,
+                    preserve_batchnorm=self.preserve_batchnorm)
 
     @classmethod
     def stacked_rule(cls, copies: Sequence[AdaptiveSharpnessAware], stack: Stack
@@ -238,10 +243,8 @@ class TRAM(SAM):
         adaptive: bool = False,
         preserve_batchnorm: bool = True,
     ) -> None:
-        if logit_scale < 0:
-            raise ValueError(f"logit_scale must be >= 0, got {logit_scale}")
-        if not 0.0 <= target_decay <= 1.0:
-            raise ValueError(f"target_decay must be in [0, 1], got {target_decay}")
+        logit_scale = check_non_negative("TRAM", "logit_scale", logit_scale)
+        target_decay = check_unit_interval("TRAM", "target_decay", target_decay)
         if divergence not in get_args(Divergence):
             raise ValueError(f"unknown divergence {divergence!r}; valid: "
                              f"{', '.join(get_args(Divergence))}")
@@ -336,9 +339,8 @@ class TrustRegionAware(Technique):
     touches = frozenset({"step"})
 
     def __post_init__(self) -> None:
-        if self.logit_scale < 0 or not 0.0 <= self.target_decay <= 1.0:
-            raise ValueError("logit_scale must be >= 0 and target_decay in [0, 1], got "
-                             f"{self.logit_scale}, {self.target_decay}")
+        check_non_negative("tram", "logit_scale", self.logit_scale)
+        check_unit_interval("tram", "target_decay", self.target_decay)
 
     def wrap_optimizer(self, optimizer: torch.optim.Optimizer, model: nn.Module) -> Any:
         return TRAM(optimizer, model, self.logit_scale, self.divergence, self.target_decay,
@@ -559,12 +561,12 @@ class UDIM(SAM):
         normalize: InputNormalization = "batch",
         preserve_batchnorm: bool = True,
     ) -> None:
-        if input_step < 0 or weight < 0 or warmup_steps < 0:
-            raise ValueError("input_step, weight and warmup_steps must be >= 0, got "
-                             f"{input_step}, {weight}, {warmup_steps}")
+        for name, value in (("input_step", input_step), ("weight", weight),
+                            ("warmup_steps", warmup_steps)):
+            check_non_negative("UDIM", name, value)
         if normalize not in get_args(InputNormalization):
             raise ValueError(f"normalize must be 'batch' or 'example', got {normalize!r}")
-        super().__init__(base, rho, adaptive=False, eta=0.0,
+        super().__init__(base, rho=rho, adaptive=False, eta=0.0,
                          model=model if preserve_batchnorm else None)
         self.model = model
         self.rho = rho  # of the UDIM phase; the warm-up SAM steps read each group's "rho"
@@ -711,8 +713,9 @@ class UnknownDomainInconsistency(Technique):
     touches = frozenset({"step"})
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.warmup_fraction <= 1.0:
-            raise ValueError(f"warmup_fraction must be in [0, 1], got {self.warmup_fraction}")
+        for name in ("rho", "input_step", "weight"):
+            check_non_negative("udim", name, getattr(self, name))
+        check_unit_interval("udim", "warmup_fraction", self.warmup_fraction)
 
     def wrap_optimizer(self, optimizer: torch.optim.Optimizer, model: nn.Module) -> Any:
         self._optimizer = UDIM(optimizer, model, self.rho, self.input_step, self.weight,
