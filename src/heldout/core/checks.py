@@ -85,6 +85,8 @@ def check_probabilities(owner: str, probs: Tensor, name: str = "probs",
     """Rows of ``probs`` (..., C) are distributions: entries in [0, 1] and each row summing to
     1, both within sqrt(eps) of the dtype (3e-4 in float32, 1.5e-8 in float64). NaN fails."""
     tol = math.sqrt(torch.finfo(probs.dtype).eps)
+    if not bool(torch.isfinite(probs).all()):
+        raise ValueError(f"{owner}: {name} must be probabilities, got NaN or infinite values{hint}")
     low, high = float(probs.min()), float(probs.max())
     if not (low >= -tol and high <= 1 + tol):  # also false for NaN
         raise ValueError(f"{owner}: {name} must be probabilities in [0, 1], got values in "

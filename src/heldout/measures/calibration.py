@@ -30,8 +30,6 @@ def _bins(confidence: Tensor, n_bins: int, binning: str) -> Tensor:
     n = len(confidence)
     if n == 0:
         raise ValueError("calibration of an empty set")
-    if not bool(torch.isfinite(confidence).all()):  # NaN would land in no bin (or crash)
-        raise ValueError("calibration: the probabilities hold NaN or infinite values")
     if binning == "width":  # bins (k/B, (k+1)/B]
         return (torch.ceil(confidence * n_bins) - 1).clamp(0, n_bins - 1).long()
     if binning == "mass":
