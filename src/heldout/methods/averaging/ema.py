@@ -46,6 +46,7 @@ class ExponentialMovingAverage(WeightAverage):
     starts from the model's weights at construction; buffers follow the model.
 
     Example:
+        >>> import torch
         >>> model = nn.Linear(2, 2)
         >>> ema = ExponentialMovingAverage(model, decay=0.9)
         >>> ema.update(model)  # call after each optimizer step
