@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from heldout.engine.trainer import Trainer
-from heldout.methods.soups import (
+from heldout.methods.averaging import (
     SWA,
     GaussianAveraging,
     GaussianTrajectoryAverage,

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from heldout.core.technique import Technique
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
+from heldout.core.technique import Technique
 from heldout.engine.trainer import Trainer
 from heldout.measures.calibration import (
     brier_score,

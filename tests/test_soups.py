@@ -17,25 +17,25 @@ from heldout.config import parse_overrides
 from heldout.core.state import State
 from heldout.engine import Trainer
 from heldout.measures import Loss
-from heldout.methods.soups import (
+from heldout.methods.averaging import (
     SWA,
     GaussianAveraging,
     GaussianTrajectoryAverage,
-    MagnitudePruning,
     StochasticWeightAverage,
-    apply_mask,
-    average_state_dicts,
     gaussian_average,
     gaussian_weights,
-    greedy_soup,
     has_batchnorm,
+    recompute_batchnorm_stats,
+    swa_update,
+)
+from heldout.methods.pruning import (
+    MagnitudePruning,
+    apply_mask,
     magnitude_prune_mask,
     mask_sparsity,
-    recompute_batchnorm_stats,
     sparse_model_soup,
-    swa_update,
-    uniform_soup,
 )
+from heldout.methods.soups import average_state_dicts, greedy_soup, uniform_soup
 from heldout.registry import TECHNIQUES
 
 from .conftest import assert_resume_is_exact, tiny_config

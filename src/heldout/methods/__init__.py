@@ -1,7 +1,16 @@
 """Techniques that change training: pure functions and wrappers, plus their Trainer adapters."""
 
 from heldout.methods._wrapper import OptimizerWrapper
-from heldout.methods.averaging import EMA, ExponentialMovingAverage, ema_update
+from heldout.methods.averaging import (
+    EMA,
+    SWA,
+    ExponentialMovingAverage,
+    GaussianAveraging,
+    WeightAverage,
+    ema_update,
+    gaussian_average,
+    recompute_batchnorm_stats,
+)
 from heldout.methods.boosting import (
     GBNN,
     BoostedUnits,
@@ -31,6 +40,7 @@ from heldout.methods.losses import (
 from heldout.methods.mix_ln import MixLN, apply_mix_ln, mix_ln_norms
 from heldout.methods.mup import MuP, mup_init_, mup_param_groups
 from heldout.methods.normalization import GhostBatchNorm, GhostBN, ghost_batch_norm
+from heldout.methods.pruning import MagnitudePruning, magnitude_prune_mask, sparse_model_soup
 from heldout.methods.regularization import (
     EntropyRegularization,
     WeightDecay,
@@ -63,18 +73,7 @@ from heldout.methods.sharpness_family import (
     TrustRegionAware,
     UnknownDomainInconsistency,
 )
-from heldout.methods.soups import (
-    SWA,
-    GaussianAveraging,
-    MagnitudePruning,
-    average_state_dicts,
-    gaussian_average,
-    greedy_soup,
-    magnitude_prune_mask,
-    recompute_batchnorm_stats,
-    sparse_model_soup,
-    uniform_soup,
-)
+from heldout.methods.soups import average_state_dicts, greedy_soup, uniform_soup
 
 __all__ = [
     "KnowledgeDistillation",
@@ -99,6 +98,7 @@ __all__ = [
     "recompute_batchnorm_stats",
     "sparse_model_soup",
     "uniform_soup",
+    "WeightAverage",
     "MixLN",
     "MuP",
     "apply_mix_ln",

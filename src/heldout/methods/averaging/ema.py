@@ -1,40 +1,61 @@
-"""Weight averaging: an exponential moving average of the weights, updated after each step."""
+"""Exponential moving average of the weights, updated after each step: θ̄ ← d·θ̄ + (1 − d)·θ."""
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from heldout.core.checks import check_same_shape, check_unit_interval
-from heldout.core.stacked import Stack, StackedRule, cast, per_copy
-from heldout.core.technique import Technique
+from heldout.core.stacked import Stack, StackedRule, per_copy
+from heldout.core.stacked import cast as stacked_cast
+from heldout.methods.averaging.average import (
+    AveragingRule,
+    AveragingTechnique,
+    WeightAverage,
+    average_into,
+)
 from heldout.registry import TECHNIQUES
 
-__all__ = ["EMA", "ExponentialMovingAverage", "ema_update"]
+__all__ = ["EMA", "ExponentialMovingAverage", "ema_rule", "ema_update"]
+
+_REFERENCE = ("Acceleration of Stochastic Approximation by Averaging (Polyak & Juditsky, "
+              "SIAM J. Control Optim. 1992; no arXiv)")
 
 
-@torch.no_grad()
+def _check_decay(decay: float) -> None:
+    if not 0.0 <= decay < 1.0:
+        raise ValueError(f"decay must be in [0, 1), got {decay}")
+
+
+def ema_rule(decay: float) -> AveragingRule:
+    """The EMA rule θ̄ ← θ̄ + (1 − d)(θ − θ̄) = d·θ̄ + (1 − d)·θ, whatever the count: one
+    ``torch._foreach_lerp_`` (it is ``torch.optim.swa_utils.get_ema_multi_avg_fn``)."""
+    _check_decay(decay)
+    return get_ema_multi_avg_fn(decay)
+
+
 def ema_update(average: nn.Module, model: nn.Module, decay: float) -> None:
     """θ̄ ← decay · θ̄ + (1 - decay) · θ for every parameter; buffers (BatchNorm statistics)
     are copied from ``model``, as they are not trained by the optimizer. ``decay`` is in
-    [0, 1] and the two models have parameters of the same shapes."""
+    [0, 1) and the two models have parameters of the same shapes."""
     decay = check_unit_interval("ema_update", "decay", decay)
     for a, p in zip(average.parameters(), model.parameters(), strict=True):
         check_same_shape("ema_update", ("average parameter", a), ("model parameter", p))
-        a.lerp_(p.detach(), 1.0 - decay)
-    for a, b in zip(average.buffers(), model.buffers(), strict=True):
-        a.copy_(b)
+    average_into(average, model, ema_rule(decay), 0)
 
 
-class ExponentialMovingAverage:
-    """A copy of ``model`` that tracks the exponential moving average of its weights.
+class ExponentialMovingAverage(WeightAverage):
+    """A copy of ``model`` that tracks the exponential moving average of its weights: the
+    :class:`~heldout.methods.averaging.average.WeightAverage` with the EMA rule. The average
+    starts from the model's weights at construction; buffers follow the model.
 
     Example:
+        >>> import torch
         >>> model = nn.Linear(2, 2)
         >>> ema = ExponentialMovingAverage(model, decay=0.9)
         >>> ema.update(model)  # call after each optimizer step
@@ -46,75 +67,44 @@ class ExponentialMovingAverage:
     """
 
     def __init__(self, model: nn.Module, decay: float = 0.999) -> None:
-        if not 0.0 <= decay < 1.0:
-            raise ValueError(f"decay must be in [0, 1), got {decay}")
+        super().__init__(model, ema_rule(decay))
         self.decay = decay
-        self.module = copy.deepcopy(model).eval().requires_grad_(False)
-        self.updates = 0
-
-    def update(self, model: nn.Module) -> None:
-        ema_update(self.module, model, self.decay)
-        self.updates += 1
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"module": self.module.state_dict(), "updates": self.updates}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.module.load_state_dict(state["module"])
-        self.updates = state["updates"]
 
 
 @TECHNIQUES.register(
     "ema",
     summary="Exponential moving average of the weights after each step; evaluate the average.",
     search_space={"decay": ("choice", [0.99, 0.999, 0.9999])},
-    references=("Acceleration of Stochastic Approximation by Averaging (Polyak & Juditsky, "
-                "SIAM J. Control Optim. 1992; no arXiv)",),
+    references=(_REFERENCE,),
 )
 @dataclass
-class EMA(Technique):
+class EMA(AveragingTechnique):
     """Keep an :class:`ExponentialMovingAverage`; measures see the averaged weights."""
 
     decay: float = 0.999  # weight of the running average at each step
     evaluate_average: bool = True  # measures use the average (else the raw weights)
-    _ema: ExponentialMovingAverage | None = field(default=None, init=False, repr=False)
-    _pending: dict[str, Any] | None = field(default=None, init=False, repr=False)
 
-    touches = frozenset({"after_step", "eval_model"})
     vectorizable = frozenset({"decay"})
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.decay < 1.0:
-            raise ValueError(f"decay must be in [0, 1), got {self.decay}")
+        _check_decay(self.decay)
+
+    def _average_of(self, state: Any) -> WeightAverage:
+        return ExponentialMovingAverage(state.model, self.decay)
 
     def average(self, model: nn.Module) -> ExponentialMovingAverage:
         """The running average of ``model``: created (a copy of it) at first use, with the
         state a checkpoint restored, if any."""
-        if self._ema is None:
-            self._ema = ExponentialMovingAverage(model, self.decay)
-            if self._pending is not None:
-                self._ema.load_state_dict(self._pending)
-                self._pending = None
-        return self._ema
+        average = self._average
+        if average is None:
+            average = self._adopt(ExponentialMovingAverage(model, self.decay))
+        return cast(ExponentialMovingAverage, average)
 
-    def on_fit_start(self, state) -> None:
-        self.average(state.model)
-
-    def on_after_step(self, state) -> None:
+    def on_after_step(self, state: Any) -> None:
         self.average(state.model).update(state.model)
 
-    def eval_model(self, state) -> nn.Module | None:
+    def eval_model(self, state: Any) -> nn.Module | None:
         return self.average(state.model).module if self.evaluate_average else None
-
-    def state_dict(self) -> dict[str, Any]:
-        return {} if self._ema is None else self._ema.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state:
-            if self._ema is None:
-                self._pending = state
-            else:
-                self._ema.load_state_dict(state)
 
     @classmethod
     def stacked_rule(cls, copies: Sequence[EMA], stack: Stack) -> StackedRule:
@@ -123,8 +113,8 @@ class EMA(Technique):
 
 class _StackedEMA(StackedRule):
     """The copies' averages as a second (K, P) tensor, from the initial weights, updated after
-    each step by :func:`ema_update`'s op (``lerp`` with weight 1 − decay, per copy) and
-    evaluated in place of the weights when the technique evaluates its average."""
+    each step by the EMA rule's op (``lerp`` with weight 1 − decay, per copy) and evaluated in
+    place of the weights when the technique evaluates its average."""
 
     def __init__(self, copies: Sequence[EMA], stack: Stack) -> None:
         self.average = stack.flat.clone()
@@ -135,7 +125,7 @@ class _StackedEMA(StackedRule):
 
     @torch.no_grad()
     def after_step(self, flat: Tensor) -> None:
-        self.average.lerp_(flat, cast(self.weight, flat))
+        self.average.lerp_(flat, stacked_cast(self.weight, flat))
         self.updates += 1
 
     def eval_weights(self, flat: Tensor) -> Tensor | None:
