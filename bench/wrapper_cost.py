@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from heldout.core.inputs import InputSpec
 from heldout.methods.robust import RobustMeanGradients
-from heldout.methods.sharpness_family import ASAM, TRAM, UDIM
+from heldout.methods.sam import ASAM, TRAM, UDIM
 from heldout.models import MLP
 
 Step = Callable[[Tensor, Tensor], None]

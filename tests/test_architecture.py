@@ -155,7 +155,7 @@ def test_mix_ln_reports_grad_norms_at_each_evaluation(arch):
         for i in range(4):
             assert steps[step][f"grad_norm/block{i}"] == pytest.approx(hand[i], rel=1e-5)
     # SAM calls the closure twice per step: the report keeps the first (unperturbed) gradient
-    from heldout.methods.sharpness import SharpnessAware
+    from heldout.methods.sam import SharpnessAware
 
     probe = _Probe()
     history = Trainer(transformer(("pre",) * 2), adam, (x, y), max_steps=2, eval_every=2,

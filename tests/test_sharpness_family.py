@@ -13,9 +13,9 @@ from torch import nn
 from heldout.config import parse_overrides
 from heldout.core.technique import CombinationError
 from heldout.engine.trainer import Trainer
-from heldout.methods.sharpness import SAM
-from heldout.methods.sharpness_family import (
+from heldout.methods.sam import (
     ASAM,
+    SAM,
     TRAM,
     UDIM,
     AdaptiveSharpnessAware,
@@ -430,3 +430,64 @@ def test_technique_runs_in_heldout_and_resumes_exactly(name, tmp_path, monkeypat
     plain = execute(tiny_config("model.batch_norm=true", "batch_size=16"),
                     Store(tmp_path / "plain"))
     assert Store(tmp_path / "straight").final_metrics(cfg.identity) != plain.metrics
+
+
+def _closure_step(opt, model, x, y):
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    return opt.step(closure)
+
+
+def test_asam_is_sams_adaptive_rule_with_scale_weights():
+    """One adaptive rule with an explicit option: ASAM is SAM(adaptive=True, scale="weights"),
+    step for step; scale="all" (the sam technique's adaptive mode) also scales the biases."""
+    import copy
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    twin, everything = copy.deepcopy(model), copy.deepcopy(model)
+    x, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
+    asam = ASAM(torch.optim.SGD(model.parameters(), lr=0.1), rho=0.3, eta=0.02, model=model)
+    sam = SAM(torch.optim.SGD(twin.parameters(), lr=0.1), rho=0.3, adaptive=True, eta=0.02,
+              scale="weights", model=twin)
+    scaled_all = SAM(torch.optim.SGD(everything.parameters(), lr=0.1), rho=0.3, adaptive=True,
+                     eta=0.02, model=everything)
+    for _ in range(3):
+        for opt, net in ((asam, model), (sam, twin), (scaled_all, everything)):
+            _closure_step(opt, net, x, y)
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert not all(torch.equal(a, b) for a, b in zip(model.parameters(),
+                                                     everything.parameters(), strict=True))
+    assert [asam.is_scaled(p) for p in model.parameters()] == [True, False, True, False]
+    with pytest.raises(ValueError, match="scale must be 'all' or 'weights'"):
+        SAM(torch.optim.SGD(model.parameters(), lr=0.1), adaptive=True, scale="biases")
+
+
+def test_stacked_ascent_with_scale_weights_is_asams_first_step():
+    from heldout.methods.sam import StackedAscent
+
+    torch.manual_seed(1)
+    models = [nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)) for _ in range(3)]
+    x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+    rhos = [0.1, 0.5, 0.3]
+    layout, start = [], 0
+    for name, p in models[0].named_parameters():
+        layout.append((name, start, start + p.numel(), p.shape))
+        start += p.numel()
+    for m in models:
+        F.cross_entropy(m(x), y).backward()
+    flat = torch.stack([torch.cat([p.detach().flatten() for p in m.parameters()]) for m in models])
+    grad = torch.stack([torch.cat([p.grad.flatten() for p in m.parameters()]) for m in models])
+    rho = torch.tensor(rhos, dtype=torch.float64).unsqueeze(1)
+    e = StackedAscent(rho, layout, eta=0.01, scale="weights").ascent(flat, grad)
+    for k, m in enumerate(models):
+        before = torch.cat([p.detach().flatten() for p in m.parameters()])
+        ASAM(torch.optim.SGD(m.parameters(), lr=0.1), rho=rhos[k], eta=0.01,
+             model=m).first_step()
+        moved = torch.cat([p.detach().flatten() for p in m.parameters()]) - before
+        torch.testing.assert_close(e[k], moved, rtol=1e-5, atol=1e-7)

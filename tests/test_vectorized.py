@@ -499,7 +499,7 @@ def test_ema_matches_separate_runs(technique, tmp_path, alone):
 def test_sam_ascent_is_sams_first_step():
     """The stacked perturbation equals SAM.first_step's move, copy by copy, plain and
     adaptive, with per-copy radii."""
-    from heldout.methods.sharpness import SAM, StackedAscent
+    from heldout.methods.sam import SAM, StackedAscent
 
     gen = torch.Generator().manual_seed(0)
     shapes = [(5, 4), (5,), (2, 5)]

@@ -29,6 +29,7 @@ from heldout.methods.distill import (
     soft_cross_entropy,
 )
 from heldout.methods.gradients import PerpendicularGradient, PerpGrad, perpendicular_gradient
+from heldout.methods.hard_batches import HardBatches, select_hard_batches
 from heldout.methods.losses import (
     LabelSmoothing,
     StableMax,
@@ -53,6 +54,17 @@ from heldout.methods.robust import (
     running_median,
     winsorized_mean,
 )
+from heldout.methods.sam import (
+    ASAM,
+    SAM,
+    TRAM,
+    UDIM,
+    AdaptiveSharpnessAware,
+    SharpnessAware,
+    TrustRegionAware,
+    UnknownDomainInconsistency,
+    preserve_batchnorm_stats,
+)
 from heldout.methods.schedules import (
     BatchLRScaling,
     LRSchedule,
@@ -62,16 +74,6 @@ from heldout.methods.schedules import (
     schedule_factor,
     sqrt_batch_scaling,
     step_decay,
-)
-from heldout.methods.selection import HardBatches, select_hard_batches
-from heldout.methods.sharpness import SAM, SharpnessAware, preserve_batchnorm_stats
-from heldout.methods.sharpness_family import (
-    ASAM,
-    TRAM,
-    UDIM,
-    AdaptiveSharpnessAware,
-    TrustRegionAware,
-    UnknownDomainInconsistency,
 )
 from heldout.methods.soups import average_state_dicts, greedy_soup, uniform_soup
 

@@ -1,7 +1,8 @@
-"""Sharpness-aware minimization: SAM as an optimizer wrapper (the sharpness family's base).
+"""Sharpness-aware minimization: SAM as an optimizer wrapper (the base of ASAM, TRAM, UDIM).
 
 SAM minimizes max_{‖ε‖≤ρ} L(w + ε). Its step: compute g = ∇L(w); move to w + e with
-e = ρ · T²g / ‖Tg‖ (T = I for SAM; T = diag(|w| + η) for adaptive SAM); compute
+e = ρ · T²g / ‖Tg‖ (T = I for SAM; T = diag(|w| + η) for adaptive SAM, on every parameter
+or, with ``scale="weights"``, on the weight-like ones only, as ASAM does); compute
 g' = ∇L(w + e); move back to w and let the base optimizer step with g'.
 
 BatchNorm pitfall: the second forward pass would update the running statistics a second time
@@ -15,7 +16,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -26,7 +27,25 @@ from heldout.core.technique import Technique
 from heldout.methods._wrapper import OptimizerWrapper, base_optimizer
 from heldout.registry import TECHNIQUES
 
-__all__ = ["SAM", "SharpnessAware", "preserve_batchnorm_stats"]
+__all__ = [
+    "SAM",
+    "Scale",
+    "SharpnessAware",
+    "StackedAscent",
+    "is_weight_like",
+    "preserve_batchnorm_stats",
+]
+
+
+Scale = Literal["all", "weights"]
+"""Which parameters adaptive mode scales by T = |w| + η: ``"all"`` (davda54's ``adaptive=True``)
+or ``"weights"`` (ASAM's official rule: :func:`is_weight_like`; the others keep T = 1)."""
+
+
+def is_weight_like(name: str) -> bool:
+    """ASAM's rule for the parameters its ascent scales: those whose name contains
+    ``"weight"`` (so BatchNorm's γ is scaled and biases are not), as the official code does."""
+    return "weight" in name
 
 
 def _batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -86,26 +105,42 @@ class SAM(OptimizerWrapper):
         rho: float = 0.05,
         adaptive: bool = False,
         eta: float = 0.0,
+        scale: Scale = "all",
         model: nn.Module | None = None,
+        preserve_batchnorm: bool = True,
         **optimizer_kwargs: Any,
     ) -> None:
         name = type(self).__name__
         rho = check_non_negative(name, "rho", rho)
         eta = check_non_negative(name, "eta", eta)
+        if scale not in ("all", "weights"):
+            raise ValueError(f"{name}: scale must be 'all' or 'weights', got {scale!r}")
         base = base_optimizer(name, base, optimizer_class, optimizer_kwargs)
         super().__init__(base, {"rho": rho, "adaptive": bool(adaptive), "eta": eta})
         self.model = model
-        self._bn_layers = [] if model is None else _batchnorm_layers(model)
+        self.scale = scale
+        self._bn_layers = [] if model is None or not preserve_batchnorm else (
+            _batchnorm_layers(model))
+        # names are known only through the model; without it every parameter is scaled
+        self._unscaled = set() if model is None or scale == "all" else {
+            id(p) for n, p in model.named_parameters() if not is_weight_like(n)}
         self._moved: list[tuple[list[Tensor], list[Tensor]]] = []  # (params, e) per group
+
+    def is_scaled(self, param: Tensor) -> bool:
+        """Whether adaptive mode scales ``param``'s ascent by T = |w| + η (see ``scale``)."""
+        return id(param) not in self._unscaled
 
     def _with_grads(self, group: dict) -> list[Tensor]:
         return [p for p in group["params"] if p.grad is not None]
 
     def _scales(self, group: dict, params: list[Tensor]) -> list[Tensor]:
-        """T = |w| + eta per parameter (adaptive mode); the hook ASAM overrides."""
+        """T = |w| + eta per parameter (adaptive mode); 1 for those ``scale`` leaves out."""
         scales = torch._foreach_abs(params)
         if group["eta"]:
             torch._foreach_add_(scales, group["eta"])
+        for scale, p in zip(scales, params, strict=True):
+            if id(p) in self._unscaled:
+                scale.fill_(1.0)
         return scales
 
     @torch.no_grad()
@@ -195,8 +230,8 @@ class SharpnessAware(Technique):
         check_non_negative("sam", "eta", self.eta)
 
     def wrap_optimizer(self, optimizer: torch.optim.Optimizer, model: nn.Module) -> Any:
-        return SAM(optimizer, rho=self.rho, adaptive=self.adaptive, eta=self.eta,
-                   model=model if self.preserve_batchnorm else None)
+        return SAM(optimizer, rho=self.rho, adaptive=self.adaptive, eta=self.eta, model=model,
+                   preserve_batchnorm=self.preserve_batchnorm)
 
     @classmethod
     def stacked_rule(cls, copies: Sequence[SharpnessAware], stack: Stack) -> StackedRule:
@@ -208,13 +243,14 @@ class StackedAscent(StackedRule):
     """:meth:`SAM.first_step` for K copies at once: ``e_k = rho_k · g_k / (‖g_k‖ + 1e-12)``,
     the norm over all of copy k's parameters (per-parameter norms, then their norm, as SAM
     computes it). With ``eta`` (adaptive mode) the gradient is scaled by ``T = |w| + eta``
-    inside the norm and ``e`` by ``T²``, with ``T = 1`` on the parameters ``scaled`` refuses
-    (ASAM's biases)."""
+    inside the norm and ``e`` by ``T²``, with ``T = 1`` on the parameters ``scale`` leaves
+    out (``"weights"``: ASAM's biases), as :class:`SAM` does."""
 
     def __init__(self, rho: float | Tensor, layout: Layout, eta: float | None = None,
-                 scaled: Callable[[str], bool] = lambda name: True) -> None:
+                 scale: Scale = "all") -> None:
         self.rho, self.layout, self.eta = rho, layout, eta
-        self.unscaled = [(start, end) for name, start, end, _ in layout if not scaled(name)]
+        self.unscaled = [] if scale == "all" else [
+            (start, end) for name, start, end, _ in layout if not is_weight_like(name)]
 
     @torch.no_grad()
     def ascent(self, flat: Tensor, grad: Tensor) -> Tensor:
