@@ -131,3 +131,34 @@ def test_each_registry_loads_only_its_own_builtins():
     assert "heldout.models.mlp" in loaded
     assert not [m for m in loaded if m.startswith(("heldout.claims", "heldout.methods.",
                                                    "heldout.measures."))]
+
+
+def test_bounds_declared_on_fields_are_checked_when_a_component_is_built():
+    from dataclasses import dataclass
+
+    from heldout.core.bounds import Annotated, Ge, Interval
+    from heldout.core.technique import Technique
+
+    reg = Registry("widget")
+    seen = []
+
+    @reg.register("w", summary="x")
+    @dataclass
+    class W(Technique):
+        rho: Annotated[float, Ge(0)] = 0.05
+        rates: Annotated[tuple[float, ...], Interval(0, 1)] = (0.5,)
+        decay: Annotated[float, Interval(0, 1, closed="left")] = 0.9
+
+        def __post_init__(self):
+            seen.append(self.rho)  # the component's own checks run after the bounds
+
+    assert W(rho=0.0).rho == 0.0 and seen == [0.0]
+    for kwargs, message in [({"rho": -1.0}, "rho must be >= 0, got -1.0"),
+                            ({"rho": float("nan")}, "rho must be >= 0, got nan"),
+                            ({"decay": 1.0}, r"decay must be in \[0, 1\), got 1.0"),
+                            ({"rates": (0.5, 2.0)}, r"rates must be in \[0, 1\], got 2.0")]:
+        with pytest.raises(ValueError, match=message):
+            W(**kwargs)
+    with pytest.raises(TypeError, match="rho must be a number, got '0.1'"):
+        W(rho="0.1")
+    assert seen == [0.0]  # refused before the component's own __post_init__

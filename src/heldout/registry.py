@@ -30,6 +30,8 @@ from functools import cache
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from heldout.core.bounds import bounds_of, check_bounds
+
 if TYPE_CHECKING:  # for the annotations only: the registry imports no component at load time
 
     from heldout.core.callback import Callback
@@ -159,6 +161,27 @@ class Entry(Generic[T]):
         return [paper(n).citation for n in self.papers] + list(self.references)
 
 
+def _check_bounds_first(cls: type) -> None:
+    """Make ``cls``'s ``__post_init__`` check the bounds its fields declare
+    (:func:`~heldout.core.bounds.check_bounds`) before its own checks. The component's base
+    class (Technique, Measure, ...) defines a ``__post_init__``, so the dataclass ``__init__``
+    calls it."""
+    original = getattr(cls, "__post_init__", None)
+    if original is None:
+        raise TypeError(f"{cls.__name__} declares bounds but its __init__ calls no "
+                        "__post_init__: derive it from heldout's component base class")
+    if cls.__dict__.get("__post_init__") is not None and getattr(original, "checks_bounds",
+                                                                   False):
+        return
+
+    def __post_init__(self: Any) -> None:
+        check_bounds(self)
+        original(self)
+
+    __post_init__.checks_bounds = True  # type: ignore[attr-defined]
+    cls.__post_init__ = __post_init__  # type: ignore[attr-defined]
+
+
 class Registry(Generic[T]):
     """A name → component mapping for one kind of component.
 
@@ -197,6 +220,8 @@ class Registry(Generic[T]):
                 if not 1 <= number <= 77:
                     raise ValueError(f"{self.kind} {name!r}: no catalog paper #{number}")
             check_search_space(f"{self.kind} {name!r}", cls, dict(search_space or {}))
+            if isinstance(cls, type) and bounds_of(cls):
+                _check_bounds_first(cls)
             self._entries[name] = Entry(
                 name, self.kind, cls, summary, tuple(papers), dict(search_space or {}),
                 tuple(references),

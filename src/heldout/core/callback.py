@@ -41,6 +41,10 @@ class Callback:
 
     registry_name: ClassVar[str]
 
+    def __post_init__(self) -> None:
+        """Subclasses (dataclasses) check their parameters here; bounds declared on the
+        fields (:mod:`heldout.core.bounds`) are checked before, by the registry."""
+
     @property
     def name(self) -> str:
         return getattr(self, "registry_name", type(self).__name__)

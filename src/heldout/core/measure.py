@@ -160,9 +160,14 @@ class Measure:
     """Base of the registered measures. Subclasses are dataclasses of their parameters."""
 
     registry_name: ClassVar[str]
+
     scope: ClassVar[Literal["split", "run"]] = "split"
     # "classes": only on splits with integer class targets (skipped on regression splits)
     targets: ClassVar[Literal["classes", "any"]] = "any"
+
+    def __post_init__(self) -> None:
+        """Subclasses (dataclasses) check their parameters here; bounds declared on the
+        fields (:mod:`heldout.core.bounds`) are checked before, by the registry."""
 
     def compute(self, ctx: EvalContext) -> dict[str, float]:
         raise NotImplementedError

@@ -54,10 +54,15 @@ class Technique:
     """
 
     registry_name: ClassVar[str]
+
     touches: ClassVar[frozenset[str]] = frozenset()
     # Vectorized seeds (heldout.core.stacked): the hyper-parameters in which copies trained
     # together may differ; None: the technique does not vectorize.
     vectorizable: ClassVar[frozenset[str] | None] = None
+
+    def __post_init__(self) -> None:
+        """Subclasses (dataclasses) check their parameters here; bounds declared on the
+        fields (:mod:`heldout.core.bounds`) are checked before, by the registry."""
 
     @classmethod
     def stacked_rule(cls, copies: Sequence[Any], stack: Stack) -> StackedRule | None:

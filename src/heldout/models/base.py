@@ -16,5 +16,9 @@ class ModelSpec:
 
     registry_name: str
 
+    def __post_init__(self) -> None:
+        """Subclasses (dataclasses) check their parameters here; bounds declared on the
+        fields (:mod:`heldout.core.bounds`) are checked before, by the registry."""
+
     def build(self, input: InputSpec, num_classes: int) -> nn.Module:
         raise NotImplementedError

@@ -89,6 +89,10 @@ class Task:
 
     registry_name: str
 
+    def __post_init__(self) -> None:
+        """Subclasses (dataclasses) check their parameters here; bounds declared on the
+        fields (:mod:`heldout.core.bounds`) are checked before, by the registry."""
+
     @property
     def input(self) -> InputSpec:
         """The input spec, known without generating the data."""
