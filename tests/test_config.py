@@ -144,3 +144,87 @@ def test_loss_choice_reaches_the_trainer():
             mse_to_one_hot(trainer.model(x), y))
     with pytest.raises(ConfigError, match="loss: expected one of 'cross_entropy', 'mse'"):
         parse_overrides(RunConfig(), ["loss=hinge"])
+
+
+# Ids computed on the code before the restructure (issue 8): the shipped configs, the default
+# config, a config with fields of later schemas, and the 216 runs of the shipped sweep spec.
+PINNED_IDS = {
+    "configs/grokking-perp.yaml": "a3f70ab9ecf4",
+    "configs/mnist1d-sam.yaml": "014ff24b0c40",
+}
+
+
+def test_run_ids_of_shipped_configs_are_pinned():
+    import hashlib
+    from pathlib import Path
+
+    import yaml
+
+    from heldout.config import load_config
+    from heldout.experiments.sweep import expand, sweep_from_dict
+
+    root = Path(__file__).resolve().parents[1]
+    for path, run_id in PINNED_IDS.items():
+        assert load_config(root / path).identity == run_id, path
+    assert RunConfig().identity == "b172f144a7d9"
+    assert parse_overrides(RunConfig(), ["techniques=sam,ema", "precision=bf16-mixed"]
+                           ).identity == "6878fd29424c"
+    spec = sweep_from_dict(yaml.safe_load((root / "configs/sweeps/shift-protocol.yaml")
+                                          .read_text()))
+    ids = sorted(run.config.identity for run in expand(spec))
+    assert len(ids) == 216
+    assert hashlib.sha256(" ".join(ids).encode()).hexdigest()[:16] == "3b25c810fe8ba00b"
+
+
+def test_schema_version_is_recorded_and_a_newer_one_refused():
+    from heldout.config import SCHEMA_VERSION, config_from_dict, config_to_dict
+
+    data = config_to_dict(RunConfig())
+    assert data["schema_version"] == SCHEMA_VERSION
+    assert config_from_dict(data) == RunConfig()
+    old = {k: v for k, v in data.items() if k not in ("schema_version", "precision",
+                                                      "callbacks")}
+    assert config_from_dict(old).identity == RunConfig().identity  # a record of schema 1
+    with pytest.raises(ConfigError, match="written by a newer heldout"):
+        config_from_dict({**data, "schema_version": SCHEMA_VERSION + 1})
+    with_callback = parse_overrides(RunConfig(), ["callbacks=grad_norm_report"])
+    assert with_callback.identity != RunConfig().identity  # a non-default later field counts
+
+
+def test_each_component_is_built_once_per_run(tmp_path, monkeypatch):
+    """From the command line to step 0, the task, model, techniques, measures and callbacks
+    are each built once (their checks run when the config is made, on the object the run
+    then uses); a second run of the same config builds its own."""
+    from collections import Counter
+
+    from heldout.cli import main
+    from heldout.registry import CALLBACKS, MEASURES, MODELS, TASKS, TECHNIQUES
+
+    built: Counter = Counter()
+    for registry in (TASKS, MODELS, TECHNIQUES, MEASURES, CALLBACKS):
+        for entry in registry.entries():
+            original = entry.cls.__post_init__
+
+            def counting(self, _original=original, _name=f"{registry.kind}:{entry.name}"):
+                built[_name] += 1
+                _original(self)
+
+            monkeypatch.setattr(entry.cls, "__post_init__", counting)
+    monkeypatch.setenv("HELDOUT_HOME", str(tmp_path / "home"))
+    argv = ["run", "--task", "modular", "task.p=11", "--technique", "sam", "--technique", "ema",
+            "--callback", "grad_norm_report", "--steps", "2", "eval_every=1"]
+    assert main(argv) == 0
+    expected = {"task:modular": 1, "model:mlp": 1, "technique:sam": 1, "technique:ema": 1,
+                "callback:grad_norm_report": 1, "measure:accuracy": 1, "measure:loss": 1,
+                "measure:ece": 1, "measure:gap": 1}
+    assert dict(built) == expected
+    built.clear()
+    cfg = parse_overrides(RunConfig(), ["task.p=11", "techniques=sam,ema", "steps=2"])
+    from heldout.runner import execute
+    from heldout.store import Store
+
+    store = Store(tmp_path / "direct")
+    execute(cfg, store)
+    execute(cfg, Store(tmp_path / "again"))  # the same config object, a second run
+    assert {k: v for k, v in built.items() if k.startswith("technique")} == {
+        "technique:sam": 2, "technique:ema": 2}

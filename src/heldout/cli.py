@@ -32,7 +32,14 @@ from typing import NoReturn
 
 import yaml
 
-from heldout.config import ConfigError, RunConfig, config_from_dict, load_config, parse_overrides
+from heldout.config import (
+    ConfigError,
+    RunConfig,
+    apply_overrides,
+    config_data,
+    config_from_dict,
+    default_data,
+)
 from heldout.experiments.sweep import MAX_RUNS
 from heldout.registry import CLAIMS, REGISTRIES, UnknownNameError, implementations, papers
 from heldout.runner import RunFailed, execute
@@ -201,23 +208,18 @@ def _cmd_run(args: argparse.Namespace, store: Store) -> int:
     if args.config and "=" in args.config:  # no config file, only overrides
         overrides.insert(0, args.config)
         args.config = None
-    cfg = load_config(args.config) if args.config else RunConfig()
-    flags = []
+    data = config_data(args.config) if args.config else default_data()
     if args.task:
-        flags.append(f"task={args.task}")
+        data["task"] = {"name": args.task}
     if args.model:
-        flags.append(f"model={args.model}")
-    if args.techniques is not None:
-        flags.append("techniques=" + ",".join(args.techniques))
-    if args.callbacks is not None:
-        flags.append("callbacks=" + ",".join(args.callbacks))
-    if args.measures is not None:
-        flags.append("measures=" + ",".join(args.measures))
-    if args.steps is not None:
-        flags.append(f"steps={args.steps}")
-    if args.seed is not None:
-        flags.append(f"seed={args.seed}")
-    cfg = parse_overrides(cfg, flags + overrides)
+        data["model"] = {"name": args.model}
+    for key in ("techniques", "callbacks", "measures"):
+        if getattr(args, key) is not None:
+            data[key] = [{"name": name} for name in getattr(args, key)]
+    for key in ("steps", "seed"):
+        if getattr(args, key) is not None:
+            data[key] = getattr(args, key)
+    cfg = config_from_dict(apply_overrides(data, overrides))  # checked and built once
     if args.sink:
         from heldout.run.sinks import SINKS
 

@@ -30,6 +30,8 @@ from typing import Any, Literal
 
 import yaml
 
+from heldout.core.bounds import Annotated, Ge, Interval, check_bounds
+from heldout.core.technique import check_combination
 from heldout.registry import (
     CALLBACKS,
     MEASURES,
@@ -47,8 +49,11 @@ __all__ = [
     "RunConfig",
     "canonical_json",
     "check_components",
+    "apply_overrides",
+    "config_data",
     "config_from_dict",
     "config_to_dict",
+    "default_data",
     "load_config",
     "parse_overrides",
     "read_yaml",
@@ -60,15 +65,48 @@ class ConfigError(ValueError):
     """A config problem, described in one line that names the offending key."""
 
 
+_FINITE = Interval(0, math.inf, closed="left")  # a finite number >= 0
+
+
+def _check_bounds(prefix: str, cfg: Any) -> None:
+    """:func:`~heldout.core.bounds.check_bounds` as a ConfigError naming the key: ``steps: must
+    be >= 1, got 0``."""
+    try:
+        check_bounds(cfg)
+    except (TypeError, ValueError) as err:
+        key, _, rest = str(err).partition(" ")
+        raise ConfigError(f"{prefix}{key}: {rest}") from None
+
+SCHEMA_VERSION = 3
+"""The version of :class:`RunConfig`'s fields. A field added later says since when
+(``metadata={"since": n}``); while it holds its default it stays out of the canonical JSON, so
+the runs recorded before it keep their ids. 1: the first release; 2: ``precision``;
+3: ``callbacks``."""
+
+
 @dataclass(frozen=True)
 class Component:
-    """A registered component by name, with its parameters (defaults filled in once checked)."""
+    """A registered component by name, with its parameters (defaults filled in once checked).
+
+    Checking a component builds it (its own ``__post_init__`` validates the parameters); the
+    built object is kept and handed to the run that :meth:`take` s it, so a component is built
+    once per run, not once per check. It is never pickled or compared."""
 
     name: str
     params: Mapping[str, Any] = field(default_factory=dict)
+    _built: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __hash__(self) -> int:
         return hash((self.name, json.dumps(dict(self.params), sort_keys=True, default=str)))
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"name": self.name, "params": self.params, "_built": None}
+
+    def take(self, registry: Registry[Any]) -> Any:
+        """The object built when this component was checked (the first call), else a new one
+        (a second run of the same config gets fresh state)."""
+        built, self.__dict__["_built"] = self._built, None
+        return built if built is not None else registry.build(self.name, **dict(self.params))
 
 
 @dataclass(frozen=True)
@@ -76,22 +114,16 @@ class OptimizerConfig:
     """The base optimizer; techniques such as SAM or ⊥Grad wrap it."""
 
     name: Literal["adamw", "adam", "sgd"] = "adamw"  # torch.optim class
-    lr: float = 1e-3  # learning rate
-    betas: tuple[float, float] = (0.9, 0.999)  # Adam(W) moment decay rates
-    eps: float = 1e-8  # Adam(W) denominator epsilon
-    momentum: float = 0.0  # SGD momentum
+    lr: Annotated[float, _FINITE] = 1e-3  # learning rate
+    betas: Annotated[tuple[float, float], Interval(0, 1, closed="left")] = (0.9, 0.999)  # Adam(W)
+    eps: Annotated[float, _FINITE] = 1e-8  # Adam(W) denominator epsilon
+    momentum: Annotated[float, _FINITE] = 0.0  # SGD momentum
     nesterov: bool = False  # SGD Nesterov momentum
-    weight_decay: float = 0.0  # decoupled for AdamW, L2 for Adam and SGD
+    weight_decay: Annotated[float, _FINITE] = 0.0  # decoupled for AdamW, L2 for Adam and SGD
 
     def __post_init__(self) -> None:
         # torch.optim's own checks, one line each, before any run record is written
-        for key in ("lr", "eps", "momentum", "weight_decay"):
-            value = getattr(self, key)
-            if not 0.0 <= value < math.inf:
-                raise ConfigError(f"optimizer.{key}: must be a finite number >= 0, got {value}")
-        for i, beta in enumerate(self.betas):
-            if not 0.0 <= beta < 1.0:
-                raise ConfigError(f"optimizer.betas[{i}]: must be in [0, 1), got {beta}")
+        _check_bounds("optimizer.", self)
         if self.nesterov and self.momentum <= 0:
             raise ConfigError("optimizer.nesterov: needs optimizer.momentum > 0")
 
@@ -110,17 +142,18 @@ class RunConfig:
         Component("ece"),
         Component("gap"),
     )  # registered measures computed at each evaluation
-    callbacks: tuple[Component, ...] = ()  # registered observers (change nothing in training)
+    # registered observers (change nothing in training); schema 3
+    callbacks: tuple[Component, ...] = field(default=(), metadata={"since": 3})
     loss: Literal["cross_entropy", "mse"] = "cross_entropy"  # mse: against one-hot targets
     loss_dtype: Literal["float32", "float64"] = "float32"  # precision of the default loss
     # "bf16-mixed": the training forward under bfloat16 autocast, float32 weights, optimizer
-    # and loss; evaluation and measures stay in float32
-    precision: Literal["float32", "bf16-mixed"] = "float32"
-    steps: int = 1000  # optimizer steps
-    batch_size: int | None = None  # None: full batch, one step per epoch
-    eval_every: int = 10  # steps between evaluations (also at step 0 and the last step)
-    checkpoint_every: int = 100  # steps between checkpoints (also at the last step)
-    seed: int = 0  # seeds the split, the initialization and the batch order
+    # and loss; evaluation and measures stay in float32; schema 2
+    precision: Literal["float32", "bf16-mixed"] = field(default="float32", metadata={"since": 2})
+    steps: Annotated[int, Ge(1)] = 1000  # optimizer steps
+    batch_size: Annotated[int | None, Ge(1)] = None  # None: full batch, one step per epoch
+    eval_every: Annotated[int, Ge(1)] = 10  # steps between evaluations (and step 0 and the last)
+    checkpoint_every: Annotated[int, Ge(1)] = 100  # steps between checkpoints (and the last)
+    seed: Annotated[int, Ge(0)] = 0  # seeds the split, the initialization and the batch order
     init_from: str | None = None  # a finished run's id: its final weights initialize the model
     name: str | None = None  # a free label; not part of the identity
 
@@ -131,13 +164,7 @@ class RunConfig:
                                                         getattr(self, key), key))
         for key in _LIST_FIELDS:
             object.__setattr__(self, key, check_components(key, getattr(self, key)))
-        for key in ("steps", "eval_every", "checkpoint_every"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key}: must be >= 1, got {getattr(self, key)}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ConfigError(f"batch_size: must be >= 1 or null, got {self.batch_size}")
-        if self.seed < 0:
-            raise ConfigError(f"seed: must be >= 0, got {self.seed}")
+        _check_bounds("", self)
 
     @property
     def identity(self) -> str:
@@ -239,7 +266,10 @@ def _fields(cls: type) -> dict[str, Any]:
 
 
 def _check_params(registry: Registry, spec: Any, key: str) -> Component:
-    """Turn ``name`` / ``{name: ..., **params}`` / Component into a checked Component."""
+    """Turn ``name`` / ``{name: ..., **params}`` / Component into a checked Component (built
+    once, see :meth:`Component.take`)."""
+    if isinstance(spec, Component) and spec._built is not None:
+        return spec  # checked already, and not yet taken by a run
     if isinstance(spec, Component):
         name, params = spec.name, dict(spec.params)
     elif isinstance(spec, str):
@@ -266,10 +296,12 @@ def _check_params(registry: Registry, spec: Any, key: str) -> Component:
             )
         checked[param] = _coerce(value, fields[param], f"{key}.{param}")
     try:
-        entry.build(**checked)  # runs the component's own validation (__post_init__)
+        built = entry.build(**checked)  # runs the component's own validation (__post_init__)
     except (ValueError, TypeError) as err:
         raise ConfigError(f"{key}: {err}") from None
-    return Component(name, checked)
+    component = Component(name, checked)
+    object.__setattr__(component, "_built", built)
+    return component
 
 
 def check_components(key: str, value: Any) -> tuple[Component, ...]:
@@ -285,11 +317,8 @@ def check_components(key: str, value: Any) -> tuple[Component, ...]:
     if dupes:
         raise ConfigError(f"{key}: {', '.join(dupes)} listed more than once")
     if key == "techniques" and len(checked) > 1:
-        from heldout.core.technique import check_combination
-
         try:
-            check_combination([_COMPONENT_FIELDS[key].build(c.name, **dict(c.params))
-                               for c in checked])
+            check_combination([c._built for c in checked])
         except ValueError as err:  # CombinationError: names both techniques
             raise ConfigError(f"{key}: {err}") from None
     return tuple(checked)
@@ -301,6 +330,13 @@ def config_from_dict(data: Mapping[str, Any]) -> RunConfig:
         raise ConfigError(f"a run config must be a mapping, got {type(data).__name__}")
     run_fields = _fields(RunConfig)
     kwargs: dict[str, Any] = {}
+    data = dict(data)
+    version = data.pop("schema_version", SCHEMA_VERSION)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ConfigError(f"schema_version: expected a positive integer, got {version!r}")
+    if version > SCHEMA_VERSION:
+        raise ConfigError(f"schema_version: this config was written by a newer heldout (schema "
+                          f"{version}; this one reads up to {SCHEMA_VERSION}); upgrade heldout")
     for key, value in data.items():
         if key not in run_fields:
             raise ConfigError(f"{key}: unknown config key; valid keys: {', '.join(run_fields)}")
@@ -332,47 +368,35 @@ def _optimizer_from(value: Any) -> OptimizerConfig:
 
 
 def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
-    """Plain, JSON-ready data for ``cfg`` (every default written out)."""
-
-    def component(c: Component) -> dict[str, Any]:
-        return {"name": c.name, **{k: _plain(v) for k, v in c.params.items()}}
-
-    return {
-        "task": component(cfg.task),
-        "model": component(cfg.model),
-        "optimizer": {k: _plain(v) for k, v in dataclasses.asdict(cfg.optimizer).items()},
-        "techniques": [component(c) for c in cfg.techniques],
-        "measures": [component(c) for c in cfg.measures],
-        "callbacks": [component(c) for c in cfg.callbacks],
-        "loss": cfg.loss,
-        "loss_dtype": cfg.loss_dtype,
-        "precision": cfg.precision,
-        "steps": cfg.steps,
-        "batch_size": cfg.batch_size,
-        "eval_every": cfg.eval_every,
-        "checkpoint_every": cfg.checkpoint_every,
-        "seed": cfg.seed,
-        "init_from": cfg.init_from,
-        "name": cfg.name,
-    }
+    """Plain, JSON-ready data for ``cfg``: every field of :class:`RunConfig` (every default
+    written out) and ``schema_version``."""
+    data: dict[str, Any] = {f.name: _plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    data["schema_version"] = SCHEMA_VERSION
+    return data
 
 
 def _plain(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
-
-
-_LATER_FIELDS = {"precision": "float32", "callbacks": []}
+    """A config value as JSON-ready data: components as ``{"name": ..., **params}``, the
+    optimizer as a mapping, tuples as lists."""
+    if isinstance(value, Component):
+        return {"name": value.name, **{k: _plain(v) for k, v in value.params.items()}}
+    if isinstance(value, OptimizerConfig):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
 
 
 def canonical_json(cfg: RunConfig) -> str:
-    """The canonical form of ``cfg``: sorted-key JSON of every field but ``name``. Fields
-    added after the first release (:data:`_LATER_FIELDS`) are left out while they hold their
-    default, so the runs recorded before them keep their ids."""
+    """The canonical form of ``cfg``: sorted-key JSON of every field but ``name``. A field added
+    after the first schema (``metadata["since"] > 1``, see :data:`SCHEMA_VERSION`) is left out
+    while it holds its default, so the runs recorded before it keep their ids."""
     data = config_to_dict(cfg)
-    data.pop("name")
-    for key, default in _LATER_FIELDS.items():
-        if data[key] == default:
-            data.pop(key)
+    for key in ("name", "schema_version"):
+        data.pop(key)
+    for f in dataclasses.fields(cfg):
+        if f.metadata.get("since", 1) > 1 and data[f.name] == _plain(f.default):
+            data.pop(f.name)
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
@@ -395,10 +419,23 @@ def read_yaml(path: str | Path, what: str = "config") -> Any:
         raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
 
 
-def load_config(path: str | Path, overrides: Iterable[str] = ()) -> RunConfig:
-    """Read a YAML run config and apply ``key=value`` overrides."""
+def default_data() -> dict[str, Any]:
+    """:class:`RunConfig`'s fields and their defaults as plain data, checking (building) no
+    component: the base that a file's data and overrides are laid over."""
+    return {f.name: _plain(f.default) for f in dataclasses.fields(RunConfig)}
+
+
+def config_data(path: str | Path) -> dict[str, Any]:
+    """A YAML run config file's data laid over :func:`default_data` (not yet checked)."""
     data = read_yaml(path, "config") or {}
-    return parse_overrides(config_from_dict(data), overrides)
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: a run config must be a mapping, got {type(data).__name__}")
+    return {**default_data(), **data}
+
+
+def load_config(path: str | Path, overrides: Iterable[str] = ()) -> RunConfig:
+    """Read a YAML run config and apply ``key=value`` overrides (checked once, at the end)."""
+    return config_from_dict(apply_overrides(config_data(path), overrides))
 
 
 def parse_overrides(cfg: RunConfig, overrides: Iterable[str]) -> RunConfig:
@@ -408,7 +445,12 @@ def parse_overrides(cfg: RunConfig, overrides: Iterable[str]) -> RunConfig:
     ``task.p=97``, ``model.hidden=[200,200]``, ``techniques=perp_grad,sam`` (replace the list),
     ``techniques.sam.rho=0.1`` (a parameter of a listed technique), ``measures.ece.n_bins=15``.
     """
-    data = config_to_dict(cfg)
+    return config_from_dict(apply_overrides(config_to_dict(cfg), overrides))
+
+
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Set each dotted ``key=value`` of ``overrides`` in the plain config ``data`` (in place;
+    returned), as :func:`parse_overrides` describes; nothing is checked or built yet."""
     for item in overrides:
         key, sep, raw = item.partition("=")
         key = key.strip()
@@ -419,7 +461,7 @@ def parse_overrides(cfg: RunConfig, overrides: Iterable[str]) -> RunConfig:
         except yaml.YAMLError:
             value = raw
         _set(data, key.split("."), value, item)
-    return config_from_dict(data)
+    return data
 
 
 def _set(data: dict[str, Any], path: list[str], value: Any, item: str) -> None:

@@ -112,7 +112,7 @@ def _load_weights(model: torch.nn.Module, cfg: RunConfig, store: Store) -> None:
 
 
 def _build(registry, component: Component) -> Any:
-    return registry.build(component.name, **dict(component.params))
+    return component.take(registry)  # the object checking the config built, if not yet used
 
 
 def seed_everything(seed: int) -> None:

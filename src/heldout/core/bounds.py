@@ -99,6 +99,8 @@ class Interval(Bound):
         return left and right
 
     def describe(self) -> str:
+        if self.high == math.inf and self.closed in ("left", "neither"):
+            return f"must be a finite number {'>=' if self.closed == 'left' else '>'} {self.low}"
         left = "[" if self.closed in ("both", "left") else "("
         right = "]" if self.closed in ("both", "right") else ")"
         return f"must be in {left}{self.low}, {self.high}{right}"
