@@ -4,6 +4,11 @@ The run's id is the hash of its canonical config. Executing a config whose run i
 ``done`` returns the stored result; one whose run is unfinished (killed, failed) resumes from
 its last checkpoint, and the metric history after that checkpoint is recomputed, so a run
 killed at any step ends with exactly the metrics of the uninterrupted run.
+
+Training holds the run's lease (see :mod:`heldout.store.sqlite`): a second process on the
+same config is refused naming the holder (or waits, ``wait=``); the heartbeat rides on the
+metric flushes at evaluations and checkpoints; each checkpoint's sha256 is recorded before
+the file is renamed into place, and a resume verifies against it.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from heldout.config import Component, OptimizerConfig, RunConfig, config_to_dict
-from heldout.engine.checkpoint import load_checkpoint
+from heldout.engine.checkpoint import has_checkpoint, load_checkpoint
 from heldout.engine.trainer import (
     Logger,
     NonFiniteLossError,
@@ -33,7 +38,7 @@ from heldout.engine.trainer import (
     mse_to_one_hot,
 )
 from heldout.registry import MEASURES, MODELS, TASKS, TECHNIQUES
-from heldout.store.sqlite import RunRecord, Store
+from heldout.store.sqlite import Lease, LeaseLost, RunRecord, Store
 
 __all__ = ["ProgressPrinter", "RunFailed", "RunResult", "StoreLogger", "build", "execute",
            "make_optimizer", "measure_run"]
@@ -86,7 +91,8 @@ def _load_weights(model: torch.nn.Module, run_id: str, store: Store) -> None:
     if record.status != "done":
         raise RunFailed(record.id, f"init_from needs a finished run, {record.id} is "
                         f"{record.status}")
-    state = load_checkpoint(store.run_dir(record.id) / CHECKPOINT_NAME)["model"]
+    state = load_checkpoint(store.checkpoint_path(record.id),
+                            digests=store.checkpoint_digests(record.id))["model"]
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
@@ -151,10 +157,12 @@ def build(
 
 
 class StoreLogger:
-    """Sends each evaluation's metrics to the store, one transaction per evaluation."""
+    """Sends each evaluation's metrics to the store, one transaction per evaluation. With a
+    ``lease``, each flush (evaluations, and before each checkpoint) also refreshes its
+    heartbeat in that transaction, and checkpoints' digests are recorded under it."""
 
-    def __init__(self, store: Store, run_id: str) -> None:
-        self.store, self.run_id = store, run_id
+    def __init__(self, store: Store, run_id: str, lease: Lease | None = None) -> None:
+        self.store, self.run_id, self.lease = store, run_id, lease
         self._rows: list[tuple[int, str, str, float]] = []
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
@@ -165,7 +173,10 @@ class StoreLogger:
 
     def flush(self) -> None:
         rows, self._rows = self._rows, []
-        self.store.log_metrics(self.run_id, rows)
+        self.store.log_metrics(self.run_id, rows, lease=self.lease)
+
+    def checkpointed(self, step: int, sha256: str) -> None:
+        self.store.record_checkpoint(self.run_id, sha256, step, lease=self.lease)
 
 
 class ProgressPrinter:
@@ -212,22 +223,42 @@ def execute(
     restart: bool = False,
     device: Any = None,
     sinks: str | None = None,
+    wait: float = 0.0,
 ) -> RunResult:
     """Run ``cfg`` (or resume it, or return it if done) and record it in ``store``.
 
-    ``sinks`` also streams the metrics to TensorBoard and/or MLflow, e.g.
-    ``"tensorboard:runs/tb,mlflow:mlflow.db"`` (see :func:`heldout.store.sinks.make_sinks`).
+    Another process training the same run: raise :class:`~heldout.store.RunLeased` naming
+    it, after waiting up to ``wait`` seconds for it to finish. ``restart`` discards the
+    run's checkpoints and history and trains from step 0. ``sinks`` also streams the
+    metrics to TensorBoard and/or MLflow, e.g. ``"tensorboard:runs/tb,mlflow:mlflow.db"``
+    (see :func:`heldout.store.sinks.make_sinks`).
     """
     store = store or Store()
     run_id = cfg.identity
     record = store.create_run(run_id, config_to_dict(cfg), cfg.seed, cfg.name)
-    run_dir = store.run_dir(run_id)
-    if restart and run_dir.exists():
-        shutil.rmtree(run_dir)
     if record.status == "done" and not restart:
         return RunResult(run_id, "done", store.final_metrics(run_id), None, True, record)
-    checkpoint = run_dir / CHECKPOINT_NAME
-    loggers: list[Logger] = [StoreLogger(store, run_id)]
+    lease = store.acquire_lease(run_id, wait=wait)
+    try:
+        record = store.get_run(run_id)
+        if record.status == "done" and not restart:  # finished while this one waited
+            return RunResult(run_id, "done", store.final_metrics(run_id), None, True, record)
+        return _train_leased(cfg, store, lease, restart=restart, progress=progress,
+                             device=device, sinks=sinks)
+    finally:
+        store.release_lease(lease)  # finish_run gave it back already, unless it failed early
+
+
+def _train_leased(cfg: RunConfig, store: Store, lease: Lease, *, restart: bool,
+                  progress: bool | TextIO, device: Any, sinks: str | None) -> RunResult:
+    run_id = cfg.identity
+    run_dir = store.run_dir(run_id)
+    if restart:
+        store.reset_run(run_id, lease=lease)
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+    checkpoint = store.checkpoint_path(run_id)
+    loggers: list[Logger] = [StoreLogger(store, run_id, lease)]
     if progress:
         stream = progress if not isinstance(progress, bool) else None
         loggers.append(ProgressPrinter(cfg.steps, stream, label=f"{run_id} "))
@@ -239,25 +270,32 @@ def execute(
     loggers += extra
     trainer = build(cfg, checkpoint_path=checkpoint, loggers=loggers, device=device,
                     store=store)
-    resumed_from = trainer.resume() if checkpoint.exists() else None
-    store.start_run(run_id, resumed_from or 0)
+    resumed_from = None
+    if has_checkpoint(checkpoint):
+        resumed_from = trainer.resume(digests=store.checkpoint_digests(run_id))
+    store.start_run(run_id, resumed_from or 0, lease=lease)
     try:
         trainer.fit()
+    except LeaseLost:  # another process owns the run now: write nothing more
+        _close(extra, failed=True)
+        raise
     except NonFiniteLossError as err:
         store.finish_run(run_id, status="failed", seconds=trainer.seconds, step=err.step,
-                         error=str(err))
+                         error=str(err), lease=lease)
         _close(extra, failed=True)
         raise RunFailed(run_id, str(err)) from err
     except BaseException as err:
         message = "".join(traceback.format_exception_only(type(err), err)).strip()
         store.finish_run(run_id, status="failed", seconds=trainer.seconds,
-                         step=trainer.state.step, error=message or type(err).__name__)
+                         step=trainer.state.step, error=message or type(err).__name__,
+                         lease=lease)
         _close(extra, failed=True)
         raise
     _close(extra, failed=False)
     store.set_checkpoint(run_id, str(checkpoint), trainer.state.step)
     store.add_artifact(run_id, "checkpoint", checkpoint, _sha256(checkpoint))
-    store.finish_run(run_id, status="done", seconds=trainer.seconds, step=trainer.state.step)
+    store.finish_run(run_id, status="done", seconds=trainer.seconds, step=trainer.state.step,
+                     lease=lease)
     return RunResult(run_id, "done", store.final_metrics(run_id), resumed_from, False,
                      store.get_run(run_id))
 
@@ -289,12 +327,12 @@ def measure_run(
     from heldout.config import config_from_dict
 
     record = store.get_run(run_id)
-    checkpoint = store.run_dir(record.id) / CHECKPOINT_NAME
-    if not checkpoint.exists():
+    checkpoint = store.checkpoint_path(record.id)
+    if not has_checkpoint(checkpoint):
         raise FileNotFoundError(f"run {record.id} has no checkpoint at {checkpoint}")
     cfg = config_from_dict(record.config)
     trainer = build(cfg, checkpoint_path=checkpoint, device=device, store=store)
-    step = trainer.resume()
+    step = trainer.resume(digests=store.checkpoint_digests(record.id))
     valid = list(trainer.eval_data)
     for split in splits or ():
         if split not in valid:
