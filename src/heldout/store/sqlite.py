@@ -237,20 +237,23 @@ class RunRecord:
 
 class Store:
     """The SQLite runs store at ``<home>/store.sqlite``; run directories beside it.
-    ``readonly=True`` opens it for reading only (read commands; a read-only home)."""
+    ``readonly=True`` opens it for reading only (read commands; a read-only home);
+    ``check=False`` skips the integrity check after an unclean shutdown (to inspect a
+    damaged store)."""
 
     def __init__(self, home: str | Path | None = None, *, readonly: bool = False,
-                 lease_stale_after: float = LEASE_STALE_SECONDS) -> None:
+                 check: bool = True, lease_stale_after: float = LEASE_STALE_SECONDS) -> None:
         self.home = Path(home) if home is not None else default_home()
         self.path = self.home / "store.sqlite"
         self.readonly = readonly
         self.lease_stale_after = lease_stale_after
         if readonly:
-            if self.path.exists():
+            if check and self.path.exists():
                 self._check_after_unclean_shutdown(clear=False)
             return
         self.home.mkdir(parents=True, exist_ok=True)
-        self._check_after_unclean_shutdown(clear=True)
+        if check:
+            self._check_after_unclean_shutdown(clear=True)
         marker = self.home / ".writers" / f"{os.getpid()}@{platform.node()}"
         if marker not in _OPEN_MARKERS:
             marker.parent.mkdir(exist_ok=True)
@@ -426,10 +429,14 @@ class Store:
     def start_run(self, run_id: str, resume_step: int = 0, *, lease: Lease | None = None
                   ) -> None:
         """Mark a run running; drop metrics after ``resume_step`` (they will be recomputed).
-        A done run is refused (:class:`RunFinishedError`)."""
+        A done run is refused (:class:`RunFinishedError`). Only a start under a lease
+        (:func:`heldout.runner.execute`) records checkpoint digests; any other (a sweep
+        worker, a vectorized group) forgets those recorded, as its checkpoints replace them."""
         with self._transaction() as db:
             self._hold(db, lease)
             self._refuse_finished(db, run_id, "start it again")
+            if lease is None:
+                db.execute("DELETE FROM checkpoints WHERE run_id = ?", (run_id,))
             db.execute("DELETE FROM metrics WHERE run_id = ? AND step > ?", (run_id, resume_step))
             db.execute(
                 "UPDATE runs SET status = 'running', started = COALESCE(started, ?), "
