@@ -378,10 +378,20 @@ class Store:
 
     def lease_holder(self, run_id: str) -> dict[str, Any] | None:
         """The run's lease row (pid, host, since, heartbeat), or None."""
-        with self._connect() as db:
-            row = db.execute("SELECT pid, host, since, heartbeat FROM leases WHERE run_id = ?",
-                             (run_id,)).fetchone()
+        row = self._optional("SELECT pid, host, since, heartbeat FROM leases WHERE run_id = ?",
+                             run_id)
         return None if row is None else dict(row)
+
+    def _optional(self, query: str, *args: Any) -> sqlite3.Row | None:
+        """One row from a table a store written by an older heldout may lack (a read-only
+        open does not create it): None then."""
+        with self._connect() as db:
+            try:
+                return db.execute(query, args).fetchone()
+            except sqlite3.OperationalError as err:
+                if "no such table" in str(err):
+                    return None
+                raise
 
     def heartbeat(self, leases: Iterable[Lease]) -> None:
         """Refresh held leases in one transaction; raise :class:`LeaseLost` if one is gone."""
@@ -495,9 +505,8 @@ class Store:
 
     def checkpoint_digests(self, run_id: str) -> set[str] | None:
         """The sha256 of the run's last and previous checkpoints; None if none recorded."""
-        with self._connect() as db:
-            row = db.execute("SELECT sha256, prev_sha256 FROM checkpoints WHERE run_id = ?",
-                             (run_id,)).fetchone()
+        row = self._optional("SELECT sha256, prev_sha256 FROM checkpoints WHERE run_id = ?",
+                             run_id)
         if row is None:
             return None
         return {d for d in (row["sha256"], row["prev_sha256"]) if d}
