@@ -251,14 +251,18 @@ class Store:
             if check and self.path.exists():
                 self._check_after_unclean_shutdown(clear=False)
             return
-        self.home.mkdir(parents=True, exist_ok=True)
-        if check:
-            self._check_after_unclean_shutdown(clear=True)
         marker = self.home / ".writers" / f"{os.getpid()}@{platform.node()}"
-        if marker not in _OPEN_MARKERS:
-            marker.parent.mkdir(exist_ok=True)
-            marker.touch()
-            _OPEN_MARKERS.add(marker)
+        try:
+            self.home.mkdir(parents=True, exist_ok=True)
+            if check:
+                self._check_after_unclean_shutdown(clear=True)
+            if marker not in _OPEN_MARKERS:
+                marker.parent.mkdir(exist_ok=True)
+                marker.touch()
+                _OPEN_MARKERS.add(marker)
+        except OSError as err:
+            raise StoreError(f"cannot write the store in {self.home} ({err.strerror}); "
+                             "read commands (runs, report) work on a read-only store") from None
         with self._connect() as db:
             db.executescript(_SCHEMA)
 
