@@ -157,9 +157,10 @@ def build(
 
 
 class StoreLogger:
-    """Sends each evaluation's metrics to the store, one transaction per evaluation. With a
-    ``lease``, each flush (evaluations, and before each checkpoint) also refreshes its
-    heartbeat in that transaction, and checkpoints' digests are recorded under it."""
+    """Sends each evaluation's metrics to the store, one transaction per evaluation, and
+    records each checkpoint's digest. With a ``lease``, both transactions also refresh its
+    heartbeat and check that it is still held: the lease costs no transaction of its own
+    while training."""
 
     def __init__(self, store: Store, run_id: str, lease: Lease | None = None) -> None:
         self.store, self.run_id, self.lease = store, run_id, lease
@@ -242,11 +243,13 @@ def execute(
     try:
         record = store.get_run(run_id)
         if record.status == "done" and not restart:  # finished while this one waited
+            store.release_lease(lease)
             return RunResult(run_id, "done", store.final_metrics(run_id), None, True, record)
         return _train_leased(cfg, store, lease, restart=restart, progress=progress,
-                             device=device, sinks=sinks)
-    finally:
-        store.release_lease(lease)  # finish_run gave it back already, unless it failed early
+                             device=device, sinks=sinks)  # finish_run gives the lease back
+    except BaseException:
+        store.release_lease(lease)  # if it failed before finishing (or was taken: no-op)
+        raise
 
 
 def _train_leased(cfg: RunConfig, store: Store, lease: Lease, *, restart: bool,

@@ -546,10 +546,10 @@ class Store:
     def log_metrics(self, run_id: str, rows: Iterable[tuple[int, str, str, float]], *,
                     lease: Lease | None = None) -> None:
         """Write ``(step, split, name, value)`` rows in one transaction (idempotent). With
-        ``lease``, the same transaction refreshes its heartbeat (even with no rows) and
-        writes nothing if it was lost."""
+        ``lease``, the same transaction refreshes its heartbeat, and writes nothing if the
+        lease was lost (:class:`LeaseLost`)."""
         rows = [(run_id, s, sp, n, v) for s, sp, n, v in rows]
-        if not rows and lease is None:
+        if not rows:
             return
         with self._transaction() as db:
             self._hold(db, lease)
