@@ -13,10 +13,13 @@
     heldout report SWEEP|RUN ... [--out DIR]
     heldout measure RUN --measure NAME [--split S] [--set k=v]
     heldout measure rank RUN RUN ... --measure KEY [--gap KEY] [--axis CONFIG.KEY]
+    heldout store check | backup PATH
 
 Mistakes in what was typed (unknown key or name, wrong type or range, a file that cannot be
 read, a directory that is a file) print one line and exit with status 2, and write no run
-record. Overrides may come before or after the flags.
+record; so do a run another process is training, an unusable checkpoint and a damaged store.
+Overrides may come before or after the flags. Read commands (runs, report, sweep status,
+claims list) open the store read-only.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from heldout.config import (
 from heldout.experiments.sweep import MAX_RUNS
 from heldout.registry import CLAIMS, REGISTRIES, UnknownNameError, implementations, papers
 from heldout.runner import RunFailed, execute
-from heldout.store.sqlite import Store, default_home
+from heldout.store.sqlite import LeaseLost, Store, default_home
 
 __all__ = ["main"]
 
@@ -79,12 +82,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--steps", type=int)
     run.add_argument("--seed", type=int)
     run.add_argument("--restart", action="store_true", help="discard a previous run of this "
-                     "config and start over")
+                     "config (its checkpoints and history) and train from step 0")
+    run.add_argument("--wait", action="store_true", help="if another process is training "
+                     "this run, wait for it instead of exiting with status 2")
     run.add_argument("--sink", help="also send metrics to TensorBoard / MLflow, e.g. "
                      "tensorboard:tb-logs,mlflow:mlflow.db")
 
     resume = sub.add_parser("resume", help="resume an unfinished run from its last checkpoint")
     resume.add_argument("run")
+    resume.add_argument("--restart", action="store_true", help="discard its checkpoints and "
+                        "history and train from step 0")
+    resume.add_argument("--wait", action="store_true", help="wait for another process "
+                        "training it instead of exiting with status 2")
 
     lst = sub.add_parser("list", help="list registered components or the papers catalog")
     lst.add_argument("kind", nargs="?", default="techniques",
@@ -151,6 +160,13 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("runs", nargs="+", help="a sweep id or name, or run ids")
     report.add_argument("--out", default="heldout-report")
     report.add_argument("--title", default="heldout report")
+
+    store = sub.add_parser("store", help="check the store's integrity, or back it up")
+    store_sub = store.add_subparsers(dest="store_command", required=True)
+    store_sub.add_parser("check", help="SQLite integrity check: prints ok (exit 0) or the "
+                         "problems (exit 1)")
+    backup = store_sub.add_parser("backup", help="copy the store with SQLite's online backup")
+    backup.add_argument("path", help="the new file")
     return parser
 
 
@@ -158,6 +174,17 @@ def _vectorize_fields() -> str:
     from heldout.vectorize.trainer import per_copy_fields
 
     return per_copy_fields()
+
+
+def _read_only(args: argparse.Namespace) -> bool:
+    """Commands that only read the store open it read-only."""
+    return (args.command in ("runs", "report", "store")
+            or (args.command == "sweep" and args.spec == "status")
+            or (args.command == "claims" and args.claims_command == "list"))
+
+
+def _warn(message, category, *_args, **_kw) -> None:
+    print(f"heldout: warning: {message}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -173,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, UnknownNameError, UsageError) as err:
         print(f"heldout: error: {err}", file=sys.stderr)
         return 2
-    except RunFailed as err:
+    except (RunFailed, LeaseLost) as err:
         print(f"heldout: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -228,13 +255,16 @@ def _cmd_run(args: argparse.Namespace, store: Store) -> int:
             if name not in SINKS or not sep or not target:
                 raise UsageError(f"--sink {item!r}: expected NAME:TARGET with NAME one of "
                                  f"{', '.join(SINKS.names())}")
-    return _run(cfg, store, restart=args.restart, sinks=args.sink)
+    return _run(cfg, store, restart=args.restart, sinks=args.sink, wait=args.wait)
 
 
-def _run(cfg: RunConfig, store: Store, restart: bool = False, sinks: str | None = None) -> int:
-    print(f"run {cfg.identity}  (record: {store.path}, files: {store.run_dir(cfg.identity)})")
+def _run(cfg: RunConfig, store: Store, restart: bool = False, sinks: str | None = None,
+         wait: bool = False) -> int:
+    print(f"run {cfg.identity}  (record: {store.path}, files: {store.run_dir(cfg.identity)})",
+          flush=True)
     try:
-        result = execute(cfg, store, progress=True, restart=restart, sinks=sinks)
+        result = execute(cfg, store, progress=True, restart=restart, sinks=sinks,
+                         wait=float("inf") if wait else 0.0)
     except ImportError as err:
         raise UsageError(str(err)) from None
     if result.skipped:
@@ -255,10 +285,10 @@ def _cmd_resume(args: argparse.Namespace, store: Store) -> int:
     if cfg.identity != record.id:
         raise UsageError(f"run {record.id}: its stored config no longer hashes to its id "
                          f"(components changed since it ran); rerun it with `heldout run`")
-    if record.status == "done":
+    if record.status == "done" and not args.restart:
         print(f"run {record.id} is already done")
         return 0
-    return _run(cfg, store)
+    return _run(cfg, store, restart=args.restart, wait=args.wait)
 
 
 def _cmd_list(args: argparse.Namespace, store: Store | None) -> int:
@@ -482,6 +512,15 @@ def _cmd_report(args: argparse.Namespace, store: Store) -> int:
     return 0
 
 
+def _cmd_store(args: argparse.Namespace, store: Store) -> int:
+    if args.store_command == "backup":
+        print(f"backed up {store.path} to {store.backup(args.path)}")
+        return 0
+    problems = store.check(full=True)
+    print("\n".join(problems))
+    return 0 if problems == ["ok"] else 1
+
+
 def _print_metrics(metrics: dict[str, float], indent: str = "") -> None:
     for key in sorted(metrics):
         print(f"{indent}{key:<28} {metrics[key]:.6g}")
@@ -497,6 +536,7 @@ _COMMANDS = {
     "sweep": _cmd_sweep,
     "measure": _cmd_measure,
     "report": _cmd_report,
+    "store": _cmd_store,
 }
 
 if __name__ == "__main__":

@@ -4,6 +4,11 @@ The run's id is the hash of its canonical config. Executing a config whose run i
 ``done`` returns the stored result; one whose run is unfinished (killed, failed) resumes from
 its last checkpoint, and the metric history after that checkpoint is recomputed, so a run
 killed at any step ends with exactly the metrics of the uninterrupted run.
+
+Training holds the run's lease (see :mod:`heldout.store.sqlite`): a second process on the
+same config is refused naming the holder (or waits, ``wait=``); the heartbeat rides on the
+metric flushes at evaluations and checkpoints; each checkpoint's sha256 is recorded before
+the file is renamed into place, and a resume verifies against it.
 """
 
 from __future__ import annotations
@@ -32,10 +37,15 @@ from heldout.config import (
     config_to_dict,
 )
 from heldout.core.state import Logger
-from heldout.engine.checkpoint import load_checkpoint
-from heldout.engine.trainer import NonFiniteLossError, Trainer, cross_entropy, mse_to_one_hot
+from heldout.engine.checkpoint import has_checkpoint, load_checkpoint
+from heldout.engine.trainer import (
+    NonFiniteLossError,
+    Trainer,
+    cross_entropy,
+    mse_to_one_hot,
+)
 from heldout.registry import CALLBACKS, MEASURES, MODELS, TASKS, TECHNIQUES
-from heldout.store.sqlite import RunRecord, Store
+from heldout.store.sqlite import Lease, LeaseLost, RunRecord, Store
 
 __all__ = ["ProgressPrinter", "RunFailed", "RunResult", "StoreLogger", "build",
            "check_init_from", "execute", "make_optimizer", "measure_run"]
@@ -94,8 +104,8 @@ def check_init_from(cfg: RunConfig, store: Store) -> Path | None:
         raise ConfigError(f"init_from: {err.args[0]}") from None
     if record.status != "done":
         raise ConfigError(f"init_from: needs a finished run; run {record.id} is {record.status}")
-    checkpoint = store.run_dir(record.id) / CHECKPOINT_NAME
-    if not checkpoint.is_file():
+    checkpoint = store.checkpoint_path(record.id)
+    if not has_checkpoint(checkpoint):
         raise ConfigError(f"init_from: run {record.id} has no checkpoint ({checkpoint} is "
                           "missing)")
     return checkpoint
@@ -103,7 +113,8 @@ def check_init_from(cfg: RunConfig, store: Store) -> Path | None:
 
 def _load_weights(model: torch.nn.Module, cfg: RunConfig, store: Store) -> None:
     checkpoint = check_init_from(cfg, store)
-    state = load_checkpoint(checkpoint)["model"]
+    record = store.get_run(cfg.init_from)  # type: ignore[arg-type]  # checked just above
+    state = load_checkpoint(checkpoint, digests=store.checkpoint_digests(record.id))["model"]
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
@@ -179,7 +190,7 @@ def evaluation_model(run: str, store: Store) -> torch.nn.Module:
     if record.status != "done":
         raise ValueError(f"run {record.id} is {record.status}, not done")
     trainer = build(config_from_dict(record.config), store=store,
-                    checkpoint_path=store.run_dir(record.id) / CHECKPOINT_NAME)
+                    checkpoint_path=store.checkpoint_path(record.id))
     trainer.resume()
     model = next((m for t in trainer.techniques if (m := t.eval_model(trainer.state)) is not None),
                  trainer.model)
@@ -187,10 +198,13 @@ def evaluation_model(run: str, store: Store) -> torch.nn.Module:
 
 
 class StoreLogger:
-    """Sends each evaluation's metrics to the store, one transaction per evaluation."""
+    """Sends each evaluation's metrics to the store, one transaction per evaluation, and
+    records each checkpoint's digest. With a ``lease``, both transactions also refresh its
+    heartbeat and check that it is still held: the lease costs no transaction of its own
+    while training."""
 
-    def __init__(self, store: Store, run_id: str) -> None:
-        self.store, self.run_id = store, run_id
+    def __init__(self, store: Store, run_id: str, lease: Lease | None = None) -> None:
+        self.store, self.run_id, self.lease = store, run_id, lease
         self._rows: list[tuple[int, str, str, float]] = []
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
@@ -201,7 +215,10 @@ class StoreLogger:
 
     def flush(self) -> None:
         rows, self._rows = self._rows, []
-        self.store.log_metrics(self.run_id, rows)
+        self.store.log_metrics(self.run_id, rows, lease=self.lease)
+
+    def checkpointed(self, step: int, sha256: str) -> None:
+        self.store.record_checkpoint(self.run_id, sha256, step, lease=self.lease)
 
 
 class ProgressPrinter:
@@ -248,20 +265,25 @@ def execute(
     restart: bool = False,
     device: Any = None,
     sinks: str | None = None,
+    wait: float = 0.0,
 ) -> RunResult:
     """Run ``cfg`` (or resume it, or return it if done) and record it in ``store``.
 
-    ``sinks`` also streams the metrics to TensorBoard and/or MLflow, e.g.
-    ``"tensorboard:runs/tb,mlflow:mlflow.db"`` (see :func:`heldout.run.sinks.make_sinks`).
+    Another process training the same run: raise :class:`~heldout.store.RunLeased` naming
+    it, after waiting up to ``wait`` seconds for it to finish. ``restart`` discards the
+    run's checkpoints and history and trains from step 0. ``sinks`` also streams the
+    metrics to TensorBoard and/or MLflow, e.g. ``"tensorboard:runs/tb,mlflow:mlflow.db"``
+    (see :func:`heldout.run.sinks.make_sinks`). A config mistake (an unusable ``init_from``,
+    a model that does not fit the task) is a :class:`ConfigError` raised before any run
+    record is written.
     """
     store = store or Store()
     run_id = cfg.identity
     if not restart and store.has_run(run_id) and (record := store.get_run(run_id)).status == "done":
         return RunResult(run_id, "done", store.final_metrics(run_id), None, True, record)
     check_init_from(cfg, store)  # a mistake here leaves no run record behind
-    run_dir = store.run_dir(run_id)
-    checkpoint = run_dir / CHECKPOINT_NAME
-    loggers: list[Logger] = [StoreLogger(store, run_id)]
+    recorder = StoreLogger(store, run_id)  # holds the lease once it is taken
+    loggers: list[Logger] = [recorder]
     if progress:
         stream = progress if not isinstance(progress, bool) else None
         loggers.append(ProgressPrinter(cfg.steps, stream, label=f"{run_id} "))
@@ -271,34 +293,67 @@ def execute(
 
         extra = make_sinks(sinks, run_id, config_to_dict(cfg))
     loggers += extra
+    checkpoint = store.checkpoint_path(run_id)
     try:
         trainer = build(cfg, checkpoint_path=checkpoint, loggers=loggers, device=device,
                         store=store)
     except ValueError as err:  # a model that does not fit the task, say: no record written
         _close(extra, failed=True)
         raise ConfigError(f"run {run_id} cannot be built: {err}") from err
-    store.create_run(run_id, config_to_dict(cfg), cfg.seed, cfg.name)
-    if restart and run_dir.exists():
-        shutil.rmtree(run_dir)
-    resumed_from = trainer.resume() if checkpoint.exists() else None
-    store.start_run(run_id, resumed_from or 0)
+    lease = None
+    try:
+        record = store.create_run(run_id, config_to_dict(cfg), cfg.seed, cfg.name)
+        if record.status != "done" or restart:
+            lease = recorder.lease = store.acquire_lease(run_id, wait=wait)
+            record = store.get_run(run_id)  # it may have finished while this one waited
+        if record.status == "done" and not restart:
+            if lease is not None:
+                store.release_lease(lease)
+            _close(extra, failed=True)
+            return RunResult(run_id, "done", store.final_metrics(run_id), None, True, record)
+        result = _train_leased(trainer, cfg, store, lease, restart=restart)
+    except BaseException:
+        if lease is not None:
+            store.release_lease(lease)  # if it failed before finishing (or was taken: no-op)
+        _close(extra, failed=True)
+        raise
+    _close(extra, failed=False)
+    return result
+
+
+def _train_leased(trainer: Trainer, cfg: RunConfig, store: Store, lease: Lease, *,
+                  restart: bool) -> RunResult:
+    """Train the built ``trainer`` of ``cfg`` under ``lease``: from scratch with ``restart``,
+    else from its last checkpoint if it has one; record the outcome (finish_run gives the
+    lease back)."""
+    run_id = cfg.identity
+    checkpoint = store.checkpoint_path(run_id)
+    if restart:
+        store.reset_run(run_id, lease=lease)
+        if store.run_dir(run_id).exists():
+            shutil.rmtree(store.run_dir(run_id))
+    resumed_from = None
+    if has_checkpoint(checkpoint):
+        resumed_from = trainer.resume(digests=store.checkpoint_digests(run_id))
+    store.start_run(run_id, resumed_from or 0, lease=lease)
     try:
         trainer.fit()
+    except LeaseLost:  # another process owns the run now: write nothing more
+        raise
     except NonFiniteLossError as err:
         store.finish_run(run_id, status="failed", seconds=trainer.seconds, step=err.step,
-                         error=str(err))
-        _close(extra, failed=True)
+                         error=str(err), lease=lease)
         raise RunFailed(run_id, str(err)) from err
     except BaseException as err:
         message = "".join(traceback.format_exception_only(type(err), err)).strip()
         store.finish_run(run_id, status="failed", seconds=trainer.seconds,
-                         step=trainer.state.step, error=message or type(err).__name__)
-        _close(extra, failed=True)
+                         step=trainer.state.step, error=message or type(err).__name__,
+                         lease=lease)
         raise
-    _close(extra, failed=False)
     store.set_checkpoint(run_id, str(checkpoint), trainer.state.step)
     store.add_artifact(run_id, "checkpoint", checkpoint, _sha256(checkpoint))
-    store.finish_run(run_id, status="done", seconds=trainer.seconds, step=trainer.state.step)
+    store.finish_run(run_id, status="done", seconds=trainer.seconds, step=trainer.state.step,
+                     lease=lease)
     return RunResult(run_id, "done", store.final_metrics(run_id), resumed_from, False,
                      store.get_run(run_id))
 
@@ -330,12 +385,12 @@ def measure_run(
     from heldout.config import config_from_dict
 
     record = store.get_run(run_id)
-    checkpoint = store.run_dir(record.id) / CHECKPOINT_NAME
-    if not checkpoint.exists():
+    checkpoint = store.checkpoint_path(record.id)
+    if not has_checkpoint(checkpoint):
         raise FileNotFoundError(f"run {record.id} has no checkpoint at {checkpoint}")
     cfg = config_from_dict(record.config)
     trainer = build(cfg, checkpoint_path=checkpoint, device=device, store=store)
-    step = trainer.resume()
+    step = trainer.resume(digests=store.checkpoint_digests(record.id))
     valid = list(trainer.eval_data)
     for split in splits or ():
         if split not in valid:

@@ -15,7 +15,9 @@ Batch = tuple[Tensor, Tensor, Tensor | None]  # inputs, targets, dataset indices
 
 
 class Logger(Protocol):
-    """Receives the metrics of each evaluation; ``flush`` runs before every checkpoint."""
+    """Receives the metrics of each evaluation; ``flush`` runs before every checkpoint. A
+    logger may also define ``checkpointed(step, sha256)``: called with each new checkpoint's
+    digest before the file replaces the previous one (raising stops the save)."""
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None: ...
     def flush(self) -> None: ...

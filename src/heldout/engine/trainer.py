@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -291,19 +291,32 @@ class Trainer:
         self.history = [(int(step), dict(metrics)) for step, metrics in ckpt.get("history", [])]
 
     def save_checkpoint(self, path: str | Path | None = None) -> Path:
+        """Save :meth:`state_dict` atomically, keeping the previous checkpoint. Loggers are
+        flushed first; a logger with ``checkpointed(step, sha256)`` hears of the new file
+        before it replaces the old one (the store records its digest there)."""
         for logger in self.loggers:  # metrics reach the store before the checkpoint does
             logger.flush()
         target = Path(path) if path else self.checkpoint_path
         if target is None:
             raise ValueError("no checkpoint path given")
-        return save_checkpoint(self.state_dict(), target)
+        step = self.state.step
 
-    def resume(self, path: str | Path | None = None) -> int:
-        """Load the checkpoint at ``path`` (default: ``checkpoint_path``); return its step."""
+        def written(sha256: str) -> None:
+            for logger in self.loggers:
+                if hasattr(logger, "checkpointed"):
+                    logger.checkpointed(step, sha256)
+
+        return save_checkpoint(self.state_dict(), target, on_written=written)
+
+    def resume(self, path: str | Path | None = None, *,
+               digests: Collection[str] | None = None) -> int:
+        """Load the checkpoint at ``path`` (default: ``checkpoint_path``), or the previous
+        one if it is unusable (see :func:`~heldout.engine.checkpoint.load_checkpoint`);
+        return its step."""
         target = Path(path) if path else self.checkpoint_path
         if target is None:
             raise ValueError("no checkpoint path given")
-        self.load_state_dict(load_checkpoint(target))
+        self.load_state_dict(load_checkpoint(target, digests=digests))
         return self.state.step
 
 

@@ -16,6 +16,10 @@ allows and leaves every other config a job of its own.
 
 Checkpoints carry the metric history, so a run resumed after its worker or the driver died
 reports every evaluation exactly once.
+
+The driver holds the lease of each run it submits (see :mod:`heldout.store.sqlite`), so two
+drivers on one spec, or a driver and a ``heldout run`` of one of its configs, never train a
+run twice: a run another live process holds is reported ``skipped`` with the holder.
 """
 
 from __future__ import annotations
@@ -32,12 +36,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from heldout.config import RunConfig, config_from_dict, config_to_dict
-from heldout.store.sqlite import Store
+from heldout.store.sqlite import Lease, RunLeased, Store
 
 __all__ = ["Executor", "LocalExecutor", "Outcome", "RayExecutor", "make_executor", "plan_jobs",
            "run_jobs"]
 
 Job = tuple[RunConfig, ...]
+HEARTBEAT_SECONDS = 60.0  # how often a driver refreshes the leases of the runs it trains
 
 
 @dataclass(frozen=True)
@@ -45,7 +50,7 @@ class Outcome:
     """How a submitted run ended."""
 
     run_id: str
-    status: str  # "done" or "failed"
+    status: str  # "done" or "failed"; "skipped": another process holds its lease
     error: str | None = None
 
 
@@ -63,8 +68,9 @@ def _train(config: dict[str, Any], home: str, emit: Any, threads: int) -> dict[s
     Returns the final status. Never writes the store."""
     import torch
 
+    from heldout.engine.checkpoint import has_checkpoint
     from heldout.engine.trainer import NonFiniteLossError
-    from heldout.runner import CHECKPOINT_NAME, build
+    from heldout.runner import build
 
     class Emitter:
         def log(self, step: int, metrics: Mapping[str, float]) -> None:
@@ -76,10 +82,10 @@ def _train(config: dict[str, Any], home: str, emit: Any, threads: int) -> dict[s
     torch.set_num_threads(threads)
     try:  # a run that cannot be built or resumed fails with its own reason, not the worker's
         cfg = config_from_dict(config)
-        store = Store(home)  # read-only here: init_from and knowledge distillation read runs
-        checkpoint = store.run_dir(cfg.identity) / CHECKPOINT_NAME
+        store = Store(home, readonly=True)  # init_from and knowledge distillation read runs
+        checkpoint = store.checkpoint_path(cfg.identity)
         trainer = build(cfg, checkpoint_path=checkpoint, loggers=[Emitter()], store=store)
-        resumed = trainer.resume() if checkpoint.exists() else 0
+        resumed = trainer.resume() if has_checkpoint(checkpoint) else 0
     except Exception as err:  # noqa: BLE001 - the run fails, the sweep goes on
         return {"status": "failed", "error": _message(err), "seconds": 0.0, "step": None}
     emit("started", resumed)
@@ -154,7 +160,7 @@ def _train_job(configs: Sequence[dict[str, Any]], home: str, emit: Any, threads:
         from heldout.vectorize.trainer import train_vectorized
 
         torch.set_num_threads(threads)
-        store = _ForwardingStore(Store(home), emit)
+        store = _ForwardingStore(Store(home, readonly=True), emit)
         try:
             train_vectorized(cfgs, store)
         except Exception as err:  # noqa: BLE001 - the runs fail, the sweep goes on
@@ -494,14 +500,44 @@ def run_jobs(configs: Iterable[RunConfig], store: Store, executor: Any,
     pending = plan_jobs([c for c in unique.values()
                          if store.get_run(c.identity).status != "done"], vectorize)
     outcomes: list[Outcome] = []
+    leases: dict[str, Lease] = {}
+
+    def report(outcome: Outcome) -> None:
+        outcomes.append(outcome)
+        if on_outcome is not None:
+            on_outcome(outcome)
+
+    def claim(job: Job) -> Job:
+        """The runs of ``job`` this driver trains: those whose lease it gets, not done."""
+        kept = []
+        for cfg in job:
+            try:
+                lease = store.acquire_lease(cfg.identity)
+            except RunLeased as err:
+                report(Outcome(cfg.identity, "skipped", str(err)))
+                continue
+            if store.get_run(cfg.identity).status == "done":  # another driver finished it
+                store.release_lease(lease)
+                continue
+            leases[cfg.identity] = lease
+            kept.append(cfg)
+        return tuple(kept)
+
+    beat = time.monotonic()
     try:
         while pending or executor.busy:
             while pending and executor.busy < executor.capacity:
-                executor.submit(pending.pop(0))
+                job = claim(pending.pop(0))
+                if job:
+                    executor.submit(job)
             for outcome in executor.poll(store):
-                outcomes.append(outcome)
-                if on_outcome is not None:
-                    on_outcome(outcome)
+                store.release_lease(leases.pop(outcome.run_id))
+                report(outcome)
+            if leases and time.monotonic() - beat > HEARTBEAT_SECONDS:
+                store.heartbeat(leases.values())
+                beat = time.monotonic()
     finally:
         executor.close()
+        for lease in leases.values():
+            store.release_lease(lease)
     return outcomes

@@ -93,7 +93,6 @@ Record = dict[str, Any]
 """One run of a sweep, as described in the module docstring."""
 
 _REQUIRED = ("run_id", "task", "technique", "hparams", "seed", "held_out", "domains", "final")
-_CHECKPOINT_NAME = "checkpoint.pt"  # what heldout.runner writes in a run's directory
 
 # (task, technique, held-out set, seed, draw) → record
 _Key = tuple[str, str, frozenset, int, int]
@@ -252,7 +251,7 @@ def record_from_store(store: Any, run_id: str, *, task: str, technique: str, hpa
     ``final`` and ``history`` come from the store; ``checkpoint`` is the run directory's
     ``checkpoint.pt`` if it exists, else the checkpoint path the store recorded, else None.
     """
-    path = Path(store.run_dir(run_id)) / _CHECKPOINT_NAME
+    path = Path(store.checkpoint_path(run_id))
     checkpoint = str(path) if path.exists() else store.get_run(run_id).checkpoint
     return {
         "run_id": run_id, "task": task, "technique": technique, "hparams": int(hparams),

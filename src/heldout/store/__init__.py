@@ -1,5 +1,15 @@
 """The runs store."""
 
-from heldout.store.sqlite import RunRecord, Store, default_home
+from heldout.store.sqlite import (
+    Lease,
+    LeaseLost,
+    RunFinishedError,
+    RunLeased,
+    RunRecord,
+    Store,
+    StoreError,
+    default_home,
+)
 
-__all__ = ["RunRecord", "Store", "default_home"]
+__all__ = ["Lease", "LeaseLost", "RunFinishedError", "RunLeased", "RunRecord", "Store",
+           "StoreError", "default_home"]

@@ -93,7 +93,7 @@ from heldout.engine.trainer import NonFiniteLossError, Trainer
 from heldout.models.layers import Square, TokenLinear
 from heldout.models.mlp import MLPNetwork
 from heldout.registry import MODELS, TASKS, TECHNIQUES
-from heldout.runner import CHECKPOINT_NAME, ProgressPrinter, RunResult, build
+from heldout.runner import ProgressPrinter, RunResult, build
 from heldout.store.sqlite import Store
 
 __all__ = ["can_vectorize", "train_vectorized", "vectorizable_techniques", "vectorization_key"]
@@ -757,7 +757,7 @@ def _train(group: _Group, store: Store, progress: bool) -> dict[str, RunResult]:
     ids = [cfg.identity for cfg in group.configs]
     k = len(ids)
     printer = ProgressPrinter(group.max_steps, label=f"{k} copies ") if progress else None
-    paths = [store.run_dir(run_id) / CHECKPOINT_NAME for run_id in ids]
+    paths = [store.checkpoint_path(run_id) for run_id in ids]
     step = group.resume(paths)  # from the copies' last checkpoints, or 0
     active = [True] * k
     rows: list[list[tuple[int, str, str, float]]] = [[] for _ in ids]
