@@ -8,7 +8,8 @@ the ratio per round, then the median (with min and max) over rounds. The pieces:
   one torch thread, CPU time ignores the time a process waits for a shared core);
 * :func:`rotated` / :func:`rotations` / :func:`interleave`: each round runs every side once,
   the order rotated by one each round (with two sides: alternating which goes first);
-* :func:`interleave_steps`: the same at the grain of single optimizer steps;
+* :func:`interleave_steps`: the same at the grain of single optimizer steps, with
+  :func:`closure_step` as the step of an optimizer (or optimizer wrapper) side;
 * :func:`ratios` and :class:`Spread`: per-round ratios and their median, min and max;
 * :func:`ratio_table`: the table of sides against a baseline;
 * :func:`make_parser` / :func:`parse`: the shared options (``--threads``, ``--rounds``, ``--seed``);
@@ -28,7 +29,8 @@ from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 T = TypeVar("T")
 K = TypeVar("K")
@@ -128,6 +130,40 @@ def interleave_steps(
         for name in names:
             per_round[name].append(totals[name] / steps)
     return per_round
+
+
+def closure_step(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    *,
+    two_passes: bool = False,
+    after_backward: Callable[[Tensor, Tensor], None] | None = None,
+) -> Callable[[Tensor, Tensor], None]:
+    """A step function for :func:`interleave_steps`: ``opt.step(closure)`` with a closure that
+    zeroes the gradients, back-propagates the batch's mean cross-entropy and then calls
+    ``after_backward(x, y)`` if given. ``two_passes``: the closure twice, then a plain
+    ``opt.step()`` (the floor of a two-pass wrapper such as SAM, without its arithmetic)."""
+    batch: list = [None]  # the current (x, y)
+
+    def closure() -> Tensor:
+        opt.zero_grad(set_to_none=True)
+        x, y = batch[0]
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        if after_backward is not None:
+            after_backward(x, y)
+        return loss
+
+    def step(x: Tensor, y: Tensor) -> None:
+        batch[0] = (x, y)
+        if two_passes:
+            closure()
+            closure()
+            opt.step()
+        else:
+            opt.step(closure)
+
+    return step
 
 
 # ----------------------------------------------------------------------------- figures

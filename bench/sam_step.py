@@ -25,10 +25,18 @@ import copy
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness import Spread, interleave_steps, make_parser, parse, ratio_table, ratios, torch_setting
+from harness import (
+    Spread,
+    closure_step,
+    interleave_steps,
+    make_parser,
+    parse,
+    ratio_table,
+    ratios,
+    torch_setting,
+)
 from heldout.core.inputs import InputSpec
 from heldout.methods import SAM
 from heldout.models import MLP
@@ -42,30 +50,6 @@ def sgd(model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
 
 
-def side(model: nn.Module, opt: torch.optim.Optimizer, two_passes: bool = False) -> Step:
-    """A step of ``opt`` on ``model`` with a cross-entropy closure; ``two_passes``: the floor
-    SAM is measured against (the closure twice, then one plain step, no SAM arithmetic)."""
-    batch: list = [None]
-
-    def closure() -> Tensor:
-        opt.zero_grad(set_to_none=True)
-        x, y = batch[0]
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        return loss
-
-    def step(x: Tensor, y: Tensor) -> None:
-        batch[0] = (x, y)
-        if two_passes:
-            closure()
-            closure()
-            opt.step()
-        else:
-            opt.step(closure)
-
-    return step
-
-
 def bench_setting(
     label: str,
     model: nn.Module,
@@ -76,12 +60,12 @@ def bench_setting(
     extra_bn_off: bool,
 ) -> float:
     builders: dict[str, Callable[[nn.Module], Step]] = {
-        "plain": lambda m: side(m, sgd(m)),
-        "sam": lambda m: side(m, SAM(sgd(m), rho=rho, model=m)),
-        "2 passes": lambda m: side(m, sgd(m), two_passes=True),
+        "plain": lambda m: closure_step(m, sgd(m)),
+        "sam": lambda m: closure_step(m, SAM(sgd(m), rho=rho, model=m)),
+        "2 passes": lambda m: closure_step(m, sgd(m), two_passes=True),
     }
     if extra_bn_off:
-        builders["sam, BN off"] = lambda m: side(m, SAM(sgd(m), rho=rho))
+        builders["sam, BN off"] = lambda m: closure_step(m, SAM(sgd(m), rho=rho))
     sides = {name: build(copy.deepcopy(model)) for name, build in builders.items()}
     per_round = interleave_steps(sides, batches, steps, rounds)
     print(f"\n[{label}] {rounds} rounds x {steps} steps per side, batch {len(batches[0][1])}")

@@ -29,10 +29,9 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness import interleave_steps, make_parser, parse, ratio_table, torch_setting
+from harness import closure_step, interleave_steps, make_parser, parse, ratio_table, torch_setting
 from heldout.core.inputs import InputSpec
 from heldout.methods.robust import RobustMeanGradients
 from heldout.methods.sharpness_family import ASAM, TRAM, UDIM
@@ -48,24 +47,17 @@ def sgd(model: nn.Module) -> torch.optim.Optimizer:
 def side(model: nn.Module, wrap: Callable[[torch.optim.Optimizer, nn.Module], Any] | None,
          after_backward: Callable[[Any], None] | None = None) -> Step:
     opt = sgd(model) if wrap is None else wrap(sgd(model), model)
-    batch: list = [None]
+    hook = None if after_backward is None else (
+        lambda x, y: after_backward(SimpleNamespace(model=model, batch=(x, y, None))))
+    step = closure_step(model, opt, after_backward=hook)
+    if not isinstance(opt, UDIM):
+        return step
 
-    def closure() -> Tensor:
-        opt.zero_grad(set_to_none=True)
-        x, y = batch[0]
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        if after_backward is not None:
-            after_backward(SimpleNamespace(model=model, batch=(x, y, None)))
-        return loss
+    def udim_step(x: Tensor, y: Tensor) -> None:
+        opt.set_batch(x, y)
+        step(x, y)
 
-    def step(x: Tensor, y: Tensor) -> None:
-        batch[0] = (x, y)
-        if isinstance(opt, UDIM):
-            opt.set_batch(x, y)
-        opt.step(closure)
-
-    return step
+    return udim_step
 
 
 def main() -> None:
