@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from harness import (
-    Elapsed,
+    Seconds,
     Spread,
     clock,
     elapsed,
@@ -75,7 +75,7 @@ SIDES: dict[str, Callable[[], list]] = {
 
 
 def run(side: str, data: tuple[torch.Tensor, torch.Tensor], steps: int,
-        seed: int) -> tuple[Elapsed, nn.Module]:
+        seed: int) -> tuple[Seconds, nn.Module]:
     model = make_model(seed)
     trainer = Trainer(model, lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9), data,
                       max_steps=steps, batch_size=128, eval_every=steps, eval_data={},

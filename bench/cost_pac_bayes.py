@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness import Elapsed, make_parser, parse, rotations, timed
+from harness import Seconds, make_parser, parse, rotations, timed
 from heldout.measures.flatness import pac_bayes_sigma, sharpness_radius
 
 GOAL_PER_PASS = 1.25
@@ -51,11 +51,11 @@ def build(seed: int, n: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     return model.eval(), x, y
 
 
-def forward_time(model: nn.Module, x: torch.Tensor, repeats: int) -> Elapsed:
+def forward_time(model: nn.Module, x: torch.Tensor, repeats: int) -> Seconds:
     """Median wall and CPU seconds of one forward pass."""
     with torch.no_grad():
         passes = [timed(lambda: model(x))[0] for _ in range(repeats)]
-    return Elapsed(statistics.median(p.wall for p in passes),
+    return Seconds(statistics.median(p.wall for p in passes),
                    statistics.median(p.cpu for p in passes))
 
 

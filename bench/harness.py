@@ -39,26 +39,26 @@ THREADS_HELP = "torch threads (1: stable under load on a shared 2-core machine)"
 
 
 # ----------------------------------------------------------------------------- clocks
-class Elapsed(NamedTuple):
-    """Seconds of wall-clock time and of process CPU time."""
+class Seconds(NamedTuple):
+    """Wall-clock and process CPU seconds: a clock reading or a duration."""
 
     wall: float
     cpu: float
 
 
-def clock() -> Elapsed:
+def clock() -> Seconds:
     """(wall, process CPU) seconds now; with one torch thread CPU time ignores time
     descheduled."""
-    return Elapsed(time.perf_counter(), time.process_time())
+    return Seconds(time.perf_counter(), time.process_time())
 
 
-def elapsed(start: Elapsed) -> Elapsed:
+def elapsed(start: Seconds) -> Seconds:
     """Wall and CPU seconds since ``start`` (a :func:`clock` reading)."""
     wall, cpu = clock()
-    return Elapsed(wall - start.wall, cpu - start.cpu)
+    return Seconds(wall - start.wall, cpu - start.cpu)
 
 
-def timed(fn: Callable[[], T]) -> tuple[Elapsed, T]:
+def timed(fn: Callable[[], T]) -> tuple[Seconds, T]:
     """Call ``fn`` once; its wall and CPU seconds and its value."""
     start = clock()
     value = fn()

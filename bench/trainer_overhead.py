@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness import (
-    Elapsed,
+    Seconds,
     Spread,
     clock,
     elapsed,
@@ -53,7 +53,7 @@ def make_model(splits: Splits, seed: int) -> nn.Module:
 
 def run_trainer(
     splits: Splits, seed: int, steps: int, batch_size: int | None, eval_every: int
-) -> tuple[Elapsed, nn.Module, list[tuple[int, dict[str, float]]]]:
+) -> tuple[Seconds, nn.Module, list[tuple[int, dict[str, float]]]]:
     model = make_model(splits, seed)
     start = clock()
     trainer = Trainer(
@@ -73,7 +73,7 @@ def run_trainer(
 
 def run_hand(
     splits: Splits, seed: int, steps: int, batch_size: int | None, eval_every: int
-) -> tuple[Elapsed, nn.Module, list[tuple[int, dict[str, float]]]]:
+) -> tuple[Seconds, nn.Module, list[tuple[int, dict[str, float]]]]:
     model = make_model(splits, seed)
     start = clock()
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR)

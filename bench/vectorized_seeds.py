@@ -27,7 +27,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from harness import Elapsed, Spread, make_parser, parse, ratios, rotations, timed, torch_setting
+from harness import Seconds, Spread, make_parser, parse, ratios, rotations, timed, torch_setting
 from heldout.config import RunConfig, parse_overrides
 from heldout.runner import execute
 from heldout.store import Store
@@ -46,12 +46,12 @@ def configs(args: argparse.Namespace, batch_size: int | None, steps: int) -> lis
     return [parse_overrides(base, [f"seed={seed}"]) for seed in range(args.k)]
 
 
-def run_separate(cfgs: list[RunConfig], home: Path) -> tuple[Elapsed, Store]:
+def run_separate(cfgs: list[RunConfig], home: Path) -> tuple[Seconds, Store]:
     store = Store(home)
     return timed(lambda: [execute(cfg, store) for cfg in cfgs])[0], store
 
 
-def run_vectorized(cfgs: list[RunConfig], home: Path) -> tuple[Elapsed, Store]:
+def run_vectorized(cfgs: list[RunConfig], home: Path) -> tuple[Seconds, Store]:
     store = Store(home)
     return timed(lambda: train_vectorized(cfgs, store))[0], store
 

@@ -64,7 +64,7 @@ def test_interleave_runs_each_side_once_per_round_in_rotating_order() -> None:
 
 def test_timed_and_elapsed_read_wall_and_cpu(fake_clock: FakeClock) -> None:
     spent, value = harness.timed(lambda: fake_clock.spend(2.0, cpu=0.5) or "done")
-    assert spent == harness.Elapsed(wall=2.0, cpu=0.5)
+    assert spent == harness.Seconds(wall=2.0, cpu=0.5)
     assert value == "done"
     start = harness.clock()
     fake_clock.spend(1.5, cpu=1.0)
