@@ -25,14 +25,25 @@ Run: ``PYTHONPATH=src .venv/bin/python bench/averaging_cost.py [--steps 300 --ro
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from harness import (
+    Seconds,
+    Spread,
+    clock,
+    elapsed,
+    interleave,
+    make_parser,
+    parse,
+    ratios,
+    same_weights,
+    timed,
+    torch_setting,
+)
 from heldout.engine.trainer import Trainer
 from heldout.methods.averaging import (
     SWA,
@@ -64,14 +75,12 @@ SIDES: dict[str, Callable[[], list]] = {
 
 
 def run(side: str, data: tuple[torch.Tensor, torch.Tensor], steps: int,
-        seed: int) -> tuple[float, float, nn.Module]:
+        seed: int) -> tuple[Seconds, nn.Module]:
     model = make_model(seed)
     trainer = Trainer(model, lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9), data,
                       max_steps=steps, batch_size=128, eval_every=steps, eval_data={},
                       measures=[], techniques=SIDES[side](), seed=seed)
-    wall, cpu = time.perf_counter(), time.process_time()
-    trainer.fit()
-    return time.perf_counter() - wall, time.process_time() - cpu, model
+    return timed(trainer.fit)[0], model
 
 
 def update_cost(rounds: int, calls: int = 500) -> dict[str, float]:
@@ -84,68 +93,55 @@ def update_cost(rounds: int, calls: int = 500) -> dict[str, float]:
         average.update(model)
         per_round = []
         for _ in range(rounds):
-            start = time.process_time()
+            start = clock()
             for _ in range(calls):
                 average.update(model)
-            per_round.append((time.process_time() - start) / calls * 1e6)
+            per_round.append(elapsed(start).cpu / calls * 1e6)
         out[name] = statistics.median(per_round)
     return out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = make_parser(__doc__, rounds=9, seed=True)
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (1: stable under load on a shared 2-core machine)")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse(parser)
     data = make_data(args.seed)
     names = list(SIDES)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); MLP 40-256-256-10, "
-          f"batch 128, {args.steps} steps x {args.rounds} rounds")
+    print(f"{torch_setting()}; MLP 40-256-256-10, batch 128, {args.steps} steps x "
+          f"{args.rounds} rounds")
     for name in names:  # warm-up
         run(name, data, min(30, args.steps), args.seed)
     times: dict[str, list[float]] = {n: [] for n in names}
     cpu: dict[str, list[float]] = {n: [] for n in names}
     same = {n: True for n in names}
-    for r in range(args.rounds):
-        order = names[r % len(names):] + names[: r % len(names)]
-        models = {}
-        for name in order:
-            wall, proc, models[name] = run(name, data, args.steps, args.seed)
+    sides = {name: (lambda name=name: run(name, data, args.steps, args.seed)) for name in names}
+    for _, out in interleave(sides, args.rounds):
+        for name, ((wall, proc), model) in out.items():
             times[name].append(wall)
             cpu[name].append(proc)
-        reference = models["plain"].state_dict()
-        for name in names:
-            state = models[name].state_dict()
-            same[name] &= all(torch.equal(state[k], reference[k]) for k in reference)
+            same[name] &= same_weights(model, out["plain"][1])
     print(f"{'side':>10} {'ms/step':>8} {'ratio med':>9} {'min':>6} {'max':>6} {'cpu ratio':>9}"
           "  raw weights")
-    ratios = {}
-    for name in names:
-        per_round = [t / p for t, p in zip(times[name], times["plain"], strict=True)]
-        cpu_round = [t / p for t, p in zip(cpu[name], cpu["plain"], strict=True)]
-        ratios[name] = statistics.median(per_round)
+    wall_ratios = {n: Spread.of(ratios(times[n], times["plain"])) for n in names}
+    cpu_ratios = {n: statistics.median(ratios(cpu[n], cpu["plain"])) for n in names}
+    for name, spread in wall_ratios.items():
         ms = 1e3 * statistics.median(times[name]) / args.steps
-        print(f"{name:>10} {ms:>8.3f} {ratios[name]:>9.3f} {min(per_round):>6.3f} "
-              f"{max(per_round):>6.3f} {statistics.median(cpu_round):>9.3f}  "
+        print(f"{name:>10} {ms:>8.3f} {spread.median:>9.3f} {spread.low:>6.3f} "
+              f"{spread.high:>6.3f} {cpu_ratios[name]:>9.3f}  "
               f"{'equal' if same[name] else 'DIFFER'}")
     if not all(same.values()):
         print("WARNING: a technique changed the training trajectory")
+    ratio = {n: spread.median for n, spread in wall_ratios.items()}
     plain_ms = 1e3 * statistics.median(times["plain"]) / args.steps
     plain_cpu_us = 1e6 * statistics.median(cpu["plain"]) / args.steps
     updates = update_cost(args.rounds)
     print("averaging update alone: " + ", ".join(
         f"{k} {v:.0f} us ({100 * v / plain_cpu_us:.1f}% of a plain step's CPU time)"
         for k, v in updates.items()))
-    cpu_ratios = {n: statistics.median([t / p for t, p in zip(cpu[n], cpu["plain"],
-                                                               strict=True)]) for n in names}
-    worst = max(("swa/step", "gaussian"), key=ratios.__getitem__)
-    print(f"RESULT averaging_cost ratio={ratios[worst]:.2f} (goal <= {GOAL}) [worst: {worst}; "
-          f"wall: swa/step {ratios['swa/step']:.3f}, swa/epoch {ratios['swa/epoch']:.3f}, "
-          f"gaussian {ratios['gaussian']:.3f}; cpu: swa/step {cpu_ratios['swa/step']:.3f}, "
+    worst = max(("swa/step", "gaussian"), key=ratio.__getitem__)
+    print(f"RESULT averaging_cost ratio={ratio[worst]:.2f} (goal <= {GOAL}) [worst: {worst}; "
+          f"wall: swa/step {ratio['swa/step']:.3f}, swa/epoch {ratio['swa/epoch']:.3f}, "
+          f"gaussian {ratio['gaussian']:.3f}; cpu: swa/step {cpu_ratios['swa/step']:.3f}, "
           f"gaussian {cpu_ratios['gaussian']:.3f}; plain {plain_ms:.3f} ms/step; update: "
           f"swa {updates['swa']:.0f} us, gaussian {updates['gaussian']:.0f} us]")
 

@@ -20,13 +20,12 @@ Run: ``PYTHONPATH=src .venv/bin/python bench/cost_local_complexity.py [--rounds 
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
 
+from harness import make_parser, parse, ratio_table, rotations, timed, torch_setting
 from heldout.core.inputs import InputSpec
 from heldout.core.measure import EvalContext
 from heldout.measures.complexity import local_complexity
@@ -35,18 +34,13 @@ from heldout.models import MLP
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=5)
+    parser = make_parser(__doc__, rounds=5, seed=True)
     parser.add_argument("--forwards", type=int, default=20, help="forward calls per round")
     parser.add_argument("--n", type=int, default=2000, help="examples")
     parser.add_argument("--features", type=int, default=40)
     parser.add_argument("--radius", type=float, default=0.5)
     parser.add_argument("--n-vertices", type=int, default=50)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (1: stable under load on a shared 2-core machine)")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse(parser)
 
     gen = torch.Generator().manual_seed(args.seed)
     x = torch.randn(args.n, args.features, generator=gen)
@@ -55,7 +49,7 @@ def main() -> None:
     model = MLP(hidden=(256, 256)).build(InputSpec("continuous", (args.features,)), 10)
     model.eval()
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; MLP "
+    print(f"{torch_setting()}; MLP "
           f"{args.features}-256-256-10, {n_params:,} parameters; {args.n} examples")
 
     def forward() -> None:
@@ -79,26 +73,17 @@ def main() -> None:
         fn()
     names = list(sides)
     seconds: dict[str, list[float]] = {name: [] for name in ["forward", *names]}
-    for round_index in range(args.rounds):
-        shift = round_index % len(names)
-        start = time.perf_counter()
-        for _ in range(args.forwards):
-            forward()
-        seconds["forward"].append((time.perf_counter() - start) / args.forwards)
-        for name in names[shift:] + names[:shift]:
-            start = time.perf_counter()
-            sides[name]()
-            seconds[name].append(time.perf_counter() - start)
+    for _, order in rotations(names, args.rounds):
+        forwards, _ = timed(lambda: [forward() for _ in range(args.forwards)])
+        seconds["forward"].append(forwards.wall / args.forwards)
+        for name in order:
+            seconds[name].append(timed(sides[name])[0].wall)
 
     print(f"\n{args.rounds} rounds; forward: median "
           f"{1e3 * statistics.median(seconds['forward']):.2f} ms")
-    print(f"{'side':>22} {'ms':>9} {'ratio median':>13} {'min':>8} {'max':>8}")
-    ratios = {}
-    for name in names:
-        r = [s / f for s, f in zip(seconds[name], seconds["forward"], strict=True)]
-        ratios[name] = statistics.median(r)
-        print(f"{name:>22} {1e3 * statistics.median(seconds[name]):>9.1f} "
-              f"{ratios[name]:>13.1f} {min(r):>8.1f} {max(r):>8.1f}")
+    spreads = ratio_table({name: seconds[name] for name in names}, seconds["forward"], width=22,
+                          unit="ms", digits=1, ms_digits=1)
+    ratios = {name: spread.median for name, spread in spreads.items()}
     print(f"RESULT cost_local_complexity ratio={ratios['local_complexity']:.1f} "
           f"information_plane_ratio={ratios['information_plane']:.1f} "
           f"information_plane_kde_ratio={ratios['information_plane_kde']:.1f} "

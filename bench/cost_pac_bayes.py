@@ -22,15 +22,14 @@ Run: ``PYTHONPATH=src .venv/bin/python bench/cost_pac_bayes.py [--rounds 5] [--t
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness import Seconds, make_parser, parse, rotations, timed
 from heldout.measures.flatness import pac_bayes_sigma, sharpness_radius
 
 GOAL_PER_PASS = 1.25
@@ -52,32 +51,19 @@ def build(seed: int, n: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     return model.eval(), x, y
 
 
-def forward_time(model: nn.Module, x: torch.Tensor, repeats: int) -> tuple[float, float]:
+def forward_time(model: nn.Module, x: torch.Tensor, repeats: int) -> Seconds:
     """Median wall and CPU seconds of one forward pass."""
-    wall, cpu = [], []
     with torch.no_grad():
-        for _ in range(repeats):
-            start, start_cpu = time.perf_counter(), time.process_time()
-            model(x)
-            wall.append(time.perf_counter() - start)
-            cpu.append(time.process_time() - start_cpu)
-    return statistics.median(wall), statistics.median(cpu)
-
-
-def timed(fn: Callable[[], float]) -> tuple[float, float, float]:
-    start, start_cpu = time.perf_counter(), time.process_time()
-    value = fn()
-    return time.perf_counter() - start, time.process_time() - start_cpu, value
+        passes = [timed(lambda: model(x))[0] for _ in range(repeats)]
+    return Seconds(statistics.median(p.wall for p in passes),
+                   statistics.median(p.cpu for p in passes))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=5, help="rounds (median taken)")
+    parser = make_parser(__doc__, rounds=5)
     parser.add_argument("--repeats", type=int, default=50, help="baseline passes per round")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--examples", type=int, default=2000)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse(parser)
     model, x, y = build(0, args.examples)
     with torch.no_grad():
         error = float((model(x).argmax(1) != y).double().mean())
@@ -94,13 +80,11 @@ def main() -> None:
     }
     # per round and side: wall ratio, CPU ratio, value, forward passes, baseline wall seconds
     rows: dict[str, list[tuple[float, float, float, int, float]]] = {n: [] for n in sides}
-    for round_index in range(args.rounds):
-        order = list(sides)
-        order = order[round_index % len(order):] + order[:round_index % len(order)]
+    for _, order in rotations(sides, args.rounds):
         for name in order:
             base_wall, base_cpu = forward_time(model, x, args.repeats)
             passes[0] = 0
-            wall, cpu, value = timed(sides[name])
+            (wall, cpu), value = timed(sides[name])
             rows[name].append((wall / base_wall, cpu / base_cpu, value, passes[0], base_wall))
 
     print(f"{'search':24s} {'value':>7s} {'passes':>6s} {'wall ratio (min-max)':>23s} "
@@ -121,6 +105,7 @@ def main() -> None:
     print(f"RESULT cost_pac_bayes ratio={sigma[0]:.1f} magnitude_ratio={magnitude[0]:.1f} "
           f"cpu_ratio={sigma[1]:.1f} cpu_magnitude_ratio={magnitude[1]:.1f} "
           f"cpu_per_pass={per_pass:.2f} (goal cpu_per_pass <= {GOAL_PER_PASS})")
+
 
 if __name__ == "__main__":
     main()

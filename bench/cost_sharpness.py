@@ -22,15 +22,14 @@ Run: ``PYTHONPATH=src .venv/bin/python bench/cost_sharpness.py [--repeats 3] [--
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness import Spread, make_parser, parse, timed
 from heldout.measures.sharpness import hessian_top_eigenvalue, hessian_trace, sharpness
 
 
@@ -39,19 +38,11 @@ def mlp() -> nn.Module:
                          nn.Linear(256, 10))
 
 
-def seconds(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = make_parser(__doc__)
     parser.add_argument("--n", type=int, default=2000, help="examples (default 2000)")
     parser.add_argument("--repeats", type=int, default=3, help="repeats per measure (default 3)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse(parser)
 
     torch.manual_seed(0)
     model = mlp()
@@ -86,10 +77,8 @@ def main() -> None:
     values: dict[str, float] = {}
     for _ in range(args.repeats):
         for name, fn in measures.items():
-            base = statistics.median(seconds(forward_backward) for _ in range(10))
-            start = time.perf_counter()
-            values[name] = fn()
-            spent = time.perf_counter() - start
+            base = statistics.median(timed(forward_backward)[0].wall for _ in range(10))
+            (spent, _), values[name] = timed(fn)
             baselines.append(base)
             times[name].append(spent)
             ratios[name].append(spent / base)
@@ -100,12 +89,12 @@ def main() -> None:
     print(f"baseline: one full-batch forward+backward = {statistics.median(baselines) * 1e3:.2f} "
           f"ms (min {min(baselines) * 1e3:.2f}, max {max(baselines) * 1e3:.2f})")
     print(f"{'measure':<16}{'value':>12}{'seconds':>10}{'ratio':>10}{'min':>10}{'max':>10}")
-    for name, spent in times.items():
-        r = ratios[name]
-        print(f"{name:<16}{values[name]:>12.4g}{statistics.median(spent):>10.3f}"
-              f"{statistics.median(r):>10.1f}{min(r):>10.1f}{max(r):>10.1f}")
+    spreads = {name: Spread.of(r) for name, r in ratios.items()}
+    for name, r in spreads.items():
+        print(f"{name:<16}{values[name]:>12.4g}{statistics.median(times[name]):>10.3f}"
+              f"{r.median:>10.1f}{r.low:>10.1f}{r.high:>10.1f}")
     print("RESULT cost_sharpness "
-          + " ".join(f"{k}={statistics.median(v):.1f}x" for k, v in ratios.items())
+          + " ".join(f"{k}={r.median:.1f}x" for k, r in spreads.items())
           + " (x one full-batch forward+backward)")
 
 

@@ -8,10 +8,9 @@ Workers use 1 torch thread each.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
-import time
 
+from harness import make_parser, parse, timed
 from heldout.experiments.sweep import expand, run_sweep, sweep_from_dict
 from heldout.store import Store
 
@@ -26,30 +25,29 @@ def spec(runs: int, steps: int):
     })
 
 
-def timed(executor: str, workers: int, runs: int, steps: int) -> float:
+def sweep_seconds(executor: str, workers: int, runs: int, steps: int) -> float:
     store = Store(tempfile.mkdtemp(prefix=f"bench-{executor}{workers}-"))
-    start = time.perf_counter()
-    outcomes = run_sweep(spec(runs, steps), store, executor=executor, workers=workers,
-                         vectorize=1)  # one process per run: the executors, not vectorization
-    elapsed = time.perf_counter() - start
+    elapsed, outcomes = timed(lambda: run_sweep(
+        spec(runs, steps), store, executor=executor, workers=workers,
+        vectorize=1))  # one process per run: the executors, not vectorization
     assert len(outcomes) == runs and all(o.status == "done" for o in outcomes), outcomes
-    return elapsed
+    return elapsed.wall
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = make_parser(__doc__, threads=False)
     parser.add_argument("--runs", type=int, default=24)
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--no-ray", action="store_true")
-    args = parser.parse_args()
+    args = parse(parser)
     assert len(expand(spec(args.runs, args.steps))) == args.runs
-    one = timed("local", 1, args.runs, args.steps)
-    two = timed("local", 2, args.runs, args.steps)
+    one = sweep_seconds("local", 1, args.runs, args.steps)
+    two = sweep_seconds("local", 2, args.runs, args.steps)
     print(f"local, 1 worker : {one:7.2f} s  ({one / args.runs:.2f} s/run)")
     print(f"local, 2 workers: {two:7.2f} s  ({two / args.runs:.2f} s/run)")
     print(f"RESULT executors_local speedup={one / two:.2f} (goal >= 1.8)")
     if not args.no_ray:
-        ray_time = timed("ray", 2, args.runs, args.steps)
+        ray_time = sweep_seconds("ray", 2, args.runs, args.steps)
         print(f"ray, 2 CPUs     : {ray_time:7.2f} s  (incl. starting Ray)")
         print(f"RESULT executors_ray overhead_per_run={(ray_time - two) / args.runs:+.2f}s "
               f"ratio={ray_time / two:.2f} vs local 2 workers")

@@ -33,9 +33,7 @@ Run: ``PYTHONPATH=src .venv/bin/python bench/grokking_time_to_95.py [--rounds 5]
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import time
 import types
 from collections.abc import Callable, Mapping
 
@@ -43,6 +41,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from harness import (
+    Spread,
+    clock,
+    elapsed,
+    interleave,
+    make_parser,
+    parse,
+    ratios,
+    rotations,
+    timed,
+    torch_setting,
+)
 from heldout.claims.grokking import grokking_config
 from heldout.engine.trainer import Trainer
 from heldout.measures import evaluate
@@ -91,14 +101,15 @@ def build_heldout(seed: int, max_steps: int, p: int,
     return trainer, stop
 
 
-def run_heldout(seed: int, max_steps: int, p: int,
-                precision: str = "float32") -> dict[str, float | int | None]:
-    start = time.perf_counter()
-    trainer, stop = build_heldout(seed, max_steps, p, precision)
-    mid = time.perf_counter()
-    trainer.fit()
-    end = time.perf_counter()
-    return {"setup": mid - start, "train": end - mid, "steps": stop.hit,
+def run_heldout(seed: int, max_steps: int, p: int, precision: str = "float32",
+                tweak: Callable[[Trainer], None] | None = None) -> dict[str, float | int | None]:
+    """Build and train heldout's side; ``tweak`` (the what-if of ``--profile``) changes the
+    built Trainer before training (src/ is untouched)."""
+    setup, (trainer, stop) = timed(lambda: build_heldout(seed, max_steps, p, precision))
+    if tweak is not None:
+        tweak(trainer)
+    train, _ = timed(trainer.fit)
+    return {"setup": setup.wall, "train": train.wall, "steps": stop.hit,
             "steps_run": trainer.state.step}
 
 
@@ -146,13 +157,14 @@ def run_baseline(data: Data, max_steps: int,
                  bf16: bool = False) -> dict[str, float | int | None]:
     """The plain script; ``bf16``: its training forward under bfloat16 autocast (the same
     mixed precision as heldout's ``precision=bf16-mixed``; evaluation stays float32)."""
-    start = time.perf_counter()
+    start = clock()
     x_train, x_test = one_hot_pairs(data.x_train, data.p), one_hot_pairs(data.x_test, data.p)
     y_train, y_test = data.y_train, data.y_test
     model = baseline_model(data)
     opt = torch.optim.AdamW(model.parameters(), lr=0.01, betas=(0.9, 0.999), eps=1e-8,
                             weight_decay=0.0)
-    mid = time.perf_counter()
+    setup = elapsed(start)
+    start = clock()
     hit = None
     step = 0
     for step in range(1, max_steps + 1):
@@ -169,8 +181,7 @@ def run_baseline(data: Data, max_steps: int,
             if acc >= THRESHOLD:
                 hit = step
                 break
-    end = time.perf_counter()
-    return {"setup": mid - start, "train": end - mid, "steps": hit, "steps_run": step}
+    return {"setup": setup.wall, "train": elapsed(start).wall, "steps": hit, "steps_run": step}
 
 
 # ---------------------------------------------------------------------------------- profile
@@ -205,32 +216,31 @@ def phase_breakdown(seed: int, p: int, data: Data, iters: int) -> None:
 
     times: dict[str, dict[str, list[float]]] = {"heldout": {}, "baseline": {}}
 
-    def timed(side: str, phase: str, fn: Callable[[], object]) -> object:
-        start = time.perf_counter()
-        out = fn()
-        times[side].setdefault(phase, []).append(time.perf_counter() - start)
+    def record(side: str, phase: str, fn: Callable[[], object]) -> object:
+        seconds, out = timed(fn)
+        times[side].setdefault(phase, []).append(seconds.wall)
         return out
 
-    for i in range(iters + 2):
-        for side in (["heldout", "baseline"] if i % 2 == 0 else ["baseline", "heldout"]):
+    for _, order in rotations(["heldout", "baseline"], iters + 2):
+        for side in order:
             if side == "heldout":
                 hopt.zero_grad(set_to_none=True)
-                logits = timed(side, "forward", lambda: hmodel(hx))
-                loss = timed(side, "loss", lambda lg=logits: loss_fn(lg, hy))
-                timed(side, "backward", loss.backward)
-                timed(side, "⊥ projection", h_project)
-                timed(side, "AdamW step", hopt.base.step)
-                timed(side, "eval train (1/5)", eval_split("train"))
-                timed(side, "eval test (1/5)", eval_split("test"))
+                logits = record(side, "forward", lambda: hmodel(hx))
+                loss = record(side, "loss", lambda lg=logits: loss_fn(lg, hy))
+                record(side, "backward", loss.backward)
+                record(side, "⊥ projection", h_project)
+                record(side, "AdamW step", hopt.base.step)
+                record(side, "eval train (1/5)", eval_split("train"))
+                record(side, "eval test (1/5)", eval_split("test"))
             else:
                 bopt.zero_grad(set_to_none=True)
-                logits = timed(side, "forward", lambda: bmodel(bx))
-                loss = timed(side, "loss", lambda lg=logits: F.cross_entropy(lg, by))
-                timed(side, "backward", loss.backward)
-                timed(side, "⊥ projection", lambda: perp_(bmodel.parameters()))
-                timed(side, "AdamW step", bopt.step)
-                timed(side, "eval train (1/5)", lambda: None)
-                timed(side, "eval test (1/5)", b_eval_test)
+                logits = record(side, "forward", lambda: bmodel(bx))
+                loss = record(side, "loss", lambda lg=logits: F.cross_entropy(lg, by))
+                record(side, "backward", loss.backward)
+                record(side, "⊥ projection", lambda: perp_(bmodel.parameters()))
+                record(side, "AdamW step", bopt.step)
+                record(side, "eval train (1/5)", lambda: None)
+                record(side, "eval test (1/5)", b_eval_test)
     phases = list(times["heldout"])
     print(f"\nPROFILE per-step phase breakdown (median of {iters} interleaved iterations; "
           f"evaluation amortized over eval_every={EVAL_EVERY})")
@@ -250,22 +260,23 @@ def phase_breakdown(seed: int, p: int, data: Data, iters: int) -> None:
     # where the forward/backward time goes, layer by layer (heldout's first layer vs one-hot)
     first_tok, first_oh = hmodel.linear1, bmodel[0]
     hidden = torch.relu(first_tok(hx)).detach()
+    def forward_backward(layer: nn.Module, inp: Tensor) -> Callable[[], None]:
+        def run() -> None:
+            layer.zero_grad(set_to_none=True)
+            layer(inp).sum().backward()
+
+        return run
+
     layer_times: dict[str, list[float]] = {}
     for _ in range(iters):
         for name, layer, inp in (("TokenLinear 2x113->200", first_tok, hx),
                                  ("one-hot Linear 226->200", first_oh, bx),
                                  ("Linear 200->200", bmodel[2], hidden),
                                  ("Linear 200->113 (head)", bmodel[4], hidden)):
-            start = time.perf_counter()
-            layer.zero_grad(set_to_none=True)
-            layer(inp).sum().backward()
-            layer_times.setdefault(name, []).append(time.perf_counter() - start)
-    test_first: list[float] = []
+            seconds, _ = timed(forward_backward(layer, inp))
+            layer_times.setdefault(name, []).append(seconds.wall)
     with torch.no_grad():
-        for _ in range(iters):
-            start = time.perf_counter()
-            first_oh(bxt)
-            test_first.append(time.perf_counter() - start)
+        test_first = [timed(lambda: first_oh(bxt))[0].wall for _ in range(iters)]
     print(f"\nPROFILE forward+backward of each layer on the {len(hy)} training rows "
           "(weight grad only)")
     for name, samples in layer_times.items():
@@ -285,44 +296,36 @@ def _bag_forward(self: nn.Linear, input: Tensor) -> Tensor:
     return out if self.bias is None else out + self.bias
 
 
-def run_heldout_whatif(seed: int, max_steps: int, p: int, test_only: bool,
-                       bag: bool) -> dict[str, float | int | None]:
-    """heldout with the benchmark-local changes named (src/ is untouched)."""
-    start = time.perf_counter()
-    trainer, stop = build_heldout(seed, max_steps, p)
-    if test_only:
-        trainer.eval_data = {"test": trainer.eval_data["test"]}
-    if bag:
-        layer = trainer.model.linear1
-        layer.forward = types.MethodType(_bag_forward, layer)
-    mid = time.perf_counter()
-    trainer.fit()
-    end = time.perf_counter()
-    return {"setup": mid - start, "train": end - mid, "steps": stop.hit,
-            "steps_run": trainer.state.step}
+def evaluate_test_only(trainer: Trainer) -> None:
+    trainer.eval_data = {"test": trainer.eval_data["test"]}
+
+
+def embedding_bag_layer(trainer: Trainer) -> None:
+    evaluate_test_only(trainer)
+    layer = trainer.model.linear1
+    layer.forward = types.MethodType(_bag_forward, layer)
 
 
 def what_if(seed: int, p: int, data: Data, max_steps: int, rounds: int) -> None:
-    variants = {
-        "as configured": (False, False),
-        "evaluate test only": (True, False),
-        "+ embedding_bag layer": (True, True),
+    variants: dict[str, Callable[[Trainer], None] | None] = {
+        "as configured": None,
+        "evaluate test only": evaluate_test_only,
+        "+ embedding_bag layer": embedding_bag_layer,
     }
     results: dict[str, list[float]] = {name: [] for name in variants}
     steps: dict[str, set] = {name: set() for name in variants}
-    for r in range(rounds):
-        names = list(variants)
-        names = names[r % len(names):] + names[:r % len(names)]
+    for _, names in rotations(variants, rounds):
         base = run_baseline(data, max_steps)
         for name in names:
-            out = run_heldout_whatif(seed, max_steps, p, *variants[name])
+            out = run_heldout(seed, max_steps, p, tweak=variants[name])
             results[name].append(out["train"] / base["train"])
             steps[name].add(out["steps"])
     print(f"\nPROFILE what-if (benchmark-local changes to the heldout side, {rounds} rounds, "
           "each against a baseline run just before it)")
     print(f"{'heldout variant':>24} {'ratio median':>13} {'min':>7} {'max':>7}  steps to 95%")
     for name, r in results.items():
-        print(f"{name:>24} {statistics.median(r):>13.3f} {min(r):>7.3f} {max(r):>7.3f}  "
+        spread = Spread.of(r)
+        print(f"{name:>24} {spread.median:>13.3f} {spread.low:>7.3f} {spread.high:>7.3f}  "
               f"{sorted(steps[name], key=str)}")
 
 
@@ -338,19 +341,14 @@ def torch_profile(seed: int, p: int, steps: int) -> None:
 
 # ---------------------------------------------------------------------------------- main
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = make_parser(__doc__, rounds=5, seed=True)
     parser.add_argument("--p", type=int, default=113)
     parser.add_argument("--max-steps", type=int, default=1000, help="give up after this many")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (1: stable under load on a shared 2-core machine)")
     parser.add_argument("--profile", action="store_true", help="print where the time goes")
     parser.add_argument("--profile-iters", type=int, default=20)
     parser.add_argument("--whatif-rounds", type=int, default=3)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; ⊥AdamW on "
+    args = parse(parser)
+    print(f"{torch_setting()}; ⊥AdamW on "
           f"(a+b) mod {args.p}, seed {args.seed}, stop at test accuracy >= {THRESHOLD} "
           f"(checked every {EVAL_EVERY} steps)")
     data = Data(args.seed, args.p)
@@ -367,16 +365,13 @@ def main() -> None:
 
     rows: list[dict[str, dict]] = []
     print(f"\n{'round':>5} " + " ".join(f"{name + ' s':>16} {'steps':>5}" for name in sides))
-    for r in range(args.rounds):
-        names = list(sides)
-        names = names[r % len(names):] + names[:r % len(names)]  # rotate who goes first
-        out = {name: sides[name]() for name in names}
+    for r, out in interleave(sides, args.rounds):
         rows.append(out)
         print(f"{r:>5} " + " ".join(f"{out[n]['train']:>16.3f} {out[n]['steps']!s:>5}"
                                     for n in sides))
 
     def ratio(num: str, den: str) -> list[float]:
-        return [row[num]["train"] / row[den]["train"] for row in rows]
+        return ratios([row[num]["train"] for row in rows], [row[den]["train"] for row in rows])
 
     print()
     for name in sides:
@@ -394,8 +389,7 @@ def main() -> None:
     for label, r in (("heldout / baseline, both float32", fp32),
                      ("heldout bf16-mixed / baseline float32", mixed),
                      ("heldout bf16-mixed / baseline bf16 autocast", same)):
-        print(f"ratio {label:<44} median {statistics.median(r):.3f} "
-              f"(min {min(r):.3f}, max {max(r):.3f})")
+        print(f"ratio {label:<44} {Spread.of(r).text()}")
     print(f"ratio incl. setup (float32) median {statistics.median(total):.3f}")
     if args.profile:
         phase_breakdown(args.seed, args.p, data, args.profile_iters)

@@ -57,13 +57,13 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from harness import Spread, make_parser, parse, ratios, time_rounds, timed
 from heldout.core.inputs import InputSpec
 from heldout.core.per_example import per_example_gradients
 from heldout.measures.coherence import _chunk_sums, m_coherence
@@ -144,9 +144,8 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status (Linux only)")
 
 
-def child(variant: str, examples: int, chunk_size: int, threads: int) -> None:
+def child(variant: str, examples: int, chunk_size: int) -> None:
     """Run one variant once in this (fresh) process; print its peak extra RSS as JSON."""
-    torch.set_num_threads(threads)
     model, x, y = build(examples)
     run = variants(model, chunk_size)[variant]
     run(x[:2], y[:2])  # warm-up: code pages and one-time state are not the variant's memory
@@ -169,30 +168,10 @@ def peak_memory(variant: str, args: argparse.Namespace) -> dict[str, float]:
 # --------------------------------------------------------------------------- timing
 
 
-def interleaved(pair: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
-    names = list(pair)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(rounds):
-        for name in names if r % 2 == 0 else names[::-1]:
-            start = time.perf_counter()
-            pair[name]()
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
-def summary(times: dict[str, list[float]], slow: str, fast: str) -> tuple[float, list[float]]:
-    ratios = [a / b for a, b in zip(times[slow], times[fast], strict=True)]
-    return statistics.median(ratios), ratios
-
-
 def allocation_seconds(rows: int, cols: int, rounds: int) -> float:
     """Allocating and first touching an (rows, cols) float32 tensor: page-fault cost."""
-    seconds = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        torch.empty(rows, cols).fill_(0.0)
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds)
+    return statistics.median(timed(lambda: torch.empty(rows, cols).fill_(0.0))[0].wall
+                             for _ in range(rounds))
 
 
 def write_floor_seconds(rows: int, cols: int, chunk_size: int, rounds: int) -> float:
@@ -200,36 +179,32 @@ def write_floor_seconds(rows: int, cols: int, chunk_size: int, rounds: int) -> f
     least any method producing every per-example gradient must spend (no page faults)."""
     buffer = torch.empty(min(chunk_size, rows), cols)
     buffer.fill_(0.0)
-    seconds = []
-    for _ in range(rounds):
-        start = time.perf_counter()
+
+    def write() -> None:
         for first in range(0, rows, chunk_size):
             buffer[: min(chunk_size, rows - first)].fill_(1.0)
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds)
+
+    return statistics.median(timed(write)[0].wall for _ in range(rounds))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = make_parser(__doc__, rounds=5)
     parser.add_argument("--examples", type=int, default=1000, help="examples (default 1000)")
     parser.add_argument("--chunk-size", type=int, default=64,
                         help="examples per vmap call (default 64, heldout's default)")
-    parser.add_argument("--rounds", type=int, default=5, help="timed rounds (default 5)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--huge-pages", action="store_true",
                         help="rerun with THP_MEM_ALLOC_ENABLE=1 (huge pages for big tensors)")
     parser.add_argument("--child", choices=["loop", "func", "loop_streamed", "func_streamed",
                                             "coherence"],
                         help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parse(parser)
     if args.child:
-        child(args.child, args.examples, args.chunk_size, args.threads)
+        child(args.child, args.examples, args.chunk_size)
         return
     if args.huge_pages and os.environ.get("THP_MEM_ALLOC_ENABLE") != "1":
         os.execve(sys.executable, [sys.executable, *sys.argv],
                   {**os.environ, "THP_MEM_ALLOC_ENABLE": "1"})
 
-    torch.set_num_threads(args.threads)
     model, x, y = build(args.examples)
     n_params = sum(p.numel() for p in model.parameters())
     huge = os.environ.get("THP_MEM_ALLOC_ENABLE") == "1"
@@ -248,11 +223,11 @@ def main() -> None:
           f"coherence alpha {float(alpha):.6f} on both sides)")
     del reference, fast
 
-    full = interleaved({"loop": lambda: run["loop"](x, y),
+    full = time_rounds({"loop": lambda: run["loop"](x, y),
                         "func": lambda: run["func"](x, y)}, args.rounds)
-    streamed = interleaved({"loop": lambda: run["loop_streamed"](x, y),
+    streamed = time_rounds({"loop": lambda: run["loop_streamed"](x, y),
                             "func": lambda: run["func_streamed"](x, y)}, args.rounds)
-    fast = interleaved({"loop": lambda: run["loop_streamed"](x, y),
+    fast = time_rounds({"loop": lambda: run["loop_streamed"](x, y),
                         "func": lambda: run["coherence"](x, y)}, args.rounds)
     alloc = allocation_seconds(args.examples, n_params, args.rounds)
     floor = write_floor_seconds(args.examples, n_params, args.chunk_size, args.rounds)
@@ -260,11 +235,11 @@ def main() -> None:
     print(f"\n{'pair':<9} {'loop s':>8} {'func s':>8} {'ratio (min-max)':>20}")
     speedups = {}
     for label, times in (("full", full), ("streamed", streamed), ("coherence", fast)):
-        ratio, ratios = summary(times, "loop", "func")
-        speedups[label] = ratio
+        ratio = Spread.of(ratios(times["loop"], times["func"]))
+        speedups[label] = ratio.median
         print(f"{label:<9} {statistics.median(times['loop']):8.3f} "
               f"{statistics.median(times['func']):8.3f} "
-              f"{ratio:9.1f} ({min(ratios):.1f}-{max(ratios):.1f})")
+              f"{ratio.median:9.1f} ({ratio.low:.1f}-{ratio.high:.1f})")
     print(f"allocating + first touching the {args.examples} x {n_params} result: {alloc:.3f} s "
           "(in both sides of 'full')")
     loop_streamed_s = statistics.median(streamed["loop"])

@@ -21,16 +21,22 @@ Run: ``PYTHONPATH=src .venv/bin/python bench/sam_step.py [--rounds 5]``
 
 from __future__ import annotations
 
-import argparse
 import copy
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from harness import (
+    Spread,
+    closure_step,
+    interleave_steps,
+    make_parser,
+    parse,
+    ratio_table,
+    ratios,
+    torch_setting,
+)
 from heldout.core.inputs import InputSpec
 from heldout.methods import SAM
 from heldout.models import MLP
@@ -44,56 +50,6 @@ def sgd(model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
 
 
-def make_closure(model: nn.Module, opt: torch.optim.Optimizer, batch: list) -> Callable:
-    def closure() -> Tensor:
-        opt.zero_grad(set_to_none=True)
-        x, y = batch[0]
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        return loss
-
-    return closure
-
-
-def plain_side(model: nn.Module) -> Step:
-    opt = sgd(model)
-    batch: list = [None]
-    closure = make_closure(model, opt, batch)
-
-    def step(x: Tensor, y: Tensor) -> None:
-        batch[0] = (x, y)
-        opt.step(closure)
-
-    return step
-
-
-def sam_side(model: nn.Module, bn_handling: bool, rho: float) -> Step:
-    opt = SAM(sgd(model), rho=rho, model=model if bn_handling else None)
-    batch: list = [None]
-    closure = make_closure(model, opt, batch)
-
-    def step(x: Tensor, y: Tensor) -> None:
-        batch[0] = (x, y)
-        opt.step(closure)
-
-    return step
-
-
-def floor_side(model: nn.Module) -> Step:
-    """Two passes and one SGD step, no SAM arithmetic: the floor SAM is measured against."""
-    opt = sgd(model)
-    batch: list = [None]
-    closure = make_closure(model, opt, batch)
-
-    def step(x: Tensor, y: Tensor) -> None:
-        batch[0] = (x, y)
-        closure()
-        closure()
-        opt.step()
-
-    return step
-
-
 def bench_setting(
     label: str,
     model: nn.Module,
@@ -104,50 +60,23 @@ def bench_setting(
     extra_bn_off: bool,
 ) -> float:
     builders: dict[str, Callable[[nn.Module], Step]] = {
-        "plain": plain_side,
-        "sam": lambda m: sam_side(m, True, rho),
-        "2 passes": floor_side,
+        "plain": lambda m: closure_step(m, sgd(m)),
+        "sam": lambda m: closure_step(m, SAM(sgd(m), rho=rho, model=m)),
+        "2 passes": lambda m: closure_step(m, sgd(m), two_passes=True),
     }
     if extra_bn_off:
-        builders["sam, BN off"] = lambda m: sam_side(m, False, rho)
+        builders["sam, BN off"] = lambda m: closure_step(m, SAM(sgd(m), rho=rho))
     sides = {name: build(copy.deepcopy(model)) for name, build in builders.items()}
-    names = list(sides)
-    for i in range(3):  # warm-up
-        for name in names:
-            sides[name](*batches[i % len(batches)])
-    per_round: dict[str, list[float]] = {name: [] for name in names}
-    cursor = 0
-    for _ in range(rounds):
-        totals = dict.fromkeys(names, 0.0)
-        for i in range(steps):
-            x, y = batches[cursor % len(batches)]
-            cursor += 1
-            shift = i % len(names)
-            for name in names[shift:] + names[:shift]:
-                start = time.perf_counter()
-                sides[name](x, y)
-                totals[name] += time.perf_counter() - start
-        for name in names:
-            per_round[name].append(totals[name] / steps)
+    per_round = interleave_steps(sides, batches, steps, rounds)
     print(f"\n[{label}] {rounds} rounds x {steps} steps per side, batch {len(batches[0][1])}")
-    print(f"{'side':>12} {'ms/step':>9} {'ratio median':>13} {'min':>7} {'max':>7}")
-    ratios = {}
-    for name in names:
-        r = [a / b for a, b in zip(per_round[name], per_round["plain"], strict=True)]
-        ratios[name] = r
-        print(f"{name:>12} {1e3 * statistics.median(per_round[name]):>9.3f} "
-              f"{statistics.median(r):>13.3f} {min(r):>7.3f} {max(r):>7.3f}")
-    over_floor = statistics.median(
-        a / b for a, b in zip(per_round["sam"], per_round["2 passes"], strict=True))
-    print(f"[{label}] SAM / plain SGD: median {statistics.median(ratios['sam']):.3f} "
-          f"(min {min(ratios['sam']):.3f}, max {max(ratios['sam']):.3f}); "
-          f"SAM / two-pass floor: {over_floor:.3f}")
-    return statistics.median(ratios["sam"])
+    sam = ratio_table(per_round, per_round["plain"], width=12)["sam"]
+    over_floor = Spread.of(ratios(per_round["sam"], per_round["2 passes"])).median
+    print(f"[{label}] SAM / plain SGD: {sam.text()}; SAM / two-pass floor: {over_floor:.3f}")
+    return sam.median
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=5)
+    parser = make_parser(__doc__, rounds=5, seed=True)
     parser.add_argument("--steps-a", type=int, default=20, help="steps per side per round, (a)")
     parser.add_argument("--steps-b", type=int, default=300, help="steps per side per round, (b)")
     parser.add_argument("--p", type=int, default=113)
@@ -155,13 +84,9 @@ def main() -> None:
     parser.add_argument("--features", type=int, default=40, help="(b) input features")
     parser.add_argument("--batch-size", type=int, default=128, help="(b) minibatch")
     parser.add_argument("--rho", type=float, default=0.05)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (1: stable under load on a shared 2-core machine)")
     parser.add_argument("--setting", choices=["a", "b", "both"], default="both")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    args = parse(parser)
+    print(torch_setting())
     results = {}
 
     if args.setting in ("a", "both"):

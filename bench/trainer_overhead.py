@@ -19,13 +19,23 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness import (
+    Seconds,
+    Spread,
+    clock,
+    elapsed,
+    interleave,
+    make_parser,
+    parse,
+    ratios,
+    same_weights,
+    torch_setting,
+)
 from heldout.engine.trainer import Trainer
 from heldout.measures import Accuracy, Loss
 from heldout.models import MLP
@@ -36,16 +46,6 @@ GOAL = 1.05
 LR = 0.01
 
 
-def clock() -> tuple[float, float]:
-    """(wall, process CPU) seconds; with one torch thread CPU time ignores time descheduled."""
-    return time.perf_counter(), time.process_time()
-
-
-def elapsed(start: tuple[float, float]) -> tuple[float, float]:
-    wall, cpu = clock()
-    return wall - start[0], cpu - start[1]
-
-
 def make_model(splits: Splits, seed: int) -> nn.Module:
     torch.manual_seed(seed)
     return MLP(hidden=(200, 200), bias=False).build(splits.input, splits.num_classes)
@@ -53,7 +53,7 @@ def make_model(splits: Splits, seed: int) -> nn.Module:
 
 def run_trainer(
     splits: Splits, seed: int, steps: int, batch_size: int | None, eval_every: int
-) -> tuple[float, nn.Module, list[tuple[int, dict[str, float]]]]:
+) -> tuple[Seconds, nn.Module, list[tuple[int, dict[str, float]]]]:
     model = make_model(splits, seed)
     start = clock()
     trainer = Trainer(
@@ -73,7 +73,7 @@ def run_trainer(
 
 def run_hand(
     splits: Splits, seed: int, steps: int, batch_size: int | None, eval_every: int
-) -> tuple[float, nn.Module, list[tuple[int, dict[str, float]]]]:
+) -> tuple[Seconds, nn.Module, list[tuple[int, dict[str, float]]]]:
     model = make_model(splits, seed)
     start = clock()
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
@@ -119,18 +119,10 @@ def run_hand(
     return elapsed(start), model, history
 
 
-def same_weights(a: nn.Module, b: nn.Module) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-
-
 def same_metrics(h1: list, h2: list) -> bool:
     if [s for s, _ in h1] != [s for s, _ in h2]:
         return False
     return all(m1[k] == m2[k] for (_, m1), (_, m2) in zip(h1, h2, strict=True) for k in m2)
-
-
-Runner = Callable[..., tuple[tuple[float, float], nn.Module, list]]
 
 
 def bench_variant(
@@ -141,54 +133,44 @@ def bench_variant(
     warm = dict(kw, steps=min(20, args.steps))
     run_trainer(splits, **warm)
     run_hand(splits, **warm)
-    sides: dict[str, Runner] = {"trainer": run_trainer, "hand": run_hand}
-    ratios, cpu_ratios, times = [], [], {"trainer": [], "hand": []}
-    checks = []
+    sides = {"trainer": lambda: run_trainer(splits, **kw), "hand": lambda: run_hand(splits, **kw)}
+    walls, cpus, checks = {"trainer": [], "hand": []}, {"trainer": [], "hand": []}, []
     print(f"\n[{label}] steps={args.steps} batch={batch_size or 'full'} "
           f"eval_every={args.eval_every}")
     print(f"{'round':>5} {'trainer s':>10} {'hand s':>10} {'ratio':>7} {'cpu ratio':>9}"
           "  weights  metrics")
-    for r in range(args.rounds):
-        order = ["trainer", "hand"] if r % 2 == 0 else ["hand", "trainer"]
-        out = {name: sides[name](splits, **kw) for name in order}
+    for r, out in interleave(sides, args.rounds):
         (t_tr, c_tr), m_tr, h_tr = out["trainer"]
         (t_hd, c_hd), m_hd, h_hd = out["hand"]
         w_ok, m_ok = same_weights(m_tr, m_hd), same_metrics(h_tr, h_hd)
         checks.append(w_ok)
-        times["trainer"].append(t_tr)
-        times["hand"].append(t_hd)
-        ratios.append(t_tr / t_hd)
-        cpu_ratios.append(c_tr / c_hd)
+        for name, ((wall, cpu), _, _) in out.items():
+            walls[name].append(wall)
+            cpus[name].append(cpu)
         print(f"{r:>5} {t_tr:>10.3f} {t_hd:>10.3f} {t_tr / t_hd:>7.3f} {c_tr / c_hd:>9.3f}  "
               f"{'equal' if w_ok else 'DIFFER':>7}  {'equal' if m_ok else 'differ'}")
-    med = statistics.median(ratios)
-    per_step = {k: 1e3 * statistics.median(v) / args.steps for k, v in times.items()}
+    wall = Spread.of(ratios(walls["trainer"], walls["hand"]))
+    per_step = {k: 1e3 * statistics.median(v) / args.steps for k, v in walls.items()}
     print(f"[{label}] identical weights in all rounds: {all(checks)}; per step (incl. eval): "
           f"trainer {per_step['trainer']:.2f} ms, hand {per_step['hand']:.2f} ms")
-    best = min(times["trainer"]) / min(times["hand"])
-    print(f"[{label}] ratio median {med:.3f} (min {min(ratios):.3f}, max {max(ratios):.3f}); "
-          f"best-of-{args.rounds} times ratio {best:.3f}; CPU-time ratio median "
-          f"{statistics.median(cpu_ratios):.3f}")
+    best = min(walls["trainer"]) / min(walls["hand"])
+    print(f"[{label}] ratio {wall.text()}; best-of-{args.rounds} times ratio {best:.3f}; "
+          f"CPU-time ratio median {statistics.median(ratios(cpus['trainer'], cpus['hand'])):.3f}")
     if not all(checks):
         print(f"[{label}] WARNING: the loops did different work; the ratio is not a comparison")
-    return med
+    return wall.median
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = make_parser(__doc__, rounds=5, seed=True)
     parser.add_argument("--p", type=int, default=113)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=512, help="minibatch variant")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (1: stable under load on a shared 2-core machine)")
     parser.add_argument("--variant", choices=["full", "minibatch", "both"], default="both")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse(parser)
     splits = ModularArithmetic(p=args.p, train_fraction=0.4).splits(args.seed)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; (a+b) mod {args.p}: "
+    print(f"{torch_setting()}; (a+b) mod {args.p}: "
           f"{len(splits.train)} train, {len(splits.test)} test")
     results = {}
     if args.variant in ("full", "both"):

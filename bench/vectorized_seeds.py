@@ -25,11 +25,9 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
-import torch
-
+from harness import Seconds, Spread, make_parser, parse, ratios, rotations, timed, torch_setting
 from heldout.config import RunConfig, parse_overrides
 from heldout.runner import execute
 from heldout.store import Store
@@ -48,28 +46,14 @@ def configs(args: argparse.Namespace, batch_size: int | None, steps: int) -> lis
     return [parse_overrides(base, [f"seed={seed}"]) for seed in range(args.k)]
 
 
-def clock() -> tuple[float, float]:
-    return time.perf_counter(), time.process_time()
-
-
-def since(start: tuple[float, float]) -> tuple[float, float]:
-    wall, cpu = clock()
-    return wall - start[0], cpu - start[1]
-
-
-def run_separate(cfgs: list[RunConfig], home: Path) -> tuple[tuple[float, float], Store]:
+def run_separate(cfgs: list[RunConfig], home: Path) -> tuple[Seconds, Store]:
     store = Store(home)
-    start = clock()
-    for cfg in cfgs:
-        execute(cfg, store)
-    return since(start), store
+    return timed(lambda: [execute(cfg, store) for cfg in cfgs])[0], store
 
 
-def run_vectorized(cfgs: list[RunConfig], home: Path) -> tuple[tuple[float, float], Store]:
+def run_vectorized(cfgs: list[RunConfig], home: Path) -> tuple[Seconds, Store]:
     store = Store(home)
-    start = clock()
-    train_vectorized(cfgs, store)
-    return since(start), store
+    return timed(lambda: train_vectorized(cfgs, store))[0], store
 
 
 def largest_difference(a: Store, b: Store, cfgs: list[RunConfig]) -> float:
@@ -97,48 +81,41 @@ def bench_variant(label: str, args: argparse.Namespace, batch_size: int | None) 
           f"({len(range(0, args.steps, args.eval_every)) + 1} evaluations per run)")
     print(f"{'round':>5} {'separate s':>11} {'vectorized s':>13} {'speedup':>8} {'cpu':>6} "
           f"{'max rel diff':>13}")
-    ratios, cpu_ratios, times = [], [], {"separate": [], "vectorized": []}
-    for r in range(args.rounds):
+    runners = {"separate": run_separate, "vectorized": run_vectorized}
+    walls, cpus = {"separate": [], "vectorized": []}, {"separate": [], "vectorized": []}
+    for r, order in rotations(runners, args.rounds):
         with tempfile.TemporaryDirectory() as tmp:
-            order = ["separate", "vectorized"] if r % 2 == 0 else ["vectorized", "separate"]
-            out = {}
-            for side in order:
-                runner = run_separate if side == "separate" else run_vectorized
-                out[side] = runner(cfgs, Path(tmp) / side)
+            out = {side: runners[side](cfgs, Path(tmp) / side) for side in order}
             (wall_s, cpu_s), store_s = out["separate"]
             (wall_v, cpu_v), store_v = out["vectorized"]
             diff = largest_difference(store_v, store_s, cfgs)
-        times["separate"].append(wall_s)
-        times["vectorized"].append(wall_v)
-        ratios.append(wall_s / wall_v)
-        cpu_ratios.append(cpu_s / cpu_v)
+        for side, ((wall, cpu), _) in out.items():
+            walls[side].append(wall)
+            cpus[side].append(cpu)
         print(f"{r:>5} {wall_s:>11.2f} {wall_v:>13.2f} {wall_s / wall_v:>8.2f} "
               f"{cpu_s / cpu_v:>6.2f} {diff:>13.2e}")
-    median = statistics.median(ratios)
-    per_run = {k: 1e3 * statistics.median(v) / args.k for k, v in times.items()}
-    print(f"[{label}] speedup median {median:.2f} (min {min(ratios):.2f}, max "
-          f"{max(ratios):.2f}); CPU-time ratio median {statistics.median(cpu_ratios):.2f}; "
+    speedup = Spread.of(ratios(walls["separate"], walls["vectorized"]))
+    cpu_speedup = statistics.median(ratios(cpus["separate"], cpus["vectorized"]))
+    per_run = {k: 1e3 * statistics.median(v) / args.k for k, v in walls.items()}
+    print(f"[{label}] speedup {speedup.text(2)}; CPU-time ratio median {cpu_speedup:.2f}; "
           f"per run: separate {per_run['separate']:.0f} ms, vectorized "
           f"{per_run['vectorized']:.0f} ms")
-    return median
+    return speedup.median
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = make_parser(__doc__, rounds=3)
     parser.add_argument("--k", type=int, default=32, help="seeds")
     parser.add_argument("--p", type=int, default=23)
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=32, help="minibatch variant")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--variant", choices=["minibatch", "full", "both"], default="both")
     parser.add_argument("--techniques", default="",
                         help="techniques of every run, e.g. ema or sam,ema (default: none)")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; both sides write to "
+    args = parse(parser)
+    print(f"{torch_setting()}; both sides write to "
           "fresh stores")
     results = {}
     if args.variant in ("minibatch", "both"):

@@ -23,18 +23,15 @@ Run: ``PYTHONPATH=src .venv/bin/python bench/wrapper_cost.py [--rounds 5 --steps
 
 from __future__ import annotations
 
-import argparse
 import copy
-import statistics
-import time
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from harness import closure_step, interleave_steps, make_parser, parse, ratio_table, torch_setting
 from heldout.core.inputs import InputSpec
 from heldout.methods.robust import RobustMeanGradients
 from heldout.methods.sam import ASAM, TRAM, UDIM
@@ -50,38 +47,27 @@ def sgd(model: nn.Module) -> torch.optim.Optimizer:
 def side(model: nn.Module, wrap: Callable[[torch.optim.Optimizer, nn.Module], Any] | None,
          after_backward: Callable[[Any], None] | None = None) -> Step:
     opt = sgd(model) if wrap is None else wrap(sgd(model), model)
-    batch: list = [None]
+    hook = None if after_backward is None else (
+        lambda x, y: after_backward(SimpleNamespace(model=model, batch=(x, y, None))))
+    step = closure_step(model, opt, after_backward=hook)
+    if not isinstance(opt, UDIM):
+        return step
 
-    def closure() -> Tensor:
-        opt.zero_grad(set_to_none=True)
-        x, y = batch[0]
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        if after_backward is not None:
-            after_backward(SimpleNamespace(model=model, batch=(x, y, None)))
-        return loss
+    def udim_step(x: Tensor, y: Tensor) -> None:
+        opt.set_batch(x, y)
+        step(x, y)
 
-    def step(x: Tensor, y: Tensor) -> None:
-        batch[0] = (x, y)
-        if isinstance(opt, UDIM):
-            opt.set_batch(x, y)
-        opt.step(closure)
-
-    return step
+    return udim_step
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=5)
+    parser = make_parser(__doc__, rounds=5, seed=True)
     parser.add_argument("--steps", type=int, default=30, help="steps per side per round")
     parser.add_argument("--n", type=int, default=4000)
     parser.add_argument("--features", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    args = parse(parser)
+    print(torch_setting())
 
     gen = torch.Generator().manual_seed(args.seed)
     x = torch.randn(args.n, args.features, generator=gen)
@@ -103,35 +89,12 @@ def main() -> None:
         "robust": lambda m: side(m, None, robust.on_after_backward),
     }
     sides = {name: build(copy.deepcopy(model)) for name, build in builders.items()}
-    names = list(sides)
-    for i in range(3):  # warm-up
-        for name in names:
-            sides[name](*batches[i % len(batches)])
-    per_round: dict[str, list[float]] = {name: [] for name in names}
-    cursor = 0
-    for _ in range(args.rounds):
-        totals = dict.fromkeys(names, 0.0)
-        for i in range(args.steps):
-            xb, yb = batches[cursor % len(batches)]
-            cursor += 1
-            shift = i % len(names)
-            for name in names[shift:] + names[:shift]:
-                start = time.perf_counter()
-                sides[name](xb, yb)
-                totals[name] += time.perf_counter() - start
-        for name in names:
-            per_round[name].append(totals[name] / args.steps)
-
+    per_round = interleave_steps(sides, batches, args.steps, args.rounds)
     print(f"{args.rounds} rounds x {args.steps} steps per side")
-    print(f"{'side':>8} {'ms/step':>9} {'ratio median':>13} {'min':>7} {'max':>7}")
-    ratios = {}
-    for name in names:
-        r = [a / b for a, b in zip(per_round[name], per_round["plain"], strict=True)]
-        ratios[name] = statistics.median(r)
-        print(f"{name:>8} {1e3 * statistics.median(per_round[name]):>9.3f} "
-              f"{ratios[name]:>13.3f} {min(r):>7.3f} {max(r):>7.3f}")
+    ratios = {name: spread.median
+              for name, spread in ratio_table(per_round, per_round["plain"], width=8).items()}
     print("RESULT wrapper_cost " + " ".join(f"{name}={ratios[name]:.2f}"
-                                            for name in names if name != "plain"))
+                                            for name in sides if name != "plain"))
 
 
 if __name__ == "__main__":
