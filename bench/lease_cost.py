@@ -3,12 +3,12 @@
 Setting: the C1 grokking config (``grokking_config``: bias-free MLP 200-200, full-batch
 AdamW lr 0.01, accuracy, loss, softmax collapse, NLM alignment and gap measured every 10
 steps) on a tiny task, (a + b) mod 23, with a checkpoint every 50 steps, writing to a real
-store as :func:`heldout.runner.execute` does: a :class:`~heldout.runner.StoreLogger` sends
+store as :func:`heldout.runner.execute` does: a :class:`~heldout.run.recorder.RunRecorder` sends
 each evaluation's metrics (one transaction) and records each checkpoint's digest. The two
 sides differ only in the lease:
 
-- without: ``StoreLogger(store, run_id)``;
-- with: the lease taken before ``fit()`` (timed), ``StoreLogger(store, run_id, lease)``,
+- without: ``RunRecorder(store, run_id)``;
+- with: the lease taken before ``fit()`` (timed), ``RunRecorder(store, run_id, lease)``,
   whose metric and checkpoint-digest transactions also refresh the heartbeat and check the
   lease, and ``finish_run(..., lease=lease)``, which gives it back in the same transaction.
 
@@ -33,7 +33,8 @@ from pathlib import Path
 import torch
 
 from heldout.claims.grokking import grokking_config
-from heldout.runner import StoreLogger, build
+from heldout.run.recorder import RunRecorder
+from heldout.runner import build
 from heldout.store import Store
 
 GOAL = 0.01  # the lease's share of a training step
@@ -55,7 +56,7 @@ def train(store: Store, cfg, run_id: str, leased: bool) -> tuple[tuple[float, fl
     start = clock()
     lease = store.acquire_lease(run_id) if leased else None
     trainer = build(cfg, checkpoint_path=store.checkpoint_path(run_id),
-                    loggers=[StoreLogger(store, run_id, lease)])
+                    loggers=[RunRecorder(store, run_id, lease)])
     build_time = elapsed(start)
     trainer.fit()
     store.finish_run(run_id, status="done", seconds=trainer.seconds, step=trainer.state.step,

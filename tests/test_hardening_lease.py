@@ -14,7 +14,8 @@ import pytest
 
 from heldout.config import RunConfig, parse_overrides
 from heldout.experiments.executors import LocalExecutor, run_jobs
-from heldout.runner import StoreLogger, execute
+from heldout.run.recorder import RunRecorder
+from heldout.runner import execute
 from heldout.store import LeaseLost, RunFinishedError, RunLeased, Store
 
 from .conftest import tiny_config
@@ -112,7 +113,7 @@ def test_lease_held_stale_and_lost(store):
     taken = patient.acquire_lease(cfg.identity)
     assert taken.token != held.token
     with pytest.raises(LeaseLost, match="took over"):
-        StoreLogger(store, cfg.identity, held).log(3, {"train/loss": 1.0})
+        RunRecorder(store, cfg.identity, held).log(3, {"train/loss": 1.0})
     assert store.metrics(cfg.identity) == []  # the lost holder wrote nothing
     with pytest.raises(LeaseLost):
         store.record_checkpoint(cfg.identity, "0" * 64, 4, lease=held)

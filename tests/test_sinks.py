@@ -19,6 +19,7 @@ import pytest
 from heldout.config import config_to_dict
 from heldout.engine.trainer import Trainer
 from heldout.registry import UnknownNameError
+from heldout.run.recorder import RunRecorder
 from heldout.run.sinks import (
     PARAM_VALUE_LIMIT,
     MLflowSink,
@@ -27,7 +28,7 @@ from heldout.run.sinks import (
     make_sinks,
     mlflow_metric_name,
 )
-from heldout.runner import StoreLogger, build
+from heldout.runner import build
 from heldout.store import Store
 
 from .conftest import tiny_config
@@ -113,7 +114,7 @@ def test_both_sinks_hold_the_store_history(tensorboard, mlflow, mlflow_uri, tmp_
     store.create_run(run_id, config_to_dict(cfg), cfg.seed, cfg.name)
     board = TensorBoardSink(tmp_path / "tb", run_id, cfg)
     tracking = MLflowSink(mlflow_uri, "both", run_id, cfg)
-    trainer = build(cfg, loggers=[StoreLogger(store, run_id), board, tracking])
+    trainer = build(cfg, loggers=[RunRecorder(store, run_id), board, tracking])
     expected = _by_key(trainer.fit())
     board.close()
     tracking.close()

@@ -13,7 +13,6 @@ the file is renamed into place, and a resume verifies against it.
 
 from __future__ import annotations
 
-import hashlib
 import random
 import shutil
 import sys
@@ -45,9 +44,10 @@ from heldout.engine.trainer import (
     mse_to_one_hot,
 )
 from heldout.registry import CALLBACKS, MEASURES, MODELS, TASKS, TECHNIQUES
-from heldout.store.sqlite import Lease, LeaseLost, RunRecord, Store
+from heldout.run.recorder import RunRecorder
+from heldout.store.sqlite import LeaseLost, RunRecord, Store
 
-__all__ = ["ProgressPrinter", "RunFailed", "RunResult", "StoreLogger", "build",
+__all__ = ["ProgressPrinter", "RunFailed", "RunResult", "RunRecorder", "build",
            "check_init_from", "execute", "make_optimizer", "measure_run"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -69,14 +69,6 @@ class RunResult:
     resumed_from: int | None  # the checkpoint step a resumed run continued from
     skipped: bool  # the run was already done; nothing was executed
     record: RunRecord
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def make_optimizer(cfg: OptimizerConfig):
@@ -197,30 +189,6 @@ def evaluation_model(run: str, store: Store) -> torch.nn.Module:
     return model.eval()
 
 
-class StoreLogger:
-    """Sends each evaluation's metrics to the store, one transaction per evaluation, and
-    records each checkpoint's digest. With a ``lease``, both transactions also refresh its
-    heartbeat and check that it is still held: the lease costs no transaction of its own
-    while training."""
-
-    def __init__(self, store: Store, run_id: str, lease: Lease | None = None) -> None:
-        self.store, self.run_id, self.lease = store, run_id, lease
-        self._rows: list[tuple[int, str, str, float]] = []
-
-    def log(self, step: int, metrics: Mapping[str, float]) -> None:
-        for key, value in metrics.items():
-            split, _, name = key.partition("/")
-            self._rows.append((step, split, name, value))
-        self.flush()
-
-    def flush(self) -> None:
-        rows, self._rows = self._rows, []
-        self.store.log_metrics(self.run_id, rows, lease=self.lease)
-
-    def checkpointed(self, step: int, sha256: str) -> None:
-        self.store.record_checkpoint(self.run_id, sha256, step, lease=self.lease)
-
-
 class ProgressPrinter:
     """A live bar on a terminal; plain periodic lines elsewhere (logs, CI)."""
 
@@ -282,7 +250,7 @@ def execute(
     if not restart and store.has_run(run_id) and (record := store.get_run(run_id)).status == "done":
         return RunResult(run_id, "done", store.final_metrics(run_id), None, True, record)
     check_init_from(cfg, store)  # a mistake here leaves no run record behind
-    recorder = StoreLogger(store, run_id)  # holds the lease once it is taken
+    recorder = RunRecorder(store, run_id)  # holds the lease once it is taken
     loggers: list[Logger] = [recorder]
     if progress:
         stream = progress if not isinstance(progress, bool) else None
@@ -311,7 +279,7 @@ def execute(
                 store.release_lease(lease)
             _close(extra, failed=True)
             return RunResult(run_id, "done", store.final_metrics(run_id), None, True, record)
-        result = _train_leased(trainer, cfg, store, lease, restart=restart)
+        result = _train_leased(trainer, recorder, restart=restart)
     except BaseException:
         if lease is not None:
             store.release_lease(lease)  # if it failed before finishing (or was taken: no-op)
@@ -321,12 +289,11 @@ def execute(
     return result
 
 
-def _train_leased(trainer: Trainer, cfg: RunConfig, store: Store, lease: Lease, *,
-                  restart: bool) -> RunResult:
-    """Train the built ``trainer`` of ``cfg`` under ``lease``: from scratch with ``restart``,
-    else from its last checkpoint if it has one; record the outcome (finish_run gives the
+def _train_leased(trainer: Trainer, recorder: RunRecorder, *, restart: bool) -> RunResult:
+    """Train the built ``trainer`` under the recorder's lease: from scratch with ``restart``,
+    else from its last checkpoint if it has one; record the outcome (finishing gives the
     lease back)."""
-    run_id = cfg.identity
+    store, run_id, lease = recorder.store, recorder.run_id, recorder.lease
     checkpoint = store.checkpoint_path(run_id)
     if restart:
         store.reset_run(run_id, lease=lease)
@@ -335,25 +302,18 @@ def _train_leased(trainer: Trainer, cfg: RunConfig, store: Store, lease: Lease, 
     resumed_from = None
     if has_checkpoint(checkpoint):
         resumed_from = trainer.resume(digests=store.checkpoint_digests(run_id))
-    store.start_run(run_id, resumed_from or 0, lease=lease)
+    recorder.start(resumed_from or 0)
     try:
         trainer.fit()
     except LeaseLost:  # another process owns the run now: write nothing more
         raise
     except NonFiniteLossError as err:
-        store.finish_run(run_id, status="failed", seconds=trainer.seconds, step=err.step,
-                         error=str(err), lease=lease)
+        recorder.fail(err.step, trainer.seconds, str(err))
         raise RunFailed(run_id, str(err)) from err
     except BaseException as err:
-        message = "".join(traceback.format_exception_only(type(err), err)).strip()
-        store.finish_run(run_id, status="failed", seconds=trainer.seconds,
-                         step=trainer.state.step, error=message or type(err).__name__,
-                         lease=lease)
+        recorder.fail(trainer.state.step, trainer.seconds, err)
         raise
-    store.set_checkpoint(run_id, str(checkpoint), trainer.state.step)
-    store.add_artifact(run_id, "checkpoint", checkpoint, _sha256(checkpoint))
-    store.finish_run(run_id, status="done", seconds=trainer.seconds, step=trainer.state.step,
-                     lease=lease)
+    recorder.finish(trainer.state.step, trainer.seconds, checkpoint)
     return RunResult(run_id, "done", store.final_metrics(run_id), resumed_from, False,
                      store.get_run(run_id))
 
@@ -396,5 +356,5 @@ def measure_run(
         if split not in valid:
             raise KeyError(f"unknown split {split!r}; valid splits: {', '.join(valid)}")
     metrics = trainer.measure([_build(MEASURES, m) for m in measures], splits)
-    StoreLogger(store, record.id).log(step, metrics)
+    RunRecorder(store, record.id).log(step, metrics)
     return metrics

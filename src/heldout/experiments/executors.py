@@ -29,13 +29,13 @@ import multiprocessing as mp
 import os
 import queue as queue_module
 import time
-import traceback
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from heldout.config import RunConfig, config_from_dict, config_to_dict
+from heldout.store.records import MetricRow, error_message, metric_rows
 from heldout.store.sqlite import Lease, RunLeased, Store
 
 __all__ = ["Executor", "LocalExecutor", "Outcome", "RayExecutor", "make_executor", "plan_jobs",
@@ -54,15 +54,6 @@ class Outcome:
     error: str | None = None
 
 
-def _rows(history: Iterable[tuple[int, Mapping[str, float]]]) -> list[tuple[int, str, str, float]]:
-    out = []
-    for step, metrics in history:
-        for key, value in metrics.items():
-            split, _, name = key.partition("/")
-            out.append((int(step), split, name, float(value)))
-    return out
-
-
 def _train(config: dict[str, Any], home: str, emit: Any, threads: int) -> dict[str, Any]:
     """Run (or resume) one config in this process; ``emit(kind, payload)`` reports progress.
     Returns the final status. Never writes the store."""
@@ -74,7 +65,7 @@ def _train(config: dict[str, Any], home: str, emit: Any, threads: int) -> dict[s
 
     class Emitter:
         def log(self, step: int, metrics: Mapping[str, float]) -> None:
-            emit("metrics", _rows([(step, metrics)]))
+            emit("metrics", metric_rows([(step, metrics)]))
 
         def flush(self) -> None:
             pass
@@ -87,29 +78,26 @@ def _train(config: dict[str, Any], home: str, emit: Any, threads: int) -> dict[s
         trainer = build(cfg, checkpoint_path=checkpoint, loggers=[Emitter()], store=store)
         resumed = trainer.resume() if has_checkpoint(checkpoint) else 0
     except Exception as err:  # noqa: BLE001 - the run fails, the sweep goes on
-        return {"status": "failed", "error": _message(err), "seconds": 0.0, "step": None}
+        return {"status": "failed", "error": error_message(err), "seconds": 0.0, "step": None}
     emit("started", resumed)
     if trainer.history:  # evaluations the checkpoint carries: report them again (idempotent)
-        emit("metrics", _rows(trainer.history))
+        emit("metrics", metric_rows(trainer.history))
     try:
         trainer.fit()
     except NonFiniteLossError as err:
         return {"status": "failed", "error": str(err), "seconds": trainer.seconds,
                 "step": err.step}
     except Exception as err:  # noqa: BLE001 - the run fails, the sweep goes on
-        return {"status": "failed", "error": _message(err), "seconds": trainer.seconds,
+        return {"status": "failed", "error": error_message(err), "seconds": trainer.seconds,
                 "step": trainer.state.step}
     return {"status": "done", "error": None, "seconds": trainer.seconds,
             "step": trainer.state.step, "checkpoint": str(checkpoint)}
 
 
-def _message(err: BaseException) -> str:
-    return "".join(traceback.format_exception_only(type(err), err)).strip()
-
-
 class _ForwardingStore:
-    """The store as a vectorized group in a worker sees it: reads go to the store (read-only
-    here), writes become messages ``emit(run_id, kind, payload)`` for the driver."""
+    """The store as a vectorized group in a worker sees it (a
+    :class:`~heldout.store.records.RunStore`): reads go to the store (read-only here), writes
+    become messages ``emit(run_id, kind, payload)`` for the driver, which holds the leases."""
 
     def __init__(self, store: Store, emit: Any) -> None:
         self._store, self._emit = store, emit
@@ -123,11 +111,12 @@ class _ForwardingStore:
     def create_run(self, run_id: str, config: Any, seed: int, name: str | None = None) -> Any:
         return self._store.get_run(run_id)  # the driver recorded it before submitting
 
-    def start_run(self, run_id: str, resume_step: int = 0) -> None:
+    def start_run(self, run_id: str, resume_step: int = 0, *, lease: Any = None) -> None:
         self.started.add(run_id)
         self._emit(run_id, "started", resume_step)
 
-    def log_metrics(self, run_id: str, rows: Iterable[tuple[int, str, str, float]]) -> None:
+    def log_metrics(self, run_id: str, rows: Iterable[MetricRow], *, lease: Any = None
+                    ) -> None:
         rows = list(rows)
         if rows:
             self._emit(run_id, "metrics", rows)
@@ -139,8 +128,13 @@ class _ForwardingStore:
         if path is not None:
             self._checkpoints[run_id] = (path, step)
 
+    def record_checkpoint(self, run_id: str, sha256: str, step: int, *, lease: Any = None
+                          ) -> None:
+        """Workers record no digests (the driver's store is read-only here); a resumed run
+        still verifies its checkpoint by loading it and falls back to the previous one."""
+
     def finish_run(self, run_id: str, *, status: str, seconds: float, step: int,
-                   error: str | None = None) -> None:
+                   error: str | None = None, lease: Any = None) -> None:
         checkpoint = self._checkpoints.get(run_id)
         self.finished.add(run_id)
         self._emit(run_id, "finished", {
@@ -170,7 +164,7 @@ def _train_job(configs: Sequence[dict[str, Any]], home: str, emit: Any, threads:
                 for cfg in cfgs:
                     if cfg.identity not in store.finished:
                         emit(cfg.identity, "finished", {
-                            "status": "failed", "error": _message(err), "seconds": 0.0,
+                            "status": "failed", "error": error_message(err), "seconds": 0.0,
                             "step": 0})
                 return
         else:

@@ -69,11 +69,9 @@ Example:
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import random
 import time
-import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -93,6 +91,7 @@ from heldout.engine.trainer import NonFiniteLossError, Trainer
 from heldout.models.layers import Square, TokenLinear
 from heldout.models.mlp import MLPNetwork
 from heldout.registry import MODELS, TASKS, TECHNIQUES
+from heldout.run.recorder import RunRecorder
 from heldout.runner import ProgressPrinter, RunResult, build
 from heldout.store.sqlite import Store
 
@@ -708,15 +707,6 @@ class _Group:
         trainer.save_checkpoint(path)
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
-def _message(err: BaseException) -> str:
-    return "".join(traceback.format_exception_only(type(err), err)).strip() or type(err).__name__
-
-
 def train_vectorized(
     configs: Sequence[RunConfig],
     store: Store | None = None,
@@ -760,22 +750,13 @@ def _train(group: _Group, store: Store, progress: bool) -> dict[str, RunResult]:
     paths = [store.checkpoint_path(run_id) for run_id in ids]
     step = group.resume(paths)  # from the copies' last checkpoints, or 0
     active = [True] * k
-    rows: list[list[tuple[int, str, str, float]]] = [[] for _ in ids]
-    for index, run_id in enumerate(ids):
-        store.start_run(run_id, step)
-        for at, metrics in group.trainers[index].history:  # what the checkpoints carry,
-            for key, value in metrics.items():  # again (idempotent): nothing is lost
-                split, _, name = key.partition("/")
-                rows[index].append((at, split, name, value))
+    recorders = [RunRecorder(store, run_id, flush_seconds=FLUSH_SECONDS) for run_id in ids]
+    for index, recorder in enumerate(recorders):  # with the history the checkpoints carry,
+        recorder.start(step, group.trainers[index].history)  # again: nothing is lost
     losses: Tensor | None = None
-    started = last_flush = time.perf_counter()
-
-    def flush(index: int) -> None:
-        store.log_metrics(ids[index], rows[index])
-        rows[index] = []
+    started = time.perf_counter()
 
     def evaluate() -> None:
-        nonlocal last_flush
         shown: dict[str, list[float]] = {}
         outputs = group.eval_outputs()
         for index in range(k):
@@ -783,25 +764,17 @@ def _train(group: _Group, store: Store, progress: bool) -> dict[str, RunResult]:
                 continue
             loss = None if losses is None else losses[index]
             metrics = group.evaluate(index, step, loss, outputs[index])
+            recorders[index].log(step, metrics)
             for key, value in metrics.items():
-                split, _, name = key.partition("/")
-                rows[index].append((step, split, name, value))
                 shown.setdefault(key, []).append(value)
-        if time.perf_counter() - last_flush >= FLUSH_SECONDS:
-            for index in range(k):
-                flush(index)
-            last_flush = time.perf_counter()
         if printer is not None:
             printer.log(step, {key: sum(v) / len(v) for key, v in shown.items()})
 
-    def finish(index: int, status: str, step: int, error: str | None = None) -> None:
-        flush(index)
-        store.finish_run(ids[index], status=status, step=step, error=error,
-                         seconds=(time.perf_counter() - started) / k)
-        active[index] = False
+    def seconds() -> float:
+        return (time.perf_counter() - started) / k
 
     def checkpoint(index: int) -> None:
-        flush(index)  # metrics reach the store before the checkpoint does
+        recorders[index].flush()  # metrics reach the store before the checkpoint does
         group.checkpoint(index, step, None if losses is None else losses[index], paths[index])
         store.set_checkpoint(ids[index], str(paths[index]), step)
 
@@ -815,8 +788,9 @@ def _train(group: _Group, store: Store, progress: bool) -> dict[str, RunResult]:
                 for index in torch.nonzero(~finite).flatten().tolist():
                     if active[index]:
                         err = NonFiniteLossError(step + 1, float(losses[index]),
-                                                 paths[index].exists())
-                        finish(index, "failed", err.step, str(err))
+                                                 checkpoint_kept=paths[index].exists())
+                        recorders[index].fail(err.step, seconds(), str(err))
+                        active[index] = False
             step += 1
             if step % group.eval_every == 0 or step == group.max_steps:
                 evaluate()
@@ -825,20 +799,19 @@ def _train(group: _Group, store: Store, progress: bool) -> dict[str, RunResult]:
                 for index in range(k):
                     if active[index]:
                         checkpoint(index)
-                last_flush = time.perf_counter()
         for index, run_id in enumerate(ids):
             if not active[index]:
                 continue
             checkpoint(index)
-            store.add_artifact(run_id, "checkpoint", paths[index], _sha256(paths[index]))
             record = store.run_dir(run_id) / GROUP_NAME  # provenance: trained with these
             record.write_text(json.dumps({"copies": ids, "index": index}, indent=1))
-            store.add_artifact(run_id, "vectorized_group", record, _sha256(record))
-            finish(index, "done", step)
+            recorders[index].finish(step, seconds(), paths[index],
+                                    {"vectorized_group": record})
+            active[index] = False
     except BaseException as err:
         for index in range(k):
             if active[index]:
-                finish(index, "failed", step, _message(err))
+                recorders[index].fail(step, seconds(), err)
         raise
     results = {}
     for run_id in ids:
