@@ -14,8 +14,7 @@ from heldout.config import parse_overrides
 from heldout.registry import CLAIMS, MEASURES, MODELS, TASKS, TECHNIQUES
 from heldout.runner import build, execute
 from heldout.store import Store
-
-from .conftest import assert_resume_is_exact, tiny_config
+from tests.conftest import assert_resume_is_exact, tiny_config
 
 # Parameters that make a component fast or applicable in a tiny run; defaults otherwise.
 TECHNIQUE_PARAMS = {

@@ -29,6 +29,7 @@ import json
 import os
 import sys
 import textwrap
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -43,10 +44,11 @@ from heldout.config import (
     config_from_dict,
     default_data,
 )
+from heldout.engine.checkpoint import CheckpointError
 from heldout.experiments.sweep import MAX_RUNS
 from heldout.registry import CLAIMS, REGISTRIES, UnknownNameError, implementations, papers
 from heldout.runner import RunFailed, execute
-from heldout.store.sqlite import LeaseLost, Store, default_home
+from heldout.store.sqlite import LeaseLost, RunLeased, Store, StoreError, default_home
 
 __all__ = ["main"]
 
@@ -195,9 +197,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        store = Store(_home(args.home)) if args.command not in ("list",) else None
-        return _COMMANDS[args.command](args, store)
-    except (ConfigError, UnknownNameError, UsageError) as err:
+        with warnings.catch_warnings():
+            warnings.showwarning = _warn
+            store = None
+            if args.command == "store" and args.store_command == "check":
+                store = Store(_home(args.home), readonly=True, check=False)
+            elif args.command != "list":
+                store = Store(_home(args.home), readonly=_read_only(args))
+            return _COMMANDS[args.command](args, store)
+    except (ConfigError, UnknownNameError, UsageError, StoreError, CheckpointError,
+            RunLeased) as err:
         print(f"heldout: error: {err}", file=sys.stderr)
         return 2
     except (RunFailed, LeaseLost) as err:

@@ -17,8 +17,7 @@ from heldout.experiments.executors import LocalExecutor, run_jobs
 from heldout.run.recorder import RunRecorder
 from heldout.runner import execute
 from heldout.store import LeaseLost, RunFinishedError, RunLeased, Store
-
-from .conftest import tiny_config
+from tests.conftest import tiny_config
 
 # the tiny modular config for a few seconds, with checkpoints along the way
 RUN = ["task=modular", "task.p=23", "model.hidden=[32]", "steps=400", "eval_every=50",

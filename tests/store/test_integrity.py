@@ -16,11 +16,10 @@ import pytest
 from heldout.cli import main
 from heldout.runner import execute
 from heldout.store import Store, StoreError
-
-from .conftest import tiny_config
+from tests.conftest import tiny_config
 
 TINY = ["task=modular", "task.p=23", "model.hidden=[16]", "steps=3", "eval_every=3"]
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 @pytest.fixture

@@ -22,8 +22,7 @@ from heldout.methods.robust import (
 from heldout.registry import TECHNIQUES
 from heldout.runner import execute
 from heldout.store import Store
-
-from .conftest import assert_resume_is_exact, tiny_config
+from tests.conftest import assert_resume_is_exact, tiny_config
 
 # ----------------------------------------------------------------------------- estimators
 

@@ -30,8 +30,7 @@ from heldout.run.sinks import (
 )
 from heldout.runner import build
 from heldout.store import Store
-
-from .conftest import tiny_config
+from tests.conftest import tiny_config
 
 
 @pytest.fixture

@@ -6,8 +6,7 @@ from pathlib import Path
 import pytest
 
 from heldout.runner import RunFailed, execute
-
-from .conftest import tiny_config
+from tests.conftest import tiny_config
 
 
 def test_store_records_a_run(store):

@@ -11,9 +11,8 @@ from heldout.report.html import write_report
 from heldout.report.sweep import write_sweep_report
 from heldout.runner import execute
 from heldout.store import Store
-
-from .conftest import tiny_config
-from .test_sweep import SPEC
+from tests.conftest import tiny_config
+from tests.experiments.test_sweep import SPEC
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 REQUIRED = os.environ.get("HELDOUT_REQUIRE_BROWSER") == "1"  # set by .ci/run

@@ -6,9 +6,8 @@ from heldout.experiments.executors import RayExecutor, run_jobs
 from heldout.experiments.sweep import expand, run_sweep, sweep_from_dict, sweep_status
 from heldout.runner import execute
 from heldout.store import Store
-
-from .conftest import tiny_config
-from .test_sweep import SPEC, assert_matches_alone, vectorized_group
+from tests.conftest import tiny_config
+from tests.experiments.test_sweep import SPEC, assert_matches_alone, vectorized_group
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed")
 

@@ -567,8 +567,7 @@ def test_rm3_composes_with_sam_while_its_window_fills(tmp_path):
     from heldout.config import parse_overrides
     from heldout.runner import execute
     from heldout.store import Store
-
-    from .conftest import tiny_config
+    from tests.conftest import tiny_config
 
     cfg = parse_overrides(tiny_config("steps=5", "batch_size=16",
                                       "techniques=sam,robust_mean_gradients"),

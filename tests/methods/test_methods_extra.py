@@ -173,8 +173,7 @@ def test_knowledge_distillation_from_a_teacher_run(tmp_path):
     from heldout.methods import KnowledgeDistillation
     from heldout.runner import build, execute
     from heldout.store import Store
-
-    from .conftest import tiny_config
+    from tests.conftest import tiny_config
 
     home = tmp_path / "home"
     teacher_cfg = tiny_config("steps=20")

@@ -19,8 +19,7 @@ from heldout.vectorize.trainer import (
     can_vectorize,
     train_vectorized,
 )
-
-from .conftest import tiny_config
+from tests.conftest import tiny_config
 
 SEEDS = (0, 1, 2, 3)
 REL, ABS = 1e-5, 1e-6  # float tolerance: a batched matmul may round unlike the plain one

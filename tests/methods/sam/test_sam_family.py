@@ -29,8 +29,7 @@ from heldout.methods.sam import (
 from heldout.registry import TECHNIQUES
 from heldout.runner import execute
 from heldout.store import Store
-
-from .conftest import assert_resume_is_exact, tiny_config
+from tests.conftest import assert_resume_is_exact, tiny_config
 
 
 def _closure(opt, model, x, y, calls=None):

@@ -19,8 +19,7 @@ from heldout.engine.checkpoint import (
 )
 from heldout.engine.trainer import Trainer
 from heldout.runner import execute
-
-from .conftest import tiny_config
+from tests.conftest import tiny_config
 
 CLI_RUN = ["task=modular", "task.p=23", "task.train_fraction=0.5", "task.val_fraction=0.1",
            "model=mlp", "model.hidden=[32]", "optimizer.lr=0.01", "steps=12", "eval_every=3",

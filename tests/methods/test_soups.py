@@ -37,8 +37,7 @@ from heldout.methods.pruning import (
 )
 from heldout.methods.soups import average_state_dicts, greedy_soup, uniform_soup
 from heldout.registry import TECHNIQUES
-
-from .conftest import assert_resume_is_exact, tiny_config
+from tests.conftest import assert_resume_is_exact, tiny_config
 
 
 def _numpy(state):
