@@ -8,8 +8,10 @@ full batch, AdamW lr 0.01. The runs go to the store and an HTML report is writte
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
+from heldout.claims.base import named
 from heldout.claims.grokking import grokking_config
 from heldout.config import RunConfig
 from heldout.report.html import write_report
@@ -21,18 +23,19 @@ __all__ = ["FLAGSHIP_STEPS", "flagship_configs", "run_flagship"]
 FLAGSHIP_STEPS = 1000
 
 _VARIANTS = {
-    "softmax CE (AdamW)": "",
-    "StableMax CE": "stablemax",
-    "⊥AdamW": "perp_grad",
-    "AdamW + weight decay 1.0": "weight_decay",
+    "softmax CE (AdamW)": named(),
+    "StableMax CE": named("stablemax"),
+    "⊥AdamW": named("perp_grad"),
+    "AdamW + weight decay 1.0": named("weight_decay"),
 }
 
 
 def flagship_configs(seed: int = 0, steps: int = FLAGSHIP_STEPS) -> dict[str, RunConfig]:
     """The four runs of the comparison, by label."""
-    extra = ["eval_every=20", "measures=accuracy,loss,ece,softmax_collapse,gap"]
+    measures = named("accuracy", "loss", "ece", "softmax_collapse", "gap")
     return {
-        label: grokking_config(seed, steps, techniques, extra=[*extra, f"name={label}"])
+        label: dataclasses.replace(grokking_config(seed, steps, techniques), eval_every=20,
+                                   measures=measures, name=label)
         for label, techniques in _VARIANTS.items()
     }
 

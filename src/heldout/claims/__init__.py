@@ -1,6 +1,6 @@
 """The claims ledger: headline claims of the catalog papers as small experiments."""
 
-from heldout.claims.base import Claim, Verdict, record, seed_vote
+from heldout.claims.base import STEP_DECAY, Claim, Verdict, named, record, seed_vote
 from heldout.claims.benign import XORBenignOverfitting, xor_config
 from heldout.claims.boosting import GBNNTruncation, gbnn_configs
 from heldout.claims.coherence import CoherenceRealVsRandom, coherence_config
@@ -28,6 +28,7 @@ from heldout.claims.soups import GreedySoupBeatsBestIngredient, soup_configs
 from heldout.claims.training_tricks import HardBatchesEffect, PSKDCalibration, mnist1d_mlp_config
 
 __all__ = [
+    "STEP_DECAY",
     "Claim",
     "CoherenceRealVsRandom",
     "GBNNTruncation",
@@ -57,6 +58,7 @@ __all__ = [
     "local_complexity_config",
     "mnist1d_mlp_config",
     "mup_config",
+    "named",
     "record",
     "seed_vote",
     "sharpness_population",

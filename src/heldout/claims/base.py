@@ -5,6 +5,10 @@ A claim is a registered dataclass (its parameters are the experiment's settings,
 through the store and returns a :class:`Verdict`: *holds*, *does not hold* or *inconclusive*,
 with the numbers and seeds it rests on. The verdict is recorded in the store's ``claims``
 table next to the runs it used.
+
+A claim builds its runs as typed :class:`~heldout.config.RunConfig` objects (``RunConfig``
+checks every component and fills in its defaults); variants of a run are
+``dataclasses.replace(cfg, ...)`` of it.
 """
 
 from __future__ import annotations
@@ -14,13 +18,28 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from heldout.config import RunConfig
+from heldout.config import Component, RunConfig
 from heldout.runner import RunFailed, execute
 from heldout.store.sqlite import Store
 
-__all__ = ["Claim", "Verdict", "record", "seed_vote"]
+__all__ = ["STEP_DECAY", "Claim", "Verdict", "named", "record", "seed_vote"]
 
 VerdictName = Literal["holds", "does not hold", "inconclusive"]
+
+
+def named(*names: str) -> tuple[Component, ...]:
+    """Registered components by name, each with its defaults.
+
+    Example:
+        >>> [c.name for c in named("accuracy", "loss")]
+        ['accuracy', 'loss']
+    """
+    return tuple(Component(name) for name in names)
+
+
+# The learning rate divided by 10 at 50% and 75% of the run: the "regime" schedule of the
+# large-batch and PS-KD recipes.
+STEP_DECAY = Component("lr_schedule", {"kind": "step", "milestones": (0.5, 0.75)})
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from heldout.claims.base import Claim, Verdict, record, seed_vote
-from heldout.config import RunConfig, parse_overrides
+from heldout.claims.base import Claim, Verdict, named, record, seed_vote
+from heldout.config import Component, OptimizerConfig, RunConfig
 from heldout.registry import CLAIMS
 from heldout.store.sqlite import Store
 
@@ -21,13 +21,14 @@ __all__ = ["XORBenignOverfitting", "xor_config"]
 
 def xor_config(seed: int, steps: int = 300, lr: float = 0.1) -> RunConfig:
     """The C3 run: XOR clusters with flipped labels, fixed-readout ReLU net, full-batch GD."""
-    return parse_overrides(RunConfig(), [
-        "task=xor_clusters", "task.dim=2000", "task.n_train=100", "task.n_test=1000",
-        "task.mean_norm_sq=200.0", "task.flip_probability=0.15", "model=fixed_readout",
-        "model.width=200", "model.init_std=1e-6", "optimizer.name=sgd", f"optimizer.lr={lr}",
-        "batch_size=null", f"steps={steps}", "eval_every=1", f"checkpoint_every={steps}",
-        "measures=accuracy,loss", f"seed={seed}",
-    ])
+    return RunConfig(
+        task=Component("xor_clusters", {"dim": 2000, "n_train": 100, "n_test": 1000,
+                                        "mean_norm_sq": 200.0, "flip_probability": 0.15}),
+        model=Component("fixed_readout", {"width": 200, "init_std": 1e-6}),
+        optimizer=OptimizerConfig(name="sgd", lr=lr),
+        measures=named("accuracy", "loss"),
+        batch_size=None, steps=steps, eval_every=1, checkpoint_every=steps, seed=seed,
+    )
 
 
 @CLAIMS.register(

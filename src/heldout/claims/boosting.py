@@ -5,12 +5,13 @@ its last-trained units are switched off, where a backprop MLP truncated the same
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from heldout.claims.base import Claim, Verdict, record
-from heldout.config import RunConfig, parse_overrides
+from heldout.claims.base import Claim, Verdict, named, record
+from heldout.config import Component, OptimizerConfig, RunConfig
 from heldout.measures import Accuracy, evaluate
 from heldout.methods.boosting import keep_first_units
 from heldout.registry import CLAIMS
@@ -25,17 +26,20 @@ SHRINKAGE = {"moons": 0.3, "breast_cancer": 0.5}  # the ledger's calibrated valu
 def gbnn_configs(task: str, seed: int, units: int = 100) -> dict[str, RunConfig]:
     """A GBNN of ``units`` single-unit rounds and a backprop MLP with as many hidden units
     (ReLU, Adam lr 1e-3, L2 1e-4, 2,000 full-batch steps: scikit-learn's MLP defaults)."""
-    common = [f"task={task}", "measures=accuracy,loss", f"seed={seed}", "batch_size=null"]
-    gbnn = parse_overrides(RunConfig(), [
-        *common, "model=gbnn_units", f"model.max_units={units}", "techniques=gbnn",
-        f"techniques.gbnn.shrinkage={SHRINKAGE[task]}", f"techniques.gbnn.seed={seed}",
-        f"steps={units}", f"eval_every={units}", f"checkpoint_every={units}",
-    ])
-    mlp = parse_overrides(RunConfig(), [
-        *common, "model=mlp", f"model.hidden=[{units}]", "optimizer.name=adam",
-        "optimizer.lr=0.001", "optimizer.weight_decay=0.0001", "steps=2000",
-        "eval_every=2000", "checkpoint_every=2000",
-    ])
+    gbnn = RunConfig(
+        task=Component(task),
+        model=Component("gbnn_units", {"max_units": units}),
+        techniques=(Component("gbnn", {"shrinkage": SHRINKAGE[task], "seed": seed}),),
+        measures=named("accuracy", "loss"),
+        batch_size=None, steps=units, eval_every=units, checkpoint_every=units, seed=seed,
+    )
+    mlp = dataclasses.replace(
+        gbnn,
+        model=Component("mlp", {"hidden": (units,)}),
+        optimizer=OptimizerConfig(name="adam", lr=0.001, weight_decay=0.0001),
+        techniques=(),
+        steps=2000, eval_every=2000, checkpoint_every=2000,
+    )
     return {"gbnn": gbnn, "mlp": mlp}
 
 

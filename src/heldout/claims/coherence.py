@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from heldout.claims.base import Claim, Verdict, record, seed_vote
-from heldout.config import RunConfig, parse_overrides
+from heldout.claims.base import Claim, Verdict, named, record, seed_vote
+from heldout.config import Component, OptimizerConfig, RunConfig
 from heldout.registry import CLAIMS
 from heldout.store.sqlite import Store
 
@@ -19,12 +19,13 @@ __all__ = ["CoherenceRealVsRandom", "coherence_config"]
 def coherence_config(seed: int, steps: int, random_labels: bool) -> RunConfig:
     """An MLP 64-256-10 on scikit-learn's digits, with real labels or uniformly random ones
     (each label replaced by another class with probability 0.9: uniform over 10 classes)."""
-    return parse_overrides(RunConfig(), [
-        "task=digits", f"task.label_noise={0.9 if random_labels else 0.0}", "model=mlp",
-        "model.hidden=[256]", "optimizer.name=sgd", "optimizer.lr=0.05", "batch_size=64",
-        f"steps={steps}", f"eval_every={steps // 8}", f"checkpoint_every={steps}",
-        "measures=accuracy,loss,gradient_coherence", f"seed={seed}",
-    ])
+    return RunConfig(
+        task=Component("digits", {"label_noise": 0.9 if random_labels else 0.0}),
+        model=Component("mlp", {"hidden": (256,)}),
+        optimizer=OptimizerConfig(name="sgd", lr=0.05),
+        measures=named("accuracy", "loss", "gradient_coherence"),
+        batch_size=64, steps=steps, eval_every=steps // 8, checkpoint_every=steps, seed=seed,
+    )
 
 
 @CLAIMS.register(

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from heldout.claims.base import Claim, Verdict, record, seed_vote
-from heldout.config import RunConfig, parse_overrides
+from heldout.claims.base import Claim, Verdict, named, record, seed_vote
+from heldout.config import Component, OptimizerConfig, RunConfig, parse_overrides
 from heldout.methods.losses import stablemax_cross_entropy
 from heldout.registry import CLAIMS
 from heldout.store.sqlite import Store
@@ -24,17 +24,22 @@ __all__ = ["GrokkingNLMAlignment", "PerpAdamWGeneralizes", "SoftmaxCollapseMecha
            "grokking_config", "collapse_margins"]
 
 
-def grokking_config(seed: int, steps: int, techniques: str = "", p: int = 113,
-                    extra: Sequence[str] = ()) -> RunConfig:
-    """The C1 run: (a + b) mod p, bias-free MLP 200-200, full-batch AdamW lr 0.01, no decay."""
-    return parse_overrides(RunConfig(), [
-        "task=modular", f"task.p={p}", "task.train_fraction=0.4", "model=mlp",
-        "model.hidden=[200,200]", "model.bias=false", "optimizer.name=adamw",
-        "optimizer.lr=0.01", "optimizer.weight_decay=0.0", "batch_size=null",
-        f"steps={steps}", "eval_every=10", f"checkpoint_every={steps}", f"seed={seed}",
-        f"techniques={techniques}", "measures=accuracy,loss,softmax_collapse,nlm_alignment,gap",
-        *extra,
-    ])
+def grokking_config(seed: int, steps: int, techniques: tuple[Component, ...] = (),
+                    p: int = 113, extra: Sequence[str] = ()) -> RunConfig:
+    """The C1 run: (a + b) mod p, bias-free MLP 200-200, full-batch AdamW lr 0.01, no decay.
+
+    Variants are ``dataclasses.replace`` of it. ``extra`` takes ``key=value`` overrides
+    applied last, for command-line-style callers (the bench scripts); the ledger passes none.
+    """
+    cfg = RunConfig(
+        task=Component("modular", {"p": p, "train_fraction": 0.4}),
+        model=Component("mlp", {"hidden": (200, 200), "bias": False}),
+        optimizer=OptimizerConfig(name="adamw", lr=0.01, weight_decay=0.0),
+        techniques=techniques,
+        measures=named("accuracy", "loss", "softmax_collapse", "nlm_alignment", "gap"),
+        batch_size=None, steps=steps, eval_every=10, checkpoint_every=steps, seed=seed,
+    )
+    return parse_overrides(cfg, extra) if extra else cfg
 
 
 @CLAIMS.register(
@@ -58,8 +63,8 @@ class PerpAdamWGeneralizes(Claim):
             progress: bool = False) -> Verdict:
         passed, numbers, run_ids = [], {}, []
         for seed in seeds:
-            perp_cfg = grokking_config(seed, self.step, "perp_grad", self.p)
-            base_cfg = grokking_config(seed, self.baseline_steps, "", self.p)
+            perp_cfg = grokking_config(seed, self.step, named("perp_grad"), self.p)
+            base_cfg = grokking_config(seed, self.baseline_steps, p=self.p)
             perp = self.execute(perp_cfg, store, progress)[self.step]
             base = self.execute(base_cfg, store, progress)[self.step]
             ok = (perp["test/accuracy"] >= 0.95 and base["train/accuracy"] == 1.0
@@ -102,7 +107,7 @@ class GrokkingNLMAlignment(Claim):
             progress: bool = False) -> Verdict:
         passed, numbers, run_ids = [], {}, []
         for seed in seeds:
-            cfg = grokking_config(seed, self.step, "", self.p)
+            cfg = grokking_config(seed, self.step, p=self.p)
             history = self.execute(cfg, store, progress)
             early = history[0]["train/nlm_alignment"]
             late = history[self.step]

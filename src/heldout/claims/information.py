@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from heldout.claims.base import Claim, Verdict, record, seed_vote
-from heldout.config import RunConfig, parse_overrides
+from heldout.claims.base import Claim, Verdict, named, record, seed_vote
+from heldout.config import Component, OptimizerConfig, RunConfig
 from heldout.registry import CLAIMS
 from heldout.store.sqlite import Store
 
@@ -22,12 +22,13 @@ __all__ = ["InformationCompression", "information_config"]
 
 def information_config(seed: int, steps: int, eval_every: int) -> RunConfig:
     """The 12-10-7-5-4-3-2 ReLU network on 12-bit patterns with the information plane."""
-    return parse_overrides(RunConfig(), [
-        "task=bit_patterns", "model=mlp", "model.hidden=[10,7,5,4,3]", "model.activation=relu",
-        "optimizer.name=adam", "optimizer.lr=0.003", "batch_size=null", f"steps={steps}",
-        f"eval_every={eval_every}", f"checkpoint_every={steps}",
-        "measures=accuracy,information_plane", f"seed={seed}",
-    ])
+    return RunConfig(
+        task=Component("bit_patterns"),
+        model=Component("mlp", {"hidden": (10, 7, 5, 4, 3), "activation": "relu"}),
+        optimizer=OptimizerConfig(name="adam", lr=0.003),
+        measures=named("accuracy", "information_plane"),
+        batch_size=None, steps=steps, eval_every=eval_every, checkpoint_every=steps, seed=seed,
+    )
 
 
 @CLAIMS.register(

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from heldout.claims.base import Claim, Verdict, record, seed_vote
-from heldout.config import RunConfig, parse_overrides
+from heldout.claims.base import STEP_DECAY, Claim, Verdict, named, record, seed_vote
+from heldout.config import Component, OptimizerConfig, RunConfig
 from heldout.methods.schedules import regime_steps
 from heldout.registry import CLAIMS, TASKS
 from heldout.store.sqlite import Store
@@ -21,35 +21,32 @@ from heldout.store.sqlite import Store
 __all__ = ["LargeBatchGapCloses", "large_batch_configs"]
 
 SMALL, LARGE, EPOCHS = 64, 1024, 40
+SQRT_LR = Component("lr_batch_scaling", {"base_batch_size": SMALL})
+GHOST_BN = Component("ghost_bn", {"ghost_batch_size": SMALL})
 
 
 def large_batch_configs(seed: int, epochs: int = EPOCHS) -> dict[str, RunConfig]:
     """The five runs of the C6 table, by label."""
     n = len(TASKS.build("mnist1d").splits(seed).train)
 
-    def config(batch: int, techniques: str, adapt: bool) -> RunConfig:
+    def config(batch: int, techniques: tuple[Component, ...], adapt: bool) -> RunConfig:
         steps = regime_steps(epochs, n, batch, SMALL, adapt)
-        return parse_overrides(RunConfig(), [
-            "task=mnist1d", "model=mlp", "model.hidden=[256,256,256]", "model.batch_norm=true",
-            "optimizer.name=sgd", "optimizer.lr=0.1", "optimizer.momentum=0.9",
-            "optimizer.weight_decay=0.0001", f"batch_size={batch}", f"steps={steps}",
-            f"eval_every={steps}", f"checkpoint_every={steps}", "measures=accuracy,loss",
-            f"techniques={techniques}", "techniques.lr_schedule.kind=step",
-            "techniques.lr_schedule.milestones=[0.5,0.75]", f"seed={seed}",
-            *([f"techniques.lr_batch_scaling.base_batch_size={SMALL}"]
-              if "lr_batch_scaling" in techniques else []),
-            *([f"techniques.ghost_bn.ghost_batch_size={SMALL}"]
-              if "ghost_bn" in techniques else []),
-        ])
+        return RunConfig(
+            task=Component("mnist1d"),
+            model=Component("mlp", {"hidden": (256, 256, 256), "batch_norm": True}),
+            optimizer=OptimizerConfig(name="sgd", lr=0.1, momentum=0.9, weight_decay=0.0001),
+            techniques=(*techniques, STEP_DECAY),
+            measures=named("accuracy", "loss"),
+            batch_size=batch, steps=steps, eval_every=steps, checkpoint_every=steps, seed=seed,
+        )
 
     return {
-        "small batch": config(SMALL, "lr_schedule", False),
-        "large batch": config(LARGE, "lr_schedule", False),
-        "large + sqrt lr": config(LARGE, "lr_batch_scaling,lr_schedule", False),
-        "large + sqrt lr + ghost BN": config(LARGE, "ghost_bn,lr_batch_scaling,lr_schedule",
-                                             False),
+        "small batch": config(SMALL, (), False),
+        "large batch": config(LARGE, (), False),
+        "large + sqrt lr": config(LARGE, (SQRT_LR,), False),
+        "large + sqrt lr + ghost BN": config(LARGE, (GHOST_BN, SQRT_LR), False),
         "large + sqrt lr + ghost BN + regime adaptation": config(
-            LARGE, "ghost_bn,lr_batch_scaling,lr_schedule", True),
+            LARGE, (GHOST_BN, SQRT_LR), True),
     }
 
 

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from heldout.claims.base import Claim, Verdict, record, seed_vote
-from heldout.config import RunConfig, parse_overrides
+from heldout.claims.base import Claim, Verdict, named, record, seed_vote
+from heldout.config import Component, OptimizerConfig, RunConfig
 from heldout.measures.kernel import NTKAlignment
 from heldout.registry import CLAIMS
 from heldout.runner import build
@@ -27,13 +27,13 @@ ALPHAS = (1 / 32, 1.0, 4.0)
 
 def lazy_rich_config(seed: int, alpha: float, steps: int, width: int = 500) -> RunConfig:
     """The C2 run for output scale ``alpha``."""
-    return parse_overrides(RunConfig(), [
-        "task=single_index", "task.dim=100", "task.n_train=550", "task.n_test=1000",
-        "model=scaled_quadratic", f"model.width={width}", f"model.alpha={alpha}",
-        "model.epsilon=0.25", "optimizer.name=sgd", f"optimizer.lr={0.5 * width / alpha**2}",
-        "batch_size=null", f"steps={steps}", "eval_every=8", f"checkpoint_every={steps}",
-        "measures=loss", f"seed={seed}",
-    ])
+    return RunConfig(
+        task=Component("single_index", {"dim": 100, "n_train": 550, "n_test": 1000}),
+        model=Component("scaled_quadratic", {"width": width, "alpha": alpha, "epsilon": 0.25}),
+        optimizer=OptimizerConfig(name="sgd", lr=0.5 * width / alpha**2),
+        measures=named("loss"),
+        batch_size=None, steps=steps, eval_every=8, checkpoint_every=steps, seed=seed,
+    )
 
 
 def time_to_fraction(curve: Sequence[tuple[int, float]], fraction: float) -> int | None:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from heldout.claims.base import Claim, Verdict, record, seed_vote
-from heldout.config import RunConfig, parse_overrides
+from heldout.config import Component, OptimizerConfig, RunConfig
 from heldout.registry import CLAIMS
 from heldout.store.sqlite import Store
 
@@ -20,14 +20,15 @@ __all__ = ["LocalComplexityDoubleDescent", "local_complexity_config"]
 
 def local_complexity_config(seed: int, steps: int, eval_every: int) -> RunConfig:
     """The C5 run: LC and accuracy every ``eval_every`` steps."""
-    return parse_overrides(RunConfig(), [
-        "task=mnist1d", "task.max_train=1000", "model=mlp", "model.hidden=[200,200,200]",
-        "loss=mse", "optimizer.name=adamw", "optimizer.lr=0.001", "optimizer.weight_decay=0.01",
-        "batch_size=200", f"steps={steps}", f"eval_every={eval_every}",
-        f"checkpoint_every={steps}", "measures=accuracy,local_complexity",
-        "measures.local_complexity.n_vertices=40", "measures.local_complexity.max_points=300",
-        "measures.local_complexity.radius=0.5", f"seed={seed}",
-    ])
+    return RunConfig(
+        task=Component("mnist1d", {"max_train": 1000}),
+        model=Component("mlp", {"hidden": (200, 200, 200)}),
+        loss="mse",
+        optimizer=OptimizerConfig(name="adamw", lr=0.001, weight_decay=0.01),
+        measures=(Component("accuracy"), Component("local_complexity", {
+            "n_vertices": 40, "max_points": 300, "radius": 0.5})),
+        batch_size=200, steps=steps, eval_every=eval_every, checkpoint_every=steps, seed=seed,
+    )
 
 
 @CLAIMS.register(

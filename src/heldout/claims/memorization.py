@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from heldout.claims.base import Claim, Verdict, record, seed_vote
-from heldout.config import RunConfig, parse_overrides
+from heldout.claims.base import Claim, Verdict, named, record, seed_vote
+from heldout.config import Component, OptimizerConfig, RunConfig
 from heldout.measures import Accuracy, evaluate, prune_by_ipr
 from heldout.registry import CLAIMS
 from heldout.runner import build
@@ -31,15 +31,17 @@ def corrupted_modular_config(seed: int, steps: int, p: int = 97, width: int = 50
                              weight_decay: float = 0.0) -> RunConfig:
     """The C4 run (coexistence phase with weight decay 0)."""
     init_std = 0.25**0.5 / (2 * width) ** (1 / 3)
-    return parse_overrides(RunConfig(), [
-        "task=modular", f"task.p={p}", "task.train_fraction=0.5",
-        f"task.label_corruption={NOISE * (p - 1) / p}", "model=mlp", f"model.hidden=[{width}]",
-        "model.bias=false", "model.activation=square", f"model.init_std={init_std}",
-        "loss=mse", "optimizer.name=adamw", "optimizer.lr=0.01", "optimizer.betas=[0.9,0.98]",
-        f"optimizer.weight_decay={weight_decay}", "batch_size=null", f"steps={steps}",
-        "eval_every=50", f"checkpoint_every={steps}", "measures=accuracy,loss",
-        f"seed={seed}",
-    ])
+    return RunConfig(
+        task=Component("modular", {"p": p, "train_fraction": 0.5,
+                                   "label_corruption": NOISE * (p - 1) / p}),
+        model=Component("mlp", {"hidden": (width,), "bias": False, "activation": "square",
+                                "init_std": init_std}),
+        loss="mse",
+        optimizer=OptimizerConfig(name="adamw", lr=0.01, betas=(0.9, 0.98),
+                                  weight_decay=weight_decay),
+        measures=named("accuracy", "loss"),
+        batch_size=None, steps=steps, eval_every=50, checkpoint_every=steps, seed=seed,
+    )
 
 
 def _accuracies(model, splits) -> dict[str, float]:

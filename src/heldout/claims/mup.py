@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import mean
 
-from heldout.claims.base import Claim, Verdict, record
-from heldout.config import RunConfig, parse_overrides
+from heldout.claims.base import Claim, Verdict, named, record
+from heldout.config import Component, OptimizerConfig, RunConfig
 from heldout.registry import CLAIMS
 from heldout.store.sqlite import Store
 
@@ -25,14 +25,15 @@ def mup_config(seed: int, width: int, lr: float, parametrization: str, base_widt
                steps: int) -> RunConfig:
     """An MLP with two hidden layers of ``width`` on MNIST-1D, Adam at ``lr``; "mup" applies
     µP relative to ``base_width``, "sp" is the standard (PyTorch-default) parametrization."""
-    return parse_overrides(RunConfig(), [
-        "task=mnist1d", "task.data_seed=0", "model=mlp", f"model.hidden=[{width},{width}]",
-        "optimizer.name=adam", f"optimizer.lr={lr}", "batch_size=128", f"steps={steps}",
-        f"eval_every={steps}", f"checkpoint_every={steps}", "measures=loss,accuracy",
-        f"seed={seed}",
-        *(["techniques=mup", f"techniques.mup.base_width={base_width}"]
-          if parametrization == "mup" else []),
-    ])
+    return RunConfig(
+        task=Component("mnist1d", {"data_seed": 0}),
+        model=Component("mlp", {"hidden": (width, width)}),
+        optimizer=OptimizerConfig(name="adam", lr=lr),
+        techniques=(Component("mup", {"base_width": base_width}),)
+        if parametrization == "mup" else (),
+        measures=named("loss", "accuracy"),
+        batch_size=128, steps=steps, eval_every=steps, checkpoint_every=steps, seed=seed,
+    )
 
 
 @CLAIMS.register(

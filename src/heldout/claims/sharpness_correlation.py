@@ -13,8 +13,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from heldout.claims.base import Claim, Verdict, record
-from heldout.config import RunConfig, parse_overrides
+from heldout.claims.base import Claim, Verdict, named, record
+from heldout.config import Component, OptimizerConfig, RunConfig
 from heldout.measures.ranking import kendall_tau
 from heldout.registry import CLAIMS
 from heldout.store.sqlite import Store
@@ -30,16 +30,16 @@ GRIDS = {
 def sharpness_population(seed: int, scale: str, steps: int) -> list[RunConfig]:
     """One run per (learning rate, batch size, width) of the grid for ``scale``."""
     grid = GRIDS[scale]
-    configs = []
-    for lr, batch, width in itertools.product(grid["lr"], grid["batch"], grid["width"]):
-        configs.append(parse_overrides(RunConfig(), [
-            "task=mnist1d", "task.num_samples=4000", "model=mlp", f"model.hidden=[{width}]",
-            "optimizer.name=sgd", f"optimizer.lr={lr}", "optimizer.momentum=0.9",
-            f"batch_size={batch}", f"steps={steps}", f"eval_every={steps}",
-            f"checkpoint_every={steps}", "measures=accuracy,loss,gap,sharpness",
-            f"seed={seed}",
-        ]))
-    return configs
+    return [
+        RunConfig(
+            task=Component("mnist1d", {"num_samples": 4000}),
+            model=Component("mlp", {"hidden": (width,)}),
+            optimizer=OptimizerConfig(name="sgd", lr=lr, momentum=0.9),
+            measures=named("accuracy", "loss", "gap", "sharpness"),
+            batch_size=batch, steps=steps, eval_every=steps, checkpoint_every=steps, seed=seed,
+        )
+        for lr, batch, width in itertools.product(grid["lr"], grid["batch"], grid["width"])
+    ]
 
 
 @CLAIMS.register(

@@ -6,12 +6,13 @@ accuracy, is at least as accurate as the best single model."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from heldout.claims.base import Claim, Verdict, record, seed_vote
-from heldout.config import RunConfig, parse_overrides
+from heldout.claims.base import Claim, Verdict, named, record, seed_vote
+from heldout.config import Component, OptimizerConfig, RunConfig
 from heldout.measures import Accuracy, evaluate
 from heldout.methods.soups import greedy_soup, uniform_soup
 from heldout.registry import CLAIMS
@@ -21,26 +22,26 @@ from heldout.store.sqlite import Store
 __all__ = ["GreedySoupBeatsBestIngredient", "soup_configs"]
 
 
-def _mnist1d_mlp(seed: int, data_seed: int, steps: int, lr: float, *extra: str) -> RunConfig:
-    return parse_overrides(RunConfig(), [
-        "task=mnist1d", f"task.data_seed={data_seed}", "model=mlp", "model.hidden=[256,256]",
-        "optimizer.name=sgd", f"optimizer.lr={lr}", "optimizer.momentum=0.9", "batch_size=128",
-        f"steps={steps}", f"eval_every={steps}", f"checkpoint_every={steps}",
-        "measures=accuracy,loss", f"seed={seed}", *extra,
-    ])
-
-
 def soup_configs(seed: int, pretrain_steps: int, finetune_steps: int
                  ) -> tuple[RunConfig, list[RunConfig]]:
     """A pre-training run, and six fine-tuning runs that start from its weights and differ in
     learning rate, label smoothing and batch order (the same data split for all)."""
-    pretrain = _mnist1d_mlp(seed, seed, pretrain_steps, 0.05)
+    pretrain = RunConfig(
+        task=Component("mnist1d", {"data_seed": seed}),
+        model=Component("mlp", {"hidden": (256, 256)}),
+        optimizer=OptimizerConfig(name="sgd", lr=0.05, momentum=0.9),
+        measures=named("accuracy", "loss"),
+        batch_size=128, steps=pretrain_steps, eval_every=pretrain_steps,
+        checkpoint_every=pretrain_steps, seed=seed,
+    )
     ingredients = [
-        _mnist1d_mlp(seed * 100 + order, seed, finetune_steps, lr,
-                     f"init_from={pretrain.identity}",
-                     *(["techniques=label_smoothing",
-                        f"techniques.label_smoothing.smoothing={smoothing}"] if smoothing
-                       else []))
+        dataclasses.replace(
+            pretrain, seed=seed * 100 + order, init_from=pretrain.identity,
+            optimizer=dataclasses.replace(pretrain.optimizer, lr=lr),
+            techniques=(Component("label_smoothing", {"smoothing": smoothing}),)
+            if smoothing else (),
+            steps=finetune_steps, eval_every=finetune_steps, checkpoint_every=finetune_steps,
+        )
         for (lr, smoothing), order in itertools.product(
             ((0.01, 0.0), (0.03, 0.0), (0.01, 0.1)), (1, 2))
     ]

@@ -9,29 +9,29 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import mean
 
-from heldout.claims.base import Claim, Verdict, record
-from heldout.config import RunConfig, parse_overrides
+from heldout.claims.base import STEP_DECAY, Claim, Verdict, named, record
+from heldout.config import Component, OptimizerConfig, RunConfig
 from heldout.registry import CLAIMS, TASKS
 from heldout.store.sqlite import Store
 
 __all__ = ["HardBatchesEffect", "PSKDCalibration", "mnist1d_mlp_config"]
 
 
-def mnist1d_mlp_config(seed: int, epochs: int, techniques: str, batch: int = 128,
-                       extra: Sequence[str] = ()) -> RunConfig:
+def mnist1d_mlp_config(seed: int, epochs: int, techniques: tuple[Component, ...] = (),
+                       batch: int = 128) -> RunConfig:
     """An MLP 40-256-256-10 on MNIST-1D, SGD momentum 0.9, lr 0.1 with step decay at 50% and
-    75%, weight decay 5e-4 (PS-KD's base recipe, scaled down), ``epochs`` over the data."""
+    75%, weight decay 5e-4 (PS-KD's base recipe, scaled down), ``epochs`` over the data;
+    ``techniques`` come after the schedule."""
     n = len(TASKS.build("mnist1d").splits(seed).train)
     steps = epochs * -(-n // batch)
-    schedule = "lr_schedule" + ("," + techniques if techniques else "")
-    return parse_overrides(RunConfig(), [
-        "task=mnist1d", "model=mlp", "model.hidden=[256,256]", "optimizer.name=sgd",
-        "optimizer.lr=0.1", "optimizer.momentum=0.9", "optimizer.weight_decay=0.0005",
-        f"batch_size={batch}", f"steps={steps}", f"eval_every={steps}",
-        f"checkpoint_every={steps}", "measures=accuracy,loss,ece", f"techniques={schedule}",
-        "techniques.lr_schedule.kind=step", "techniques.lr_schedule.milestones=[0.5,0.75]",
-        f"seed={seed}", *extra,
-    ])
+    return RunConfig(
+        task=Component("mnist1d"),
+        model=Component("mlp", {"hidden": (256, 256)}),
+        optimizer=OptimizerConfig(name="sgd", lr=0.1, momentum=0.9, weight_decay=0.0005),
+        techniques=(STEP_DECAY, *techniques),
+        measures=named("accuracy", "loss", "ece"),
+        batch_size=batch, steps=steps, eval_every=steps, checkpoint_every=steps, seed=seed,
+    )
 
 
 @CLAIMS.register(
@@ -59,10 +59,10 @@ class PSKDCalibration(Claim):
         numbers, run_ids, rows = {}, [], []
         for seed in seeds:
             out = {}
-            for label, techniques in (("ce", ""), ("pskd", "pskd")):
-                extra = [f"techniques.pskd.alpha_final={self.alpha_final}"] if techniques else []
+            pskd = Component("pskd", {"alpha_final": self.alpha_final})
+            for label, techniques in (("ce", ()), ("pskd", (pskd,))):
                 epochs = self.ci_epochs if scale == "ci" else self.epochs
-                cfg = mnist1d_mlp_config(seed, epochs, techniques, extra=extra)
+                cfg = mnist1d_mlp_config(seed, epochs, techniques)
                 final = self.execute(cfg, store, progress)[cfg.steps]
                 out[label] = {"test_accuracy": final["test/accuracy"],
                               "test_ece": final["test/ece"]}
@@ -115,10 +115,9 @@ class HardBatchesEffect(Claim):
         for seed in seeds:
             out = {}
             for label, fraction in (("plain", 1.0), ("hard", self.fraction)):
-                extra = [f"techniques.hard_batches.fraction={fraction}",
-                         f"techniques.hard_batches.seed={seed}"]
+                hard = Component("hard_batches", {"fraction": fraction, "seed": seed})
                 epochs = self.ci_epochs if scale == "ci" else self.epochs
-                cfg = mnist1d_mlp_config(seed, epochs, "hard_batches", extra=extra)
+                cfg = mnist1d_mlp_config(seed, epochs, (hard,))
                 out[label] = self.execute(cfg, store, progress)[cfg.steps]["test/accuracy"]
                 run_ids.append(cfg.identity)
             diffs.append(out["hard"] - out["plain"])
