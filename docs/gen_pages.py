@@ -1,0 +1,2 @@
+def on_page_markdown(markdown, **kw):
+    return markdown
