@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import json
 import re
 import sys
 import types
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from heldout.registry import REGISTRIES
+from heldout.registry import CLAIMS, REGISTRIES, implementations, papers
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 _FENCE = re.compile(
@@ -70,3 +72,58 @@ def test_page_examples_run(page, sandbox):
         assert functions, f"{title} on {page} defines no test"
         for function in functions:
             function()
+
+
+def _generator():
+    spec = importlib.util.spec_from_file_location("docs_gen_pages", DOCS / "gen_pages.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _table_rows(table: str) -> dict[str, list[str]]:
+    """Rows of a generated Markdown table by their first cell (backticks stripped)."""
+    rows = [re.split(r"(?<!\\)\|", line)[1:-1] for line in table.splitlines()
+            if line.startswith("| ")]
+    return {cells[0].strip().strip("`"): [c.strip() for c in cells] for cells in rows[1:]}
+
+
+def test_ledger_table_is_the_recorded_verdicts_of_every_claim():
+    ledger = json.loads((DOCS / "ledger.json").read_text(encoding="utf-8"))
+    assert ledger["command"].startswith("heldout claims run")
+    rows = _table_rows(_generator().ledger_table(ledger))
+    assert sorted(rows) == CLAIMS.names()  # every registered claim, and nothing else
+    recorded = {row["claim"]: row for row in ledger["claims"]}
+    assert recorded, "docs/ledger.json records no verdict"
+    for name, cells in rows.items():
+        row = recorded.get(name)
+        if row is None:
+            assert cells[3] == "not run"
+            continue
+        assert cells[3] == f"**{row['verdict']}**"
+        assert cells[4] == ", ".join(str(s) for s in row["seeds"])
+        assert cells[5] == row["scale"]
+        assert cells[6] == row["summary"].replace("|", "\\|")
+
+
+def test_ledger_export_reads_a_store(store):
+    from heldout.claims import Verdict, record
+
+    record(store, Verdict("softmax-collapse", "holds", "a | b", {"margin": 21}, (0,), (), "ci"))
+    ledger = _generator().export_ledger(store.home, "heldout claims run softmax-collapse")
+    assert [(r["claim"], r["verdict"], r["numbers"]) for r in ledger["claims"]] == [
+        ("softmax-collapse", "holds", {"margin": 21})]
+    cells = _table_rows(_generator().ledger_table(ledger))["softmax-collapse"]
+    assert cells[3:7] == ["**holds**", "0", "ci", "a \\| b"]
+
+
+def test_catalog_table_lists_every_paper_with_its_components():
+    table = _generator().catalog_table()
+    rows = _table_rows(table)
+    assert [int(n) for n in rows] == [p.number for p in papers()] == list(range(1, 78))
+    for p in papers():
+        names = [n.strip("`") for n in rows[str(p.number)][4].split(", ") if n != "-"]
+        assert names == implementations(p.number)
+    covered = sum(bool(implementations(p.number)) for p in papers())
+    assert table.startswith(f"{covered} of the 77 papers")
+    assert "technique:perp_grad" in rows["9"][4]
