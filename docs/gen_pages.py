@@ -13,28 +13,42 @@ the 77 papers with the registered components that implement each. Neither is typ
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import io
 import json
 import os
 import platform
+import sqlite3
+import tempfile
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 LEDGER_JSON = Path(__file__).with_name("ledger.json")
-MARKERS = {"<!-- ledger-table -->": "ledger", "<!-- catalog-table -->": "catalog"}
+MARKERS = {"<!-- ledger-table -->": "ledger", "<!-- catalog-table -->": "catalog",
+           "<!-- cli-help -->": "cli", "<!-- store-schema -->": "store"}
+CLI_COMMANDS = ("", "run", "resume", "list", "runs ls", "runs show", "runs export",
+                "claims list", "claims run", "sweep", "flagship", "measure", "report")
 
 
 def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def export_ledger(home: str | Path, command: str) -> dict[str, Any]:
-    """The latest recorded verdict of each claim in the store at ``home``, as ledger.json."""
+def export_ledger(homes: list[str | Path], command: str) -> dict[str, Any]:
+    """The latest recorded verdict of each claim in the stores at ``homes`` (claims run in
+    parallel processes may use one store each), as ledger.json."""
     import torch
 
     from heldout.store import Store
 
-    rows = Store(home).claim_results()
+    latest: dict[str, dict[str, Any]] = {}
+    for home in homes:
+        for row in Store(home).claim_results():
+            if row["claim"] not in latest or row["created"] > latest[row["claim"]]["created"]:
+                latest[row["claim"]] = row
+    rows = [latest[name] for name in sorted(latest)]
     keep = ("claim", "verdict", "summary", "seeds", "scale", "numbers")
     return {
         "command": command,
@@ -92,12 +106,55 @@ def catalog_table() -> str:
             + "\n".join(rows))
 
 
+def cli_help(command: str) -> str:
+    """What ``heldout COMMAND --help`` prints (at a width of 100 columns)."""
+    from heldout.cli import main
+
+    out = io.StringIO()
+    with (mock.patch.dict(os.environ, {"COLUMNS": "100"}), contextlib.redirect_stdout(out),
+          contextlib.suppress(SystemExit)):  # argparse exits after printing the help
+        main([*command.split(), "--help"])
+    return out.getvalue().rstrip()
+
+
+def cli_reference() -> str:
+    """Every command's ``--help``, as generated text under one heading each."""
+    return "\n\n".join(
+        f"### `{' '.join(['heldout', *command.split(), '--help'])}`\n\n"
+        f"```text\n{cli_help(command)}\n```" for command in CLI_COMMANDS)
+
+
+def store_schema() -> str:
+    """The tables and columns of a new, empty store, as SQLite reports them."""
+    from heldout.store import Store
+
+    with tempfile.TemporaryDirectory() as home:
+        path = Store(home).path
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            tables = [name for (name,) in db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE "
+                "'sqlite_%' ORDER BY rowid")]
+            parts = []
+            for table in tables:
+                rows = ["| column | type | not null | default | key |", "|---|---|---|---|---|"]
+                for _, name, kind, notnull, default, key in db.execute(
+                        f"PRAGMA table_info({table})"):
+                    rows.append(f"| `{name}` | {kind} | {'yes' if notnull else ''} | "
+                                f"{'' if default is None else _cell(default)} | "
+                                f"{'primary' if key else ''} |")
+                parts.append(f"### `{table}`\n\n" + "\n".join(rows))
+    return "\n\n".join(parts)
+
+
 def on_page_markdown(markdown: str, **kwargs: Any) -> str:
-    """mkdocs hook: fill in the generated tables."""
+    """mkdocs hook: fill in the generated parts."""
     for marker, what in MARKERS.items():
         if marker in markdown:
-            text = (ledger_page(json.loads(LEDGER_JSON.read_text(encoding="utf-8")))
-                    if what == "ledger" else catalog_table())
+            if what == "ledger":
+                text = ledger_page(json.loads(LEDGER_JSON.read_text(encoding="utf-8")))
+            else:
+                text = {"catalog": catalog_table, "cli": cli_reference,
+                        "store": store_schema}[what]()
             markdown = markdown.replace(marker, text)
     return markdown
 
@@ -105,7 +162,8 @@ def on_page_markdown(markdown: str, **kwargs: Any) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Write docs/ledger.json from a store.")
     parser.add_argument("what", choices=["ledger"])
-    parser.add_argument("--home", required=True, help="the store the ledger run wrote to")
+    parser.add_argument("--home", required=True, action="append",
+                        help="a store the ledger run wrote to (repeat for several)")
     parser.add_argument("--command", required=True, help="the command that ran the claims")
     parser.add_argument("--out", default=str(LEDGER_JSON))
     args = parser.parse_args(argv)

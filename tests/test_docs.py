@@ -110,7 +110,7 @@ def test_ledger_export_reads_a_store(store):
     from heldout.claims import Verdict, record
 
     record(store, Verdict("softmax-collapse", "holds", "a | b", {"margin": 21}, (0,), (), "ci"))
-    ledger = _generator().export_ledger(store.home, "heldout claims run softmax-collapse")
+    ledger = _generator().export_ledger([store.home], "heldout claims run softmax-collapse")
     assert [(r["claim"], r["verdict"], r["numbers"]) for r in ledger["claims"]] == [
         ("softmax-collapse", "holds", {"margin": 21})]
     cells = _table_rows(_generator().ledger_table(ledger))["softmax-collapse"]
