@@ -1,9 +1,10 @@
 """How the API pages read heldout's docstrings (a griffe extension, loaded by mkdocs.yml).
 
-heldout's docstrings are Google style with two house habits: the example section is titled
+heldout's docstrings are Google style with a few reST habits: the example section is titled
 ``Example:`` (Google's parser knows only ``Examples:``, and would render the doctest as prose)
-and cross-references use Sphinx roles (``:class:`~heldout.core.State```). This extension reads
-``Example:`` as ``Examples:`` and renders a role as inline code of its (shortened) target.
+cross-references use Sphinx roles (``:class:`~heldout.core.State```). This extension reads
+``Example:`` as ``Examples:``, renders a role as inline code of its (shortened) target, and
+ends a reST ``text::`` (before an indented literal block) with one colon.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import griffe
 
 _EXAMPLE = re.compile(r"^(\s*)Example:\s*$", re.MULTILINE)
+_LITERAL = re.compile(r"(\S)::$", re.MULTILINE)  # reST "text::" before a literal block
 _ROLE = re.compile(r":(?:class|func|meth|mod|data|attr|obj|exc):`(~?)([^`]+)`")
 
 
@@ -24,7 +26,7 @@ def _role(match: re.Match[str]) -> str:
 
 def rewrite(text: str) -> str:
     """The docstring ``text`` as the Google parser of the API pages should read it."""
-    return _ROLE.sub(_role, _EXAMPLE.sub(r"\1Examples:", text))
+    return _LITERAL.sub(r"\1:", _ROLE.sub(_role, _EXAMPLE.sub(r"\1Examples:", text)))
 
 
 class HeldoutDocstrings(griffe.Extension):

@@ -127,3 +127,13 @@ def test_catalog_table_lists_every_paper_with_its_components():
     covered = sum(bool(implementations(p.number)) for p in papers())
     assert table.startswith(f"{covered} of the 77 papers")
     assert "technique:perp_grad" in rows["9"][4]
+
+
+def test_api_pages_read_the_house_docstrings():
+    spec = importlib.util.spec_from_file_location("docs_griffe", DOCS / "griffe_heldout.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = ("Loop::\n\n    step\n\nSee :class:`~heldout.core.State`, :func:`heldout.core.evaluate`."
+            "\n\nExample:\n    >>> 1\n    1\n")
+    assert module.rewrite(text) == ("Loop:\n\n    step\n\nSee `State`, `heldout.core.evaluate`."
+                                    "\n\nExamples:\n    >>> 1\n    1\n")
