@@ -1,7 +1,7 @@
 """How the API pages read heldout's docstrings (a griffe extension, loaded by mkdocs.yml).
 
 heldout's docstrings are Google style with a few reST habits: the example section is titled
-``Example:`` (Google's parser knows only ``Examples:``, and would render the doctest as prose)
+``Example:`` (Google's parser knows only ``Examples:``, and would render the doctest as prose),
 cross-references use Sphinx roles (``:class:`~heldout.core.State```). This extension reads
 ``Example:`` as ``Examples:``, renders a role as inline code of its (shortened) target, and
 ends a reST ``text::`` (before an indented literal block) with one colon.
