@@ -12,8 +12,8 @@ A search space is checked against the component's fields when it registers.
 
 Example:
     >>> from heldout.registry import TECHNIQUES
-    >>> TECHNIQUES.get("sam").papers
-    (11,)
+    >>> TECHNIQUES.get("perp_grad").papers
+    (9,)
     >>> "sam" in TECHNIQUES and "no-such-thing" not in TECHNIQUES
     True
 """

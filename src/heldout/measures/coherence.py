@@ -300,7 +300,7 @@ class GradientCoherence(Measure):
         On the Generalization Mystery in Deep Learning (arXiv:2203.10036).
 
     Example:
-        >>> from heldout.core.measure import evaluate
+        >>> from heldout.core import evaluate
         >>> net = torch.nn.Linear(4, 3)
         >>> data = (torch.randn(20, 4), torch.randint(0, 3, (20,)))
         >>> sorted(evaluate(net, {"train": data}, [GradientCoherence(sample_size=8)]))

@@ -213,7 +213,7 @@ class NTKAlignment(Measure):
         Grokking as the Transition from Lazy to Rich Training Dynamics (arXiv:2310.06110).
 
     Example:
-        >>> from heldout.core.measure import evaluate
+        >>> from heldout.core import evaluate
         >>> net = torch.nn.Linear(4, 3)
         >>> data = (torch.randn(10, 4), torch.randint(0, 3, (10,)))
         >>> init = {k: v.clone() for k, v in net.state_dict().items()}

@@ -201,7 +201,7 @@ class OpposingSignals(Measure):
         (arXiv:2311.04163).
 
     Example:
-        >>> from heldout.core.measure import evaluate
+        >>> from heldout.core import evaluate
         >>> net, measure = torch.nn.Linear(4, 3), OpposingSignals(probe_size=16)
         >>> data = {"train": (torch.randn(32, 4), torch.randint(0, 3, (32,)))}
         >>> evaluate(net, data, [measure])  # first evaluation: nothing to compare yet

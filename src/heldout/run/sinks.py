@@ -32,6 +32,7 @@ Sink specs (:func:`make_sinks`, for a command-line option) are a comma-separated
 e.g. ``tensorboard:tb,mlflow:sqlite:///runs/mlflow.db#grokking``. A target cannot contain a comma.
 
 Example:
+    >>> # skipped: trains a run of a config cfg and writes its logs to ./tb and ./mlruns.db
     >>> from heldout.runner import build  # doctest: +SKIP
     >>> sinks = make_sinks("tensorboard:tb,mlflow:mlruns.db", cfg.identity, cfg)  # doctest: +SKIP
     >>> build(cfg, loggers=sinks).fit()  # doctest: +SKIP
@@ -135,6 +136,7 @@ class TensorBoardSink:
     the HParams dashboard reads the metrics of the first evaluation from this run's scalars).
 
     Example:
+        >>> # skipped: writes event files under ./tb
         >>> sink = TensorBoardSink("tb", "0123abcd4567", config={"seed": 0})  # doctest: +SKIP
         >>> sink.log(0, {"val/accuracy": 0.5}); sink.close()  # doctest: +SKIP
     """
@@ -251,6 +253,7 @@ class MLflowSink:
     ends the MLflow run (``FINISHED``, or the status given).
 
     Example:
+        >>> # skipped: writes an MLflow tracking database ./mlflow.db
         >>> sink = MLflowSink("sqlite:///mlflow.db", "heldout", "0123abcd4567")  # doctest: +SKIP
         >>> sink.log(0, {"val/accuracy": 0.5}); sink.close()  # doctest: +SKIP
     """

@@ -182,6 +182,7 @@ class ImageFolderDomains(DomainSuite):
         >>> task = ImageFolderDomains(root="my_images", size=16, color="rgb", held_out=(1,))
         >>> task.input.shape
         (768,)
+        >>> # skipped: reads the user's folder "my_images"
         >>> task.splits(seed=0)  # doctest: +SKIP
     """
 
@@ -330,6 +331,7 @@ class TableDomains(DomainSuite):
     Example:
         >>> task = TableDomains(path="patients.csv", domain_column="hospital",
         ...                     label_column="outcome", held_out=(0,))
+        >>> # skipped: reads the user's table "patients.csv"
         >>> task.splits(seed=0)  # doctest: +SKIP
     """
 

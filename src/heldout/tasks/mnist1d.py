@@ -114,8 +114,8 @@ class MNIST1D(Task):
         Greydanus, Kobak. Scaling down Deep Learning with MNIST-1D. arXiv:2011.14439.
 
     Example:
-        >>> splits = MNIST1D(num_samples=500).splits(seed=0)  # doctest: +SKIP
-        >>> tuple(splits.train.x.shape), len(splits.val), len(splits.test)  # doctest: +SKIP
+        >>> splits = MNIST1D(num_samples=500).splits(seed=0)
+        >>> tuple(splits.train.x.shape), len(splits.val), len(splits.test)
         ((360, 40), 40, 100)
     """
 

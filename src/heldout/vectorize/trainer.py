@@ -63,6 +63,7 @@ Example:
     >>> configs = [RunConfig(seed=s, steps=50) for s in range(8)]
     >>> can_vectorize(configs)
     (True, '')
+    >>> # skipped: trains 8 runs into a store
     >>> results = train_vectorized(configs, store)  # doctest: +SKIP
 """
 
