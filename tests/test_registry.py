@@ -162,3 +162,23 @@ def test_bounds_declared_on_fields_are_checked_when_a_component_is_built():
     with pytest.raises(TypeError, match="rho must be a number, got '0.1'"):
         W(rho="0.1")
     assert seen == [0.0]  # refused before the component's own __post_init__
+
+
+def test_a_component_file_registers_itself_without_being_listed(tmp_path, monkeypatch):
+    """A registry imports every module of its built-in packages: adding a component is its
+    own file (plus its test), with no line in the package's __init__."""
+    import sys
+    import types
+
+    reg = Registry("widget", ("widgets_for_test",))
+    package = tmp_path / "widgets_for_test"
+    (package / "nested").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "nested" / "__init__.py").write_text("")
+    (package / "nested" / "gizmo.py").write_text(
+        "from registry_for_test import REG\n\n"
+        "@REG.register('gizmo', summary='A widget found by the walk.')\n"
+        "class Gizmo:\n    '''Found.'''\n")
+    monkeypatch.setitem(sys.modules, "registry_for_test", types.SimpleNamespace(REG=reg))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert reg.names() == ["gizmo"]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import importlib
+import pkgutil
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -233,12 +234,16 @@ class Registry(Generic[T]):
         return deco
 
     def load_builtins(self) -> None:
-        """Import the modules that register heldout's own components of this kind (once)."""
+        """Import the modules that register heldout's own components of this kind (once): each
+        builtin module and, for a package, every module inside it, so a component's file
+        registers it without being listed anywhere else."""
         if self._loaded:
             return
         self._loaded = True
-        for module in self.builtins:
-            importlib.import_module(module)
+        for name in self.builtins:
+            module = importlib.import_module(name)
+            for found in pkgutil.walk_packages(getattr(module, "__path__", []), name + "."):
+                importlib.import_module(found.name)
 
     def get(self, name: str) -> Entry[T]:
         self.load_builtins()
