@@ -29,12 +29,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from heldout.core.bounds import Annotated, Ge, Interval
 from heldout.core.sampling import stream_generator
 from heldout.tasks.base import Split, Splits, Task
 from heldout.tasks.digits import digits_arrays
 from heldout.tasks.mnist1d import mnist1d_arrays
 from heldout.tasks.splitting import (
-    check_range,
     random_partition,
     resolve_seed,
     split_counts,
@@ -119,9 +119,12 @@ class DomainSuite(Task):
     """
 
     held_out: tuple[int, ...] = (0,)  # indices of the test domains; the others are for training
-    val_fraction: float = 0.2  # fraction of each domain (per class) in its val part
-    test_fraction: float = 0.2  # fraction of each domain (per class) in its test part
-    data_seed: int | None = None  # if set, builds and splits the data instead of the run's seed
+    # fraction of each domain (per class) in its val part
+    val_fraction: Annotated[float, Interval(0, 1, closed="left")] = 0.2
+    # fraction of each domain (per class) in its test part
+    test_fraction: Annotated[float, Interval(0, 1, closed="left")] = 0.2
+    # if set, builds and splits the data instead of the run's seed
+    data_seed: Annotated[int | None, Ge(0)] = None
 
     # False where the domains are only known by reading files (held_out checked in splits())
     domains_known_upfront: ClassVar[bool] = True
@@ -136,15 +139,11 @@ class DomainSuite(Task):
             raise ValueError("held_out must name at least one test domain, got ()")
         if len(set(held)) != len(held):
             raise ValueError(f"held_out lists a domain twice: {held}")
-        check_range("val_fraction", self.val_fraction, 0, 1, high_open=True)
-        check_range("test_fraction", self.test_fraction, 0, 1, high_open=True)
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError(
                 f"val_fraction + test_fraction must be < 1 to leave training data, got "
                 f"{self.val_fraction} + {self.test_fraction}"
             )
-        if self.data_seed is not None:
-            check_range("data_seed", self.data_seed, 0)
         if self.domains_known_upfront:
             self._check_held_out(self.domain_names())
 
