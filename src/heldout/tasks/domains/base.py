@@ -105,9 +105,10 @@ class DomainSuite(Task):
 
     A subclass gives :meth:`domain_names`, :attr:`input`, :attr:`num_classes` and
     :meth:`_domains` (one :class:`DomainData` per domain, built from the seed with named random
-    streams only). It checks its own fields in ``__post_init__`` and then calls
-    ``super().__post_init__()``, which checks the shared ones, including ``held_out`` against
-    the domain names when they are known without reading data (``domains_known_upfront``).
+    streams only). The bounds its fields declare are checked by the registry first; its
+    ``__post_init__`` checks the rest and then calls ``super().__post_init__()``, which checks
+    ``held_out`` and the fractions' sum, ``held_out`` against the domain names when they are
+    known without reading data (``domains_known_upfront``).
 
     Example:
         >>> task = DigitsShift(shift="rotation", held_out=(3,))
