@@ -44,6 +44,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from heldout.core.bounds import Annotated, Ge, Interval, Le
 from heldout.core.measure import EvalContext, Measure
 from heldout.measures.ranking import kendall_tau
 from heldout.registry import MEASURES
@@ -267,24 +268,18 @@ class OccamBound(Measure):
     (in bits).
     """
 
-    description_length_bits: float | None = None  # code length of the model; None: see above
-    log_prior: float | None = None  # ln P(h) instead of a code length (<= 0)
-    bits_per_parameter: int = 32  # code of the raw weights when neither is given (float32)
-    delta: float = 0.05  # confidence 1 - delta (the usual 0.05)
+    # code length of the model; None: see above
+    description_length_bits: Annotated[float | None, Ge(0)] = None
+    log_prior: Annotated[float | None, Le(0)] = None  # ln P(h) instead of a code length (<= 0)
+    # code of the raw weights when neither is given (float32)
+    bits_per_parameter: Annotated[int, Ge(1)] = 32
+    # confidence 1 - delta (the usual 0.05)
+    delta: Annotated[float, Interval(0, 1, closed="neither")] = 0.05
     splits: tuple[str, ...] = ("train",)  # the empirical error is measured here
 
     def __post_init__(self) -> None:
         if self.description_length_bits is not None and self.log_prior is not None:
             raise ValueError("give description_length_bits or log_prior, not both")
-        if self.description_length_bits is not None and not self.description_length_bits >= 0:
-            raise ValueError(f"description_length_bits must be >= 0, got "
-                             f"{self.description_length_bits}")
-        if self.log_prior is not None and not self.log_prior <= 0:
-            raise ValueError(f"log_prior must be <= 0, got {self.log_prior}")
-        if self.bits_per_parameter < 1:
-            raise ValueError(f"bits_per_parameter must be >= 1, got {self.bits_per_parameter}")
-        if not 0 < self.delta < 1:
-            raise ValueError(f"delta must be in (0, 1), got {self.delta}")
         if not self.splits:
             raise ValueError("splits must name at least one split")
 

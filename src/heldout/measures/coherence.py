@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import vmap
 
+from heldout.core.bounds import Annotated, Ge
 from heldout.core.measure import EvalContext, Measure, eval_mode
 from heldout.core.per_example import (
     LossFn,
@@ -307,18 +308,16 @@ class GradientCoherence(Measure):
         ['train/coherence_sample_size', 'train/gradient_coherence', 'train/m_coherence']
     """
 
-    sample_size: int = 1024  # m: examples drawn (without replacement) from the split
-    chunk_size: int = 64  # examples per vmap(grad) call (non-MLP models): memory ~ chunk x #params
+    # m: examples drawn (without replacement) from the split
+    sample_size: Annotated[int, Ge(2)] = 1024
+    # examples per vmap(grad) call (non-MLP models): memory ~ chunk x #params
+    chunk_size: Annotated[int, Ge(1)] = 64
     seed: int = 0  # seed of the sample draw
     loss: Literal["auto", "cross_entropy", "mse"] = "auto"  # auto: by the targets' dtype
     per_layer: bool = False  # also m-coherence restricted to each module's parameters
     splits: tuple[str, ...] = ("train",)  # where to compute it (expensive)
 
     def __post_init__(self) -> None:
-        if self.sample_size < 2:
-            raise ValueError(f"sample_size must be >= 2, got {self.sample_size}")
-        if self.chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
         if self.loss not in ("auto", "cross_entropy", "mse"):
             raise ValueError(f"loss must be auto, cross_entropy or mse, got {self.loss!r}")
 

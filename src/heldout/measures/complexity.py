@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from heldout.core.bounds import Annotated, Ge, Gt
 from heldout.core.measure import EvalContext, Measure
 from heldout.measures.information import hidden_layers
 from heldout.models.layers import TokenLinear
@@ -213,9 +214,11 @@ class LocalComplexity(Measure):
         ['local_complexity', 'local_complexity/layer1']
     """
 
-    radius: float = 0.5  # r: half-diagonal of the cross-polytope, in input units
-    n_vertices: int = 50  # 2P vertices x ± r·v_p (official MNIST MLP config: hull_n = 50)
-    max_points: int = 1024  # points per split, and random points (official CIFAR: approx_n)
+    radius: Annotated[float, Gt(0)] = 0.5  # r: half-diagonal of the cross-polytope, in input units
+    # 2P vertices x ± r·v_p (official MNIST MLP config: hull_n = 50)
+    n_vertices: Annotated[int, Ge(2)] = 50
+    # points per split, and random points (official CIFAR: approx_n)
+    max_points: Annotated[int, Ge(1)] = 1024
     random_points: bool = True  # also measure uniform random points in the data's box
     include_output: bool = False  # also count sign changes of the outputs (reported apart)
     layers: tuple[str, ...] = ()  # module names whose inputs are observed; () = activations
@@ -225,12 +228,8 @@ class LocalComplexity(Measure):
     def __post_init__(self) -> None:
         self.layers = tuple(self.layers)
         self.splits = tuple(self.splits)
-        if self.radius <= 0:
-            raise ValueError(f"radius must be > 0, got {self.radius}")
-        if self.n_vertices < 2 or self.n_vertices % 2:
-            raise ValueError(f"n_vertices must be even and >= 2, got {self.n_vertices}")
-        if self.max_points < 1:
-            raise ValueError(f"max_points must be >= 1, got {self.max_points}")
+        if self.n_vertices % 2:
+            raise ValueError(f"n_vertices must be even, got {self.n_vertices}")
 
     def compute(self, ctx: EvalContext) -> dict[str, float]:
         if ctx.split not in self.splits:

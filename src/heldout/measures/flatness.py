@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from heldout.core.bounds import Annotated, Ge, Gt
 from heldout.core.measure import EvalContext, Measure, check_splits, is_classification
 from heldout.measures.bounds import (
     magnitude_aware_pac_bayes_bound,
@@ -255,32 +256,29 @@ class PacBayesFlatness(Measure):
     search_depth × (ascent_steps + 1) forward-backward passes per α′; ``max_examples`` caps m.
     """
 
-    target_deviation: float = 0.1  # rise of the train error that defines sigma' (paper: 0.1)
-    search_depth: int = 15  # bisection steps (paper code: 15)
-    mc_samples: int = 10  # noise draws per bisection step (paper code: 10)
-    upper: float = 2.0  # search range [0, upper] for sigma' and alpha' (paper code: [0, 2])
-    tolerance: float = 0.01  # stop once |rise - target| < tolerance (paper code: 0.01)
-    magnitude_eps: float = 1e-3  # epsilon of the magnitude-aware noise sd sqrt(s^2 w^2 + e^2)
+    # rise of the train error that defines sigma' (paper: 0.1)
+    target_deviation: Annotated[float, Gt(0)] = 0.1
+    search_depth: Annotated[int, Ge(1)] = 15  # bisection steps (paper code: 15)
+    mc_samples: Annotated[int, Ge(1)] = 10  # noise draws per bisection step (paper code: 10)
+    # search range [0, upper] for sigma' and alpha' (paper code: [0, 2])
+    upper: Annotated[float, Gt(0)] = 2.0
+    # stop once |rise - target| < tolerance (paper code: 0.01)
+    tolerance: Annotated[float, Ge(0)] = 0.01
+    # epsilon of the magnitude-aware noise sd sqrt(s^2 w^2 + e^2)
+    magnitude_eps: Annotated[float, Ge(0)] = 1e-3
     criterion: Literal["error", "loss"] = "error"  # what the noise must raise (paper: error)
     magnitude_aware: bool = True  # also the magnitude-aware sigma' (and alpha')
     worst_case: bool = True  # also the worst-case sharpness radius alpha' ([recon])
-    ascent_steps: int = 20  # projected ascent steps per alpha ([recon])
+    ascent_steps: Annotated[int, Ge(1)] = 20  # projected ascent steps per alpha ([recon])
     fold_batch_norm: bool = True  # perturb the BatchNorm-folded weights (the paper)
-    max_examples: int | None = None  # use a fixed random subset of this many; None: all
+    # use a fixed random subset of this many; None: all
+    max_examples: Annotated[int | None, Ge(1)] = None
     seed: int = 0  # seeds the noise, the random starts and the subset
     splits: tuple[str, ...] = ("train",)  # where to compute it (expensive)
 
     def __post_init__(self) -> None:
-        _check_search(self.target_deviation, self.search_depth, self.upper, self.tolerance,
-                      self.magnitude_eps)
-        if self.mc_samples < 1:
-            raise ValueError(f"mc_samples must be >= 1, got {self.mc_samples}")
-        if self.ascent_steps < 1:
-            raise ValueError(f"ascent_steps must be >= 1, got {self.ascent_steps}")
         if self.criterion not in ("error", "loss"):
             raise ValueError(f"criterion must be 'error' or 'loss', got {self.criterion!r}")
-        if self.max_examples is not None and self.max_examples < 1:
-            raise ValueError(f"max_examples must be >= 1 or None, got {self.max_examples}")
         check_splits(self.splits)
 
     def compute(self, ctx: EvalContext) -> dict[str, float]:

@@ -57,6 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from heldout.core.bounds import Annotated, Ge, Gt
 from heldout.core.measure import EvalContext, Measure
 from heldout.registry import MEASURES
 
@@ -389,25 +390,22 @@ class InductiveBias(Measure):
     forward passes of the split plus one χ² fit (about 0.5 s for 1,000 losses). Needs scipy.
     """
 
-    num_samples: int = 1000  # hypotheses sampled (the paper's kernel runs draw 10,000)
+    # hypotheses sampled (the paper's kernel runs draw 10,000)
+    num_samples: Annotated[int, Ge(2)] = 1000
     sampler: Literal["gaussian", "reinit"] = "gaussian"  # around the weights / fresh inits
-    sigma: float = 0.1  # relative noise sd: u_i ~ N(0, (sigma w_i)^2) (gaussian sampler)
+    # relative noise sd: u_i ~ N(0, (sigma w_i)^2) (gaussian sampler)
+    sigma: Annotated[float, Gt(0)] = 0.1
     output: Literal["probabilities", "logits"] = "probabilities"  # scored against one-hot
-    target_error: float | None = None  # epsilon; None: the model's own MSE on the split
+    # epsilon; None: the model's own MSE on the split
+    target_error: Annotated[float | None, Ge(0)] = None
     seed: int = 0  # seeds the noise / the re-initializations
     splits: tuple[str, ...] = ("test",)  # where the hypotheses are scored (expensive)
 
     def __post_init__(self) -> None:
-        if self.num_samples < 2:
-            raise ValueError(f"num_samples must be >= 2, got {self.num_samples}")
         if self.sampler not in ("gaussian", "reinit"):
             raise ValueError(f"sampler must be 'gaussian' or 'reinit', got {self.sampler!r}")
-        if not self.sigma > 0:
-            raise ValueError(f"sigma must be > 0, got {self.sigma}")
         if self.output not in ("probabilities", "logits"):
             raise ValueError(f"output must be 'probabilities' or 'logits', got {self.output!r}")
-        if self.target_error is not None and not self.target_error >= 0:
-            raise ValueError(f"target_error must be >= 0 or None, got {self.target_error}")
         if not self.splits:
             raise ValueError("splits must name at least one split")
 

@@ -48,6 +48,7 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor, nn
 
+from heldout.core.bounds import Annotated, Ge, Gt
 from heldout.core.measure import EvalContext, Measure
 from heldout.registry import MEASURES
 
@@ -368,12 +369,15 @@ class InformationPlane(Measure):
     """
 
     estimator: Literal["binning", "kde"] = "binning"  # EBAB (the paper's main one) or aKDE
-    n_bins: int = 30  # binning: bins per layer above the lowest value (official code: 30)
+    # binning: bins per layer above the lowest value (official code: 30)
+    n_bins: Annotated[int, Ge(1)] = 30
     binning: Binning = "distinct"  # equal count of distinct values per bin (EBAB) or of samples
-    noise_scale: float = 0.1  # kde: noise std / the layer's max |activation| (heldout's choice)
+    # kde: noise std / the layer's max |activation| (heldout's choice)
+    noise_scale: Annotated[float, Gt(0)] = 0.1
     kde_bound: Bound = "upper"  # kde: KL upper bound or Bhattacharyya lower bound
     layers: tuple[str, ...] = ()  # module names to observe; () = every activation module
-    max_examples: int = 4096  # subsample beyond this many examples (KDE is O(N^2))
+    # subsample beyond this many examples (KDE is O(N^2))
+    max_examples: Annotated[int, Ge(2)] = 4096
     splits: tuple[str, ...] = ("train",)  # where to compute it
     seed: int = 0  # seeds the subsample
 
@@ -382,17 +386,11 @@ class InformationPlane(Measure):
         self.splits = tuple(self.splits)
         if self.estimator not in ("binning", "kde"):
             raise ValueError(f"estimator must be 'binning' or 'kde', got {self.estimator!r}")
-        if self.n_bins < 1:
-            raise ValueError(f"n_bins must be >= 1, got {self.n_bins}")
         if self.binning not in get_args(Binning):
             raise ValueError(f"binning must be one of {get_args(Binning)}, got {self.binning!r}")
-        if self.noise_scale <= 0:
-            raise ValueError(f"noise_scale must be > 0, got {self.noise_scale}")
         if self.kde_bound not in get_args(Bound):
             raise ValueError(f"kde_bound must be one of {get_args(Bound)}, "
                              f"got {self.kde_bound!r}")
-        if self.max_examples < 2:
-            raise ValueError(f"max_examples must be >= 2, got {self.max_examples}")
 
     def compute(self, ctx: EvalContext) -> dict[str, float]:
         if ctx.split not in self.splits:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import jacrev, vmap
 
+from heldout.core.bounds import Annotated, Ge
 from heldout.core.functional import functional_call
 from heldout.core.measure import EvalContext, Measure, eval_mode
 from heldout.core.per_example import check_batch_norm, differentiable_parameters
@@ -222,17 +223,12 @@ class NTKAlignment(Measure):
         (['train/ntk_alignment', 'train/ntk_alignment_init', 'train/ntk_distance'], 0.0)
     """
 
-    sample_size: int = 128  # examples in the Gram matrix (drawn without replacement)
-    chunk_size: int = 32  # examples per vmap(grad) call
+    # examples in the Gram matrix (drawn without replacement)
+    sample_size: Annotated[int, Ge(2)] = 128
+    chunk_size: Annotated[int, Ge(1)] = 32  # examples per vmap(grad) call
     seed: int = 0  # seed of the sample draw (the same examples at every evaluation)
     centered: bool = True  # centered kernel alignment (HKH vs HYYᵀH)
     splits: tuple[str, ...] = ("train",)  # where to compute it (expensive)
-
-    def __post_init__(self) -> None:
-        if self.sample_size < 2:
-            raise ValueError(f"sample_size must be >= 2, got {self.sample_size}")
-        if self.chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
 
     def compute(self, ctx: EvalContext) -> dict[str, float]:
         if ctx.split not in self.splits:

@@ -60,6 +60,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from heldout.core.bounds import Annotated, Interval
 from heldout.core.measure import EvalContext, Measure, check_splits, is_classification
 from heldout.models.layers import TokenLinear
 from heldout.registry import MEASURES
@@ -360,12 +361,11 @@ class Norms(Measure):
     """
 
     fold_batch_norm: bool = True  # fold BatchNorm into the preceding layer first (the paper)
-    percentile: float = 10.0  # the margin γ is this percentile of the split's margins
+    # the margin γ is this percentile of the split's margins
+    percentile: Annotated[float, Interval(0, 100, closed="right")] = 10.0
     splits: tuple[str, ...] = ("train",)  # where to compute it (one SVD per layer)
 
     def __post_init__(self) -> None:
-        if not 0 < self.percentile <= 100:
-            raise ValueError(f"percentile must be in (0, 100], got {self.percentile}")
         check_splits(self.splits)
 
     def compute(self, ctx: EvalContext) -> dict[str, float]:
@@ -404,11 +404,8 @@ class Margin(Measure):
     """:func:`margin_quantile` on every split with class-label targets: ``margin`` (signed γ)
     and ``inverse_margin`` = 1/γ² (Jiang et al. (22)). Cheap: it reads the shared logits."""
 
-    percentile: float = 10.0  # γ is this percentile of the margins (the paper: 10)
-
-    def __post_init__(self) -> None:
-        if not 0 < self.percentile <= 100:
-            raise ValueError(f"percentile must be in (0, 100], got {self.percentile}")
+    # γ is this percentile of the margins (the paper: 10)
+    percentile: Annotated[float, Interval(0, 100, closed="right")] = 10.0
 
     def compute(self, ctx: EvalContext) -> dict[str, float]:
         if not is_classification(ctx.targets) or ctx.logits.dim() != 2:

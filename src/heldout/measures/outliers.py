@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from heldout.core.bounds import Annotated, Ge
 from heldout.core.measure import EvalContext, Measure
 from heldout.core.per_example import iter_per_example_gradients, per_example_loss
 from heldout.core.sampling import sample_indices
@@ -212,29 +213,21 @@ class OpposingSignals(Measure):
         'train/opposing_fall'
     """
 
-    probe_size: int = 1024  # probe examples tracked (a fixed random subset of the split)
-    window: int = 8  # evaluations kept in the loss table (>= 2)
-    top_k: int = 20  # most examples per group
-    threshold: float = 3.5  # robust z-score a loss change must exceed (0: plain top-k)
+    # probe examples tracked (a fixed random subset of the split)
+    probe_size: Annotated[int, Ge(2)] = 1024
+    window: Annotated[int, Ge(2)] = 8  # evaluations kept in the loss table (>= 2)
+    top_k: Annotated[int, Ge(1)] = 20  # most examples per group
+    # robust z-score a loss change must exceed (0: plain top-k)
+    threshold: Annotated[float, Ge(0)] = 3.5
     seed: int = 0  # seed of the probe draw
     loss: Literal["auto", "cross_entropy", "mse"] = "auto"  # auto: by the targets' dtype
     gradient_check: bool = False  # also cos of the two groups' mean gradients
-    chunk_size: int = 64  # examples per vmap(grad) call for the gradient check
+    chunk_size: Annotated[int, Ge(1)] = 64  # examples per vmap(grad) call for the gradient check
     splits: tuple[str, ...] = ("train",)  # where to track the probe
     _losses: dict[str, Tensor] = field(  # split -> (T, N) probe losses, oldest first
         default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.probe_size < 2:
-            raise ValueError(f"probe_size must be >= 2, got {self.probe_size}")
-        if self.window < 2:
-            raise ValueError(f"window must be >= 2, got {self.window}")
-        if self.top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
-        if self.threshold < 0:
-            raise ValueError(f"threshold must be >= 0, got {self.threshold}")
-        if self.chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
         if self.loss not in ("auto", "cross_entropy", "mse"):
             raise ValueError(f"loss must be auto, cross_entropy or mse, got {self.loss!r}")
 

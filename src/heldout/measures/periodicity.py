@@ -31,6 +31,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from heldout.core.bounds import Annotated, Ge, Interval
 from heldout.core.measure import EvalContext, Measure
 from heldout.models.layers import TokenLinear
 from heldout.registry import MEASURES
@@ -181,16 +182,13 @@ class NeuronIPR(Measure):
         ['ipr_high_fraction', 'ipr_mean']
     """
 
-    r: int = 2  # IPR exponent: Σ ĉ^(2r) (paper and code: r = 2)
-    threshold: float = 0.5  # IPR at or above which a neuron counts as periodic (heldout's)
+    r: Annotated[int, Ge(1)] = 2  # IPR exponent: Σ ĉ^(2r) (paper and code: r = 2)
+    # IPR at or above which a neuron counts as periodic (heldout's)
+    threshold: Annotated[float, Interval(0, 1, closed="right")] = 0.5
     splits: tuple[str, ...] = ("train",)  # where to report it (the value is split-independent)
 
     def __post_init__(self) -> None:
         self.splits = tuple(self.splits)
-        if self.r < 1:
-            raise ValueError(f"r must be >= 1, got {self.r}")
-        if not 0 < self.threshold <= 1:
-            raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
 
     def compute(self, ctx: EvalContext) -> dict[str, float]:
         if ctx.split not in self.splits:

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from heldout.core.bounds import Annotated, Ge, Gt
 from heldout.core.measure import EvalContext, Measure
 from heldout.measures.information import layer_activations
 from heldout.registry import MEASURES
@@ -202,11 +203,15 @@ class RepresentationDivergence(Measure):
         ['test/repr_kl/layer1', 'test/repr_w1/layer1']
     """
 
-    n_slices: int = 128  # random directions of the sliced W1 (heldout's default)
-    pca_dim: int | None = 64  # project on this many principal directions first; None: off
-    smoothing: float = 0.01  # KL smoothing σ as a fraction of the pooled std (heldout's)
-    max_examples: int = 2048  # examples per split (a fixed random subset beyond this)
-    label_weight: float = 0.0  # > 0: compare (T, Y) with this distance between classes
+    n_slices: Annotated[int, Ge(1)] = 128  # random directions of the sliced W1 (heldout's default)
+    # project on this many principal directions first; None: off
+    pca_dim: Annotated[int | None, Ge(1)] = 64
+    # KL smoothing σ as a fraction of the pooled std (heldout's)
+    smoothing: Annotated[float, Gt(0)] = 0.01
+    # examples per split (a fixed random subset beyond this)
+    max_examples: Annotated[int, Ge(2)] = 2048
+    # > 0: compare (T, Y) with this distance between classes
+    label_weight: Annotated[float, Ge(0)] = 0.0
     layers: tuple[str, ...] = ()  # module names whose outputs are compared; () = activations
     splits: tuple[str, ...] = ("test",)  # held-out splits compared with the reference
     reference: str = "train"  # the split whose representations are cached (must come first)
@@ -216,16 +221,6 @@ class RepresentationDivergence(Measure):
         self._cache: dict[str, Any] = {}  # the reference split's representations, transient
         self.layers = tuple(self.layers)
         self.splits = tuple(self.splits)
-        if self.n_slices < 1:
-            raise ValueError(f"n_slices must be >= 1, got {self.n_slices}")
-        if self.pca_dim is not None and self.pca_dim < 1:
-            raise ValueError(f"pca_dim must be >= 1 or None, got {self.pca_dim}")
-        if self.smoothing <= 0:
-            raise ValueError(f"smoothing must be > 0, got {self.smoothing}")
-        if self.max_examples < 2:
-            raise ValueError(f"max_examples must be >= 2, got {self.max_examples}")
-        if self.label_weight < 0:
-            raise ValueError(f"label_weight must be >= 0, got {self.label_weight}")
         if self.reference in self.splits:
             raise ValueError(f"splits: the reference split {self.reference!r} cannot also be "
                              "compared with itself")

@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from heldout.core.bounds import Annotated, Ge, Gt, Interval
 from heldout.core.measure import EvalContext, Measure
 from heldout.registry import MEASURES
 
@@ -382,16 +383,20 @@ def _average_case(
     return total / n_samples - init_loss
 
 
+def _check_kind_and_norm(kind: str, norm: str) -> None:
+    if kind not in ("worst", "average"):
+        raise ValueError(f"kind must be 'worst' or 'average', got {kind!r}")
+    if norm not in ("l2", "linf"):
+        raise ValueError(f"norm must be 'l2' or 'linf', got {norm!r}")
+
+
 def _check_sharpness_args(
     rho: float, kind: str, norm: str, eta: float, n_samples: int, steps: int,
     step_size: float | None, momentum: float, batch_size: int | None,
 ) -> None:
     if not rho > 0:
         raise ValueError(f"rho must be > 0, got {rho}")
-    if kind not in ("worst", "average"):
-        raise ValueError(f"kind must be 'worst' or 'average', got {kind!r}")
-    if norm not in ("l2", "linf"):
-        raise ValueError(f"norm must be 'l2' or 'linf', got {norm!r}")
+    _check_kind_and_norm(kind, norm)
     if not eta >= 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
     if n_samples < 1:
@@ -619,27 +624,29 @@ class Sharpness(Measure):
     logit normalization, m = 128, 1,024 training examples, 20 APGD steps.
     """
 
-    rho: float = 0.002  # radius (relative to |w| if adaptive); in the paper's CIFAR-10 grids
+    # radius (relative to |w| if adaptive); in the paper's CIFAR-10 grids
+    rho: Annotated[float, Gt(0)] = 0.002
     kind: Literal["worst", "average"] = "worst"  # max over the set, or mean over random δ
     adaptive: bool = True  # scale the set by T = |w| + eta (True) or T = 1 (False)
     norm: Literal["linf", "l2"] = "linf"  # box / ellipsoid (worst); uniform / Gaussian (average)
-    eta: float = 0.0  # ASAM's offset in T = |w| + eta; the paper's code uses 0
+    eta: Annotated[float, Ge(0)] = 0.0  # ASAM's offset in T = |w| + eta; the paper's code uses 0
     normalize_logits: bool = True  # centre and l2-normalize the logits before cross-entropy
-    batch_size: int | None = 128  # m: examples per independently perturbed batch; None: all
-    n_examples: int | None = 1024  # first examples of the split used; None: the whole split
-    steps: int = 20  # APGD ascent steps per batch (worst case)
-    step_size: float | None = None  # first ascent step in u = delta / T; None: 2 * rho
-    momentum: float = 0.25  # weight of the previous update (APGD's alpha = 0.75 on the new step)
-    n_samples: int = 20  # noise draws per batch (average case)
+    # m: examples per independently perturbed batch; None: all
+    batch_size: Annotated[int | None, Ge(1)] = 128
+    # first examples of the split used; None: the whole split
+    n_examples: Annotated[int | None, Ge(1)] = 1024
+    steps: Annotated[int, Ge(1)] = 20  # APGD ascent steps per batch (worst case)
+    # first ascent step in u = delta / T; None: 2 * rho
+    step_size: Annotated[float | None, Gt(0)] = None
+    # weight of the previous update (APGD's alpha = 0.75 on the new step)
+    momentum: Annotated[float, Interval(0, 1, closed="left")] = 0.25
+    n_samples: Annotated[int, Ge(1)] = 20  # noise draws per batch (average case)
     random_init: bool = False  # start at a random point of the box / l2 sphere (code: off)
     seed: int = 0  # seeds the local generator of noise / random starts
     splits: tuple[str, ...] = ("train",)  # where to compute it (expensive)
 
     def __post_init__(self) -> None:
-        _check_sharpness_args(self.rho, self.kind, self.norm, self.eta, self.n_samples,
-                              self.steps, self.step_size, self.momentum, self.batch_size)
-        if self.n_examples is not None and self.n_examples < 1:
-            raise ValueError(f"n_examples must be >= 1 or None, got {self.n_examples}")
+        _check_kind_and_norm(self.kind, self.norm)
 
     def compute(self, ctx: EvalContext) -> dict[str, float]:
         if ctx.split not in self.splits:
@@ -665,22 +672,14 @@ class Sharpness(Measure):
 class Hessian(Measure):
     """:func:`hessian_top_eigenvalue` and :func:`hessian_trace` on the listed splits."""
 
-    iterations: int = 100  # most power-iteration steps (PyHessian's maxIter)
-    tol: float = 1e-3  # relative change of the eigenvalue that stops it (PyHessian's)
-    samples: int = 100  # Rademacher vectors for the trace (PyHessian's maxIter)
-    n_examples: int | None = None  # first examples of the split used; None: the whole split
+    iterations: Annotated[int, Ge(1)] = 100  # most power-iteration steps (PyHessian's maxIter)
+    # relative change of the eigenvalue that stops it (PyHessian's)
+    tol: Annotated[float, Ge(0)] = 1e-3
+    samples: Annotated[int, Ge(1)] = 100  # Rademacher vectors for the trace (PyHessian's maxIter)
+    # first examples of the split used; None: the whole split
+    n_examples: Annotated[int | None, Ge(1)] = None
     seed: int = 0  # seeds the local generator of the start / probe vectors
     splits: tuple[str, ...] = ("train",)  # where to compute it (expensive)
-
-    def __post_init__(self) -> None:
-        if self.iterations < 1:
-            raise ValueError(f"iterations must be >= 1, got {self.iterations}")
-        if not self.tol >= 0:
-            raise ValueError(f"tol must be >= 0, got {self.tol}")
-        if self.samples < 1:
-            raise ValueError(f"samples must be >= 1, got {self.samples}")
-        if self.n_examples is not None and self.n_examples < 1:
-            raise ValueError(f"n_examples must be >= 1 or None, got {self.n_examples}")
 
     def compute(self, ctx: EvalContext) -> dict[str, float]:
         if ctx.split not in self.splits:

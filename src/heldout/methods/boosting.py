@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from heldout.core.bounds import Annotated, Ge, Interval
 from heldout.core.inputs import InputSpec
 from heldout.core.technique import Technique
 from heldout.methods._wrapper import OptimizerWrapper
@@ -140,11 +141,8 @@ class BoostingStep(OptimizerWrapper):
 class BoostedUnits(ModelSpec):
     """:class:`StackedUnits` with room for ``max_units`` units (T rounds × J units)."""
 
-    max_units: int = 200  # capacity: total_nn × num_nn_step of the official defaults
-
-    def __post_init__(self) -> None:
-        if self.max_units < 1:
-            raise ValueError(f"max_units must be >= 1, got {self.max_units}")
+    # capacity: total_nn × num_nn_step of the official defaults
+    max_units: Annotated[int, Ge(1)] = 200
 
     def build(self, input: InputSpec, num_classes: int) -> nn.Module:
         if input.kind != "continuous":
@@ -170,19 +168,15 @@ class GBNN(Technique):
         Sequential Training of Neural Networks with Gradient Boosting (arXiv:1909.12098).
     """
 
-    units_per_round: int = 1  # J (num_nn_step)
+    units_per_round: Annotated[int, Ge(1)] = 1  # J (num_nn_step)
     shrinkage: float = 1.0  # η (the official default; its examples use 0.3)
-    subsample: float = 0.5  # share of the batch each stage is fitted on
-    lbfgs_iterations: int = 200  # L-BFGS iterations per stage (scikit-learn's max_iter)
+    # share of the batch each stage is fitted on
+    subsample: Annotated[float, Interval(0, 1, closed="right")] = 0.5
+    # L-BFGS iterations per stage (scikit-learn's max_iter)
+    lbfgs_iterations: Annotated[int, Ge(1)] = 200
     seed: int = 0  # seeds the subsamples and the stage initializations
 
     touches = frozenset({"step"})
-
-    def __post_init__(self) -> None:
-        if self.units_per_round < 1 or self.lbfgs_iterations < 1:
-            raise ValueError("units_per_round and lbfgs_iterations must be >= 1")
-        if not 0 < self.subsample <= 1:
-            raise ValueError(f"subsample must be in (0, 1], got {self.subsample}")
 
     def wrap_optimizer(self, optimizer: torch.optim.Optimizer, model: nn.Module) -> Any:
         if not isinstance(model, StackedUnits):

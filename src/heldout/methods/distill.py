@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from heldout.core.bounds import Annotated, Gt, Interval
 from heldout.core.checks import (
     check_class_targets,
     check_probabilities,
@@ -101,16 +102,13 @@ class PSKD(Technique):
         (arXiv:2006.12000), Algorithm 1.
     """
 
-    alpha_final: float = 0.8  # α_T (the paper's value for CIFAR-100 and ImageNet)
+    # α_T (the paper's value for CIFAR-100 and ImageNet)
+    alpha_final: Annotated[float, Interval(0, 1)] = 0.8
     _predictions: Tensor | None = field(default=None, init=False, repr=False)
     _visited: Tensor | None = field(default=None, init=False, repr=False)
     _pending: tuple[Tensor, Tensor] | None = field(default=None, init=False, repr=False)
 
     touches = frozenset({"loss", "after_step"})
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.alpha_final <= 1:
-            raise ValueError(f"alpha_final must be in [0, 1], got {self.alpha_final}")
 
     def _store(self, state: Any, classes: int, device: Any) -> tuple[Tensor, Tensor]:
         if self._predictions is None:
@@ -189,18 +187,12 @@ class KnowledgeDistillation(Technique):
     teacher must take the same inputs (the same task)."""
 
     teacher_run: str = ""  # id (or unique prefix, or name) of the teacher run in the store
-    temperature: float = 4.0  # T (Hinton et al. use 1-20; 4 is a common choice)
-    alpha: float = 0.9  # weight of the soft term
+    temperature: Annotated[float, Gt(0)] = 4.0  # T (Hinton et al. use 1-20; 4 is a common choice)
+    alpha: Annotated[float, Interval(0, 1)] = 0.9  # weight of the soft term
     home: str | None = None  # the store's directory (None: $HELDOUT_HOME or ./.heldout)
     _teacher: nn.Module | None = field(default=None, init=False, repr=False)
 
     touches = frozenset({"loss"})
-
-    def __post_init__(self) -> None:
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if not 0 <= self.alpha <= 1:
-            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
 
     def set_teacher(self, teacher: nn.Module) -> None:
         """Distil from ``teacher`` (any module taking the student's inputs): the plain-loop

@@ -9,6 +9,7 @@ from typing import Any, Literal, get_args
 import torch
 from torch import Tensor
 
+from heldout.core.bounds import Annotated, Interval
 from heldout.core.technique import Technique
 from heldout.registry import TECHNIQUES
 
@@ -70,7 +71,8 @@ class HardBatches(Technique):
         Can we learn better with hard samples? (arXiv:2304.03486).
     """
 
-    fraction: float = 0.5  # δ, the share of batches kept in each round
+    # δ, the share of batches kept in each round
+    fraction: Annotated[float, Interval(0, 1, closed="right")] = 0.5
     seed: int = 0  # seeds the fixed partition into batches
     order: Order = "dataset"  # train a round's batches in dataset order (authors) or hardest_first
     drop_last: bool = True  # drop the last partial batch, as the authors' loader does
@@ -81,8 +83,6 @@ class HardBatches(Technique):
     touches = frozenset({"batch", "after_step"})
 
     def __post_init__(self) -> None:
-        if not 0 < self.fraction <= 1:
-            raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
         if self.order not in get_args(Order):
             raise ValueError(f"unknown order {self.order!r}; valid: {', '.join(get_args(Order))}")
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from heldout.core.bounds import Annotated, Interval
 from heldout.core.checks import check_class_targets
 from heldout.core.stacked import Stack, StackedRule, cast, per_copy
 from heldout.core.technique import Technique
@@ -141,14 +142,11 @@ class StableMax(Technique):
 class LabelSmoothing(Technique):
     """Train with :func:`label_smoothing_cross_entropy` (a baseline regularizer)."""
 
-    smoothing: float = 0.1  # ε, the mass moved to the uniform distribution (Szegedy et al.)
+    # ε, the mass moved to the uniform distribution (Szegedy et al.)
+    smoothing: Annotated[float, Interval(0, 1, closed="left")] = 0.1
 
     touches = frozenset({"loss"})
     vectorizable = frozenset({"smoothing"})
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.smoothing < 1.0:
-            raise ValueError(f"smoothing must be in [0, 1), got {self.smoothing}")
 
     def loss(self, logits: Tensor, targets: Tensor, state: State) -> Tensor:
         return label_smoothing_cross_entropy(logits, targets, self.smoothing)

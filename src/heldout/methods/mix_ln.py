@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from heldout.callbacks.grad_norms import GradNormReport
+from heldout.core.bounds import Annotated, Interval
 from heldout.core.technique import Technique
 from heldout.models.transformer import Norm, TransformerBlock
 from heldout.registry import TECHNIQUES
@@ -100,15 +101,12 @@ class MixLN(Technique):
     :class:`~heldout.callbacks.GradNormReport` callback (``grad_norm/block<i>`` at every
     evaluation), the diagnostic the paper argues with."""
 
-    post_ln_ratio: float = 0.25  # α: the first ⌊α·L⌋ of L blocks are Post-LN (paper: 0.25)
+    # α: the first ⌊α·L⌋ of L blocks are Post-LN (paper: 0.25)
+    post_ln_ratio: Annotated[float, Interval(0, 1)] = 0.25
     report_grad_norms: bool = True  # log grad_norm/block<i> at each evaluation
     _report: GradNormReport = field(default_factory=GradNormReport, init=False, repr=False)
 
     touches = frozenset({"model"})
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.post_ln_ratio <= 1.0:
-            raise ValueError(f"post_ln_ratio must be in [0, 1], got {self.post_ln_ratio}")
 
     def transform_model(self, model: nn.Module) -> nn.Module:
         return apply_mix_ln(model, self.post_ln_ratio)

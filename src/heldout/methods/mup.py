@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
+from heldout.core.bounds import Annotated, Ge, Gt
 from heldout.core.technique import Technique
 from heldout.registry import TECHNIQUES
 
@@ -472,20 +473,17 @@ class MuP(Technique):
     reuse them at any width. For other models, use the functions with a base model.
     """
 
-    base_width: int = 64  # the hidden width the hyper-parameters were tuned at
+    base_width: Annotated[int, Ge(1)] = 64  # the hidden width the hyper-parameters were tuned at
     optimizer_rule: Literal["auto", "adam", "sgd"] = "auto"  # µP lr table to apply
-    init_std: float = 1.0  # σ: weights ~ N(0, σ²/fan_in) (readout: σ²/base_fan_in, ×1/m)
-    output_mult: float = 1.0  # α: the readout computes W (α x / m) + b
+    # σ: weights ~ N(0, σ²/fan_in) (readout: σ²/base_fan_in, ×1/m)
+    init_std: Annotated[float, Gt(0)] = 1.0
+    output_mult: Annotated[float, Gt(0)] = 1.0  # α: the readout computes W (α x / m) + b
     readout_zero_init: bool = False  # start the readout weight at zero (TP5's suggestion)
     decoupled_wd: bool = False  # leave weight decay unscaled (else wd divided by the lr factor)
 
     touches = frozenset({"model", "optimizer"})
 
     def __post_init__(self) -> None:
-        if self.base_width < 1:
-            raise ValueError(f"base_width must be >= 1, got {self.base_width}")
-        if self.init_std <= 0 or self.output_mult <= 0:
-            raise ValueError("init_std and output_mult must be > 0")
         if self.optimizer_rule not in ("auto", "adam", "sgd"):
             raise ValueError(f"optimizer_rule must be auto, adam or sgd, "
                              f"got {self.optimizer_rule!r}")

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from heldout.core.bounds import Annotated, Ge
 from heldout.core.technique import Technique
 from heldout.registry import TECHNIQUES
 
@@ -102,13 +103,9 @@ def ghost_batch_norm(model: nn.Module, ghost_batch_size: int = 128) -> int:
 class GhostBN(Technique):
     """Model transform: every BatchNorm becomes a :class:`GhostBatchNorm`."""
 
-    ghost_batch_size: int = 128  # |B_S| in the paper (its small-batch size)
+    ghost_batch_size: Annotated[int, Ge(1)] = 128  # |B_S| in the paper (its small-batch size)
 
     touches = frozenset({"model"})
-
-    def __post_init__(self) -> None:
-        if self.ghost_batch_size < 1:
-            raise ValueError(f"ghost_batch_size must be >= 1, got {self.ghost_batch_size}")
 
     def transform_model(self, model: nn.Module) -> nn.Module:
         if ghost_batch_norm(model, self.ghost_batch_size) == 0:

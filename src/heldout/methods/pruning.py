@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import prune
 
+from heldout.core.bounds import Annotated, Interval
 from heldout.core.technique import Technique
 from heldout.methods.averaging.batchnorm import recompute_batchnorm_stats
 from heldout.methods.soups import StateDict, average_state_dicts, greedy_soup
@@ -160,7 +161,8 @@ class MagnitudePruning(Technique):
     step the weights are the same either way for SGD.
     """
 
-    sparsity: float = 0.9  # fraction of prunable weights set to zero (SMS: goal sparsity 0.9)
+    # fraction of prunable weights set to zero (SMS: goal sparsity 0.9)
+    sparsity: Annotated[float, Interval(0, 1)] = 0.9
     scope: Literal["global", "layer"] = "global"  # one threshold for all layers, or per layer
     _mask: Mask | None = field(default=None, init=False, repr=False)
     _targets: list[tuple[Tensor, Tensor]] = field(default_factory=list, init=False, repr=False)
@@ -168,8 +170,6 @@ class MagnitudePruning(Technique):
     touches = frozenset({"model", "after_step"})
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.sparsity <= 1.0:
-            raise ValueError(f"sparsity must be in [0, 1], got {self.sparsity}")
         if self.scope not in ("global", "layer"):
             raise ValueError(f"scope must be 'global' or 'layer', got {self.scope!r}")
 

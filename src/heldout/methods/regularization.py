@@ -8,6 +8,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from heldout.core.bounds import Annotated, Ge
 from heldout.core.technique import Technique
 from heldout.registry import TECHNIQUES
 
@@ -24,14 +25,11 @@ __all__ = ["EntropyRegularization", "WeightDecay", "entropy", "entropy_regulariz
 class WeightDecay(Technique):
     """Set ``weight_decay`` in every parameter group of the base optimizer."""
 
-    weight_decay: float = 1.0  # the usual grokking value with AdamW (Power et al., 2022)
+    # the usual grokking value with AdamW (Power et al., 2022)
+    weight_decay: Annotated[float, Ge(0)] = 1.0
 
     touches = frozenset({"optimizer"})
     vectorizable = frozenset({"weight_decay"})  # the stacked optimizer reads it per copy
-
-    def __post_init__(self) -> None:
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
 
     def wrap_optimizer(self, optimizer: torch.optim.Optimizer, model: nn.Module) -> Any:
         for group in optimizer.param_groups:
@@ -98,15 +96,12 @@ def entropy_regularization(logits: Tensor, coefficient: float,
 class EntropyRegularization(Technique):
     """Add :func:`entropy_regularization` of the training logits to the loss."""
 
-    coefficient: float = 0.001  # c_ent (1-shot RLVR's default)
+    coefficient: Annotated[float, Ge(0)] = 0.001  # c_ent (1-shot RLVR); the sign: see mode
     mode: Literal["bonus", "penalty"] = "bonus"  # bonus: loss − c·H; penalty: loss + c·H
 
     touches = frozenset({"loss_term"})
 
     def __post_init__(self) -> None:
-        if self.coefficient < 0:
-            raise ValueError(f"coefficient must be >= 0 (choose the sign with mode), got "
-                             f"{self.coefficient}")
         if self.mode not in ("bonus", "penalty"):
             raise ValueError(f"mode must be 'bonus' or 'penalty', got {self.mode!r}")
 

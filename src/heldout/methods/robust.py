@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from heldout.core.bounds import Annotated, Ge, Interval
 from heldout.core.per_example import per_example_gradients, per_example_loss
 from heldout.core.technique import Technique
 from heldout.registry import TECHNIQUES
@@ -173,12 +174,14 @@ class RobustMeanGradients(Technique):
     """
 
     estimator: Estimator = "winsorized"  # winsorized, median_of_means (M3) or running_median
-    clip_fraction: float = 0.1  # winsorized: c (the code's flag: 10 percent)
-    groups: int = 3  # median_of_means: number of groups (M3: 3)
-    window: int = 3  # running_median: gradients in the median (RM3: 3)
+    # winsorized: c (the code's flag: 10 percent)
+    clip_fraction: Annotated[float, Interval(0, 0.5)] = 0.1
+    groups: Annotated[int, Ge(1)] = 3  # median_of_means: number of groups (M3: 3)
+    window: Annotated[int, Ge(1)] = 3  # running_median: gradients in the median (RM3: 3)
     pad_window: bool = False  # running_median: update from step 1, padding with the first grad
     loss: Literal["cross_entropy", "mse"] = "cross_entropy"  # per-example loss
-    chunk_size: int = 64  # examples per vmap(grad) call: memory ~ chunk_size x #params
+    # examples per vmap(grad) call: memory ~ chunk_size x #params
+    chunk_size: Annotated[int, Ge(1)] = 64
     _history: list[list[Tensor]] = field(default_factory=list, init=False, repr=False)
     _pending: list[Tensor] | None = field(default=None, init=False, repr=False)
 
@@ -188,10 +191,6 @@ class RobustMeanGradients(Technique):
         if self.estimator not in get_args(Estimator):
             raise ValueError(f"unknown estimator {self.estimator!r}; valid: "
                              f"{', '.join(get_args(Estimator))}")
-        if not 0.0 <= self.clip_fraction <= 0.5:
-            raise ValueError(f"clip_fraction must be in [0, 0.5], got {self.clip_fraction}")
-        if self.groups < 1 or self.window < 1 or self.chunk_size < 1:
-            raise ValueError("groups, window and chunk_size must be >= 1")
 
     def on_after_backward(self, state: Any) -> None:
         params = [p for p in state.model.parameters() if p.requires_grad]

@@ -11,6 +11,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from heldout.core.bounds import Annotated, Ge, Interval
 from heldout.core.technique import Technique
 from heldout.registry import TECHNIQUES
 
@@ -129,21 +130,15 @@ class LRSchedule(Technique):
     :func:`schedule_factor` before every step (stateless: resumes exactly)."""
 
     kind: Literal["constant", "cosine", "cosine_power", "step"] = "cosine_power"  # the shape
-    min_factor: float = 0.0  # final lr as a fraction of the initial lr
-    power: float = 10.0  # p of cosine power annealing (sharpDARTS' default)
+    min_factor: Annotated[float, Interval(0, 1)] = 0.0  # final lr as a fraction of the initial lr
+    power: Annotated[float, Ge(1)] = 10.0  # p of cosine power annealing (sharpDARTS' default)
     milestones: tuple[float, ...] = (0.5, 0.75)  # step decay: fractions of the run
     gamma: float = 0.1  # step decay: multiplier at each milestone
-    warmup_steps: int = 0  # linear warm-up steps before the schedule
+    warmup_steps: Annotated[int, Ge(0)] = 0  # linear warm-up steps before the schedule
 
     touches = frozenset({"schedule"})
 
     def __post_init__(self) -> None:
-        if self.power < 1:
-            raise ValueError(f"power must be >= 1, got {self.power}")
-        if not 0 <= self.min_factor <= 1:
-            raise ValueError(f"min_factor must be in [0, 1], got {self.min_factor}")
-        if self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         object.__setattr__(self, "milestones", tuple(self.milestones))
 
     def on_fit_start(self, state: Any) -> None:
@@ -170,13 +165,10 @@ class BatchLRScaling(Technique):
     once, before training (Hoffer et al., arXiv:1705.08741). Combine with ``ghost_bn`` and
     regime adaptation (:func:`regime_steps`) to close the large-batch gap."""
 
-    base_batch_size: int = 128  # |B_S|, the batch size the learning rate was tuned for
+    # |B_S|, the batch size the learning rate was tuned for
+    base_batch_size: Annotated[int, Ge(1)] = 128
 
     touches = frozenset({"optimizer"})
-
-    def __post_init__(self) -> None:
-        if self.base_batch_size < 1:
-            raise ValueError(f"base_batch_size must be >= 1, got {self.base_batch_size}")
 
     def wrap_optimizer(self, optimizer: torch.optim.Optimizer, model: nn.Module) -> Any:
         return optimizer

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from heldout.core.bounds import Annotated, Ge
 from heldout.core.inputs import InputSpec
 from heldout.models.base import ModelSpec
 from heldout.registry import MODELS
@@ -89,19 +90,15 @@ class CNN1D(ModelSpec):
         torch.Size([3, 10])
     """
 
-    channels: tuple[int, ...] = (32, 32, 32)  # output channels of each conv block
-    kernel_size: int = 5  # convolution width (odd keeps the padding symmetric)
+    channels: Annotated[tuple[int, ...], Ge(1)] = (32, 32, 32)  # output channels of each conv block
+    kernel_size: Annotated[int, Ge(1)] = 5  # convolution width (odd keeps the padding symmetric)
     batch_norm: bool = False  # BatchNorm1d after each convolution, before ReLU
     bias: bool = True  # whether the convolutions and the head have biases
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(self.channels))  # a YAML list becomes a tuple
-        if not self.channels or any(width < 1 for width in self.channels):
-            raise ValueError(
-                f"channels must be a non-empty tuple of ints >= 1, got {self.channels}"
-            )
-        if self.kernel_size < 1:
-            raise ValueError(f"kernel_size must be >= 1, got {self.kernel_size}")
+        if not self.channels:
+            raise ValueError("channels must name at least one conv block, got ()")
 
     def build(self, input: InputSpec, num_classes: int) -> nn.Module:
         return cnn1d_network(

@@ -9,6 +9,7 @@ from typing import get_args
 
 from torch import nn
 
+from heldout.core.bounds import Annotated, Ge, Gt
 from heldout.core.inputs import InputSpec
 from heldout.models.base import ModelSpec
 from heldout.models.layers import Activation, TokenLinear, activation_module
@@ -86,18 +87,16 @@ class MLP(ModelSpec):
         torch.Size([1, 5])
     """
 
-    hidden: tuple[int, ...] = (200, 200)  # widths of the hidden layers, input side first
+    # widths of the hidden layers, input side first
+    hidden: Annotated[tuple[int, ...], Ge(1)] = (200, 200)
     bias: bool = True  # whether the linear layers have biases (the grokking MLP has none)
     activation: Activation = "relu"  # nonlinearity after each hidden layer
     batch_norm: bool = False  # BatchNorm1d after each hidden linear layer, before activation
-    init_std: float | None = None  # N(0, init_std²) for every weight (None: torch's default)
+    # N(0, init_std²) for every weight (None: torch's default)
+    init_std: Annotated[float | None, Gt(0)] = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(self.hidden))  # a YAML list becomes a tuple
-        if any(width < 1 for width in self.hidden):
-            raise ValueError(f"hidden widths must be >= 1, got {self.hidden}")
-        if self.init_std is not None and self.init_std <= 0:
-            raise ValueError(f"init_std must be > 0 or null, got {self.init_std}")
         if self.activation not in get_args(Activation):
             raise ValueError(
                 f"activation must be one of {', '.join(get_args(Activation))}, "

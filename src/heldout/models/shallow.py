@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from heldout.core.bounds import Annotated, Ge, Gt
 from heldout.core.inputs import InputSpec
 from heldout.models.base import ModelSpec
 from heldout.registry import MODELS
@@ -46,14 +47,9 @@ class FixedReadoutReLU(ModelSpec):
     XOR Cluster Data" (arXiv:2310.02541): f(x) = Σ_j a_j ReLU(w_j·x), a_j = ±1/√m fixed, first
     layer initialized N(0, init_std²) and trained (full-batch GD on the logistic loss)."""
 
-    width: int = 200  # m, the number of hidden units (half with a_j > 0)
-    init_std: float = 1e-6  # standard deviation of the first layer's initialization
-
-    def __post_init__(self) -> None:
-        if self.width < 2:
-            raise ValueError(f"width must be >= 2, got {self.width}")
-        if self.init_std <= 0:
-            raise ValueError(f"init_std must be > 0, got {self.init_std}")
+    width: Annotated[int, Ge(2)] = 200  # m, the number of hidden units (half with a_j > 0)
+    # standard deviation of the first layer's initialization
+    init_std: Annotated[float, Gt(0)] = 1e-6
 
     def build(self, input: InputSpec, num_classes: int) -> nn.Module:
         if input.kind != "continuous":
@@ -95,15 +91,9 @@ class ScaledQuadratic(ModelSpec):
     near the initial kernel (lazy); a small one forces the features to move (rich). Train it
     with learning rate ∝ N/α² so that the function moves at the same speed for every α."""
 
-    width: int = 500  # N, hidden units
-    alpha: float = 1.0  # α, the output scale
+    width: Annotated[int, Ge(1)] = 500  # N, hidden units
+    alpha: Annotated[float, Gt(0)] = 1.0  # α, the output scale
     epsilon: float = 0.25  # ε, the weight of the quadratic part of φ
-
-    def __post_init__(self) -> None:
-        if self.width < 1:
-            raise ValueError(f"width must be >= 1, got {self.width}")
-        if self.alpha <= 0:
-            raise ValueError(f"alpha must be > 0, got {self.alpha}")
 
     def build(self, input: InputSpec, num_classes: int) -> nn.Module:
         if input.kind != "continuous":

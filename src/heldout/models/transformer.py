@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from heldout.core.bounds import Annotated, Ge, Interval
 from heldout.core.inputs import InputSpec
 from heldout.models.base import ModelSpec
 from heldout.models.layers import activation_module
@@ -185,27 +186,22 @@ class Transformer(ModelSpec):
         torch.Size([1, 7])
     """
 
-    d_model: int = 128  # width of the residual stream
-    n_heads: int = 4  # attention heads (must divide d_model)
-    n_layers: int = 1  # number of transformer blocks
-    d_ff: int | None = None  # hidden width of the feed-forward layer (None: 4 * d_model)
+    d_model: Annotated[int, Ge(1)] = 128  # width of the residual stream
+    n_heads: Annotated[int, Ge(1)] = 4  # attention heads (must divide d_model)
+    n_layers: Annotated[int, Ge(1)] = 1  # number of transformer blocks
+    # hidden width of the feed-forward layer (None: 4 * d_model)
+    d_ff: Annotated[int | None, Ge(1)] = None
     norm: Norm = "pre"  # LayerNorm placement: "pre" (x + f(LN(x))) or "post" (LN(x + f(x)))
-    dropout: float = 0.0  # dropout on embeddings, attention weights and sublayer outputs
+    # dropout on embeddings, attention weights and sublayer outputs
+    dropout: Annotated[float, Interval(0, 1, closed="left")] = 0.0
     causal: bool = False  # mask attention so each position sees only itself and earlier ones
     activation: FeedForwardActivation = "relu"  # nonlinearity inside the feed-forward layer
 
     def __post_init__(self) -> None:
-        for name in ("d_model", "n_heads", "n_layers"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.d_model % self.n_heads:
             raise ValueError(f"n_heads ({self.n_heads}) must divide d_model ({self.d_model})")
-        if self.d_ff is not None and self.d_ff < 1:
-            raise ValueError(f"d_ff must be >= 1 or None, got {self.d_ff}")
         if self.norm not in get_args(Norm):
             raise ValueError(f"norm must be one of pre, post, got {self.norm!r}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.activation not in get_args(FeedForwardActivation):
             raise ValueError(f"activation must be one of relu, gelu, got {self.activation!r}")
 

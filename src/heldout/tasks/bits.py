@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from heldout.core.bounds import Annotated, Ge, Interval
 from heldout.core.inputs import InputSpec
 from heldout.core.sampling import stream_generator
 from heldout.registry import TASKS
@@ -29,17 +30,16 @@ class BitPatterns(Task):
     ("Adaptive Estimators Show Information Compression in Deep Neural Networks",
     arXiv:1902.09037), whose exact labelling function is not available offline."""
 
-    n_bits: int = 12  # pattern length: 2^n_bits examples
-    train_fraction: float = 0.8  # share of the patterns used for training
-    val_fraction: float = 0.0  # share used for validation (the rest is test)
+    n_bits: Annotated[int, Interval(2, 20)] = 12  # pattern length: 2^n_bits examples
+    # share of the patterns used for training
+    train_fraction: Annotated[float, Interval(0, 1, closed="neither")] = 0.8
+    val_fraction: Annotated[float, Ge(0)] = 0.0  # share used for validation (the rest is test)
     data_seed: int | None = None  # overrides the run's seed for the labels and the split
 
     def __post_init__(self) -> None:
-        if not 2 <= self.n_bits <= 20:
-            raise ValueError(f"n_bits must be in [2, 20], got {self.n_bits}")
-        if not 0 < self.train_fraction < 1 or self.val_fraction < 0 or \
-                self.train_fraction + self.val_fraction >= 1:
-            raise ValueError("need 0 < train_fraction, 0 <= val_fraction, and their sum < 1")
+        if self.train_fraction + self.val_fraction >= 1:
+            raise ValueError(f"train_fraction + val_fraction must be < 1, got "
+                             f"{self.train_fraction} + {self.val_fraction}")
 
     @property
     def input(self) -> InputSpec:

@@ -8,12 +8,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from heldout.core.bounds import Annotated, Ge, Interval
 from heldout.core.inputs import InputSpec
 from heldout.core.sampling import stream_generator
 from heldout.registry import TASKS
 from heldout.tasks.base import Split, Splits, Task
 from heldout.tasks.splitting import (
-    check_range,
     import_optional,
     noisy_split,
     resolve_seed,
@@ -58,22 +58,21 @@ class Digits(Task):
         ((1078, 64), 269, 450, 10)
     """
 
-    val_fraction: float = 0.15  # fraction of each class held out as val
-    test_fraction: float = 0.25  # fraction of each class held out as test
-    label_noise: float = 0.0  # fraction of train labels replaced by a different class
-    data_seed: int | None = None  # if set, splits and corrupts instead of the run's seed
+    # fraction of each class held out as val
+    val_fraction: Annotated[float, Interval(0, 1, closed="left")] = 0.15
+    # fraction of each class held out as test
+    test_fraction: Annotated[float, Interval(0, 1, closed="left")] = 0.25
+    # fraction of train labels replaced by a different class
+    label_noise: Annotated[float, Interval(0, 1)] = 0.0
+    # if set, splits and corrupts instead of the run's seed
+    data_seed: Annotated[int | None, Ge(0)] = None
 
     def __post_init__(self) -> None:
-        check_range("val_fraction", self.val_fraction, 0, 1, high_open=True)
-        check_range("test_fraction", self.test_fraction, 0, 1, high_open=True)
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError(
                 f"val_fraction + test_fraction must be < 1 to leave training data, got "
                 f"{self.val_fraction} + {self.test_fraction}"
             )
-        check_range("label_noise", self.label_noise, 0, 1)
-        if self.data_seed is not None:
-            check_range("data_seed", self.data_seed, 0)
 
     @property
     def input(self) -> InputSpec:

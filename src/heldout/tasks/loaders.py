@@ -22,10 +22,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from heldout.core.bounds import Annotated, Ge
 from heldout.core.inputs import InputSpec
 from heldout.registry import TASKS
 from heldout.tasks.domains import DomainData, DomainSuite
-from heldout.tasks.splitting import check_range, import_optional
+from heldout.tasks.splitting import import_optional
 
 __all__ = ["IMAGE_SUFFIXES", "TABLE_SUFFIXES", "ImageFolderDomains", "TableDomains"]
 
@@ -187,13 +188,12 @@ class ImageFolderDomains(DomainSuite):
     """
 
     root: str = ""  # the folder holding root/<domain>/<class>/<file>
-    size: int = 28  # images are resized to size x size
+    size: Annotated[int, Ge(1)] = 28  # images are resized to size x size
     color: Literal["grayscale", "rgb"] = "grayscale"  # one channel, or three
 
     domains_known_upfront: ClassVar[bool] = False  # known once the folder is listed
 
     def __post_init__(self) -> None:
-        check_range("size", self.size, 1)
         if self.color not in ("grayscale", "rgb"):
             raise ValueError(f"color must be 'grayscale' or 'rgb', got {self.color!r}")
         super().__post_init__()

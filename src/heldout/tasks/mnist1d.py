@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from heldout.core.bounds import Annotated, Ge, Interval
 from heldout.core.inputs import InputSpec
 from heldout.core.sampling import stream_generator
 from heldout.registry import TASKS
 from heldout.tasks.base import Split, Splits, Task
 from heldout.tasks.splitting import (
-    check_range,
     import_optional,
     noisy_split,
     random_partition,
@@ -119,22 +119,18 @@ class MNIST1D(Task):
         ((360, 40), 40, 100)
     """
 
-    num_samples: int = 5000  # examples generated (train + test), rounded down to a multiple of 10
-    dataset_seed: int = 42  # seed of the MNIST-1D generator (42 is the published data set)
-    val_fraction: float = 0.1  # fraction of the generator's train part held out as val
-    label_noise: float = 0.0  # fraction of train labels replaced by a different class
-    max_train: int | None = None  # keep only the first max_train training examples
-    data_seed: int | None = None  # if set, splits and corrupts instead of the run's seed
-
-    def __post_init__(self) -> None:
-        check_range("num_samples", self.num_samples, 10)
-        check_range("dataset_seed", self.dataset_seed, 0, 2**32 - 1)
-        check_range("val_fraction", self.val_fraction, 0, 1, high_open=True)
-        check_range("label_noise", self.label_noise, 0, 1)
-        if self.data_seed is not None:
-            check_range("data_seed", self.data_seed, 0)
-        if self.max_train is not None:
-            check_range("max_train", self.max_train, 1)
+    # examples generated (train + test), rounded down to a multiple of 10
+    num_samples: Annotated[int, Ge(10)] = 5000
+    # seed of the MNIST-1D generator (42 is the published data set)
+    dataset_seed: Annotated[int, Interval(0, 2**32 - 1)] = 42
+    # fraction of the generator's train part held out as val
+    val_fraction: Annotated[float, Interval(0, 1, closed="left")] = 0.1
+    # fraction of train labels replaced by a different class
+    label_noise: Annotated[float, Interval(0, 1)] = 0.0
+    # keep only the first max_train training examples
+    max_train: Annotated[int | None, Ge(1)] = None
+    # if set, splits and corrupts instead of the run's seed
+    data_seed: Annotated[int | None, Ge(0)] = None
 
     @property
     def input(self) -> InputSpec:

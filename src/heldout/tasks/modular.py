@@ -8,12 +8,12 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
+from heldout.core.bounds import Annotated, Ge, Interval
 from heldout.core.inputs import InputSpec
 from heldout.core.sampling import stream_generator
 from heldout.registry import TASKS
 from heldout.tasks.base import Split, Splits, Task
 from heldout.tasks.splitting import (
-    check_range,
     noisy_split,
     random_partition,
     resolve_seed,
@@ -95,31 +95,30 @@ class ModularArithmetic(Task):
         (15, 10, 5)
     """
 
-    p: int = 113  # the modulus; also the vocabulary size and the number of classes
+    # the modulus; also the vocabulary size and the number of classes
+    p: Annotated[int, Ge(2)] = 113
     operation: Operation = "+"  # a∘b: "+", "-", "*", "/" (a * b^-1, p prime) or "x2+y2"
-    train_fraction: float = 0.4  # fraction of all pairs used for training
-    val_fraction: float = 0.0  # fraction of all pairs held out as val (from the non-train pairs)
-    label_corruption: float = 0.0  # fraction of train labels replaced by a different class
-    data_seed: int | None = None  # if set, builds the data instead of the run's seed
+    # fraction of all pairs used for training
+    train_fraction: Annotated[float, Interval(0, 1, closed="right")] = 0.4
+    # fraction of all pairs held out as val (from the non-train pairs)
+    val_fraction: Annotated[float, Interval(0, 1)] = 0.0
+    # fraction of train labels replaced by a different class
+    label_corruption: Annotated[float, Interval(0, 1)] = 0.0
+    # if set, builds the data instead of the run's seed
+    data_seed: Annotated[int | None, Ge(0)] = None
 
     def __post_init__(self) -> None:
         if self.operation not in get_args(Operation):
             raise ValueError(
                 f"operation must be one of {', '.join(get_args(Operation))}, got {self.operation!r}"
             )
-        check_range("p", self.p, 2)
         if self.operation == "/" and not is_prime(self.p):
             raise ValueError(f"p must be prime for division (b must be invertible), got {self.p}")
-        check_range("train_fraction", self.train_fraction, 0, 1, low_open=True)
-        check_range("val_fraction", self.val_fraction, 0, 1)
         if self.train_fraction + self.val_fraction > 1:
             raise ValueError(
                 f"train_fraction + val_fraction must be <= 1, got "
                 f"{self.train_fraction} + {self.val_fraction}"
             )
-        check_range("label_corruption", self.label_corruption, 0, 1)
-        if self.data_seed is not None:
-            check_range("data_seed", self.data_seed, 0)
 
     @property
     def input(self) -> InputSpec:

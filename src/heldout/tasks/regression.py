@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from heldout.core.bounds import Annotated, Ge
 from heldout.core.inputs import InputSpec
 from heldout.core.sampling import stream_generator
 from heldout.registry import TASKS
@@ -31,18 +32,11 @@ class SingleIndexQuadratic(Task):
     to Rich Training Dynamics" (arXiv:2310.06110), as in their notebooks (D = 100, P = 550).
     """
 
-    dim: int = 100  # D, the input dimension
-    n_train: int = 550  # P, training points
-    n_val: int = 0  # validation points
-    n_test: int = 1000  # test points
+    dim: Annotated[int, Ge(1)] = 100  # D, the input dimension
+    n_train: Annotated[int, Ge(1)] = 550  # P, training points
+    n_val: Annotated[int, Ge(0)] = 0  # validation points
+    n_test: Annotated[int, Ge(1)] = 1000  # test points
     data_seed: int | None = None  # overrides the run's seed for the data
-
-    def __post_init__(self) -> None:
-        for name in ("dim", "n_train", "n_test"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.n_val < 0:
-            raise ValueError(f"n_val must be >= 0, got {self.n_val}")
 
     @property
     def input(self) -> InputSpec:

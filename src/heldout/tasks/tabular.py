@@ -8,11 +8,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from heldout.core.bounds import Annotated, Ge, Interval
 from heldout.core.inputs import InputSpec
 from heldout.core.sampling import stream_generator
 from heldout.registry import TASKS
 from heldout.tasks.base import Split, Splits, Task
-from heldout.tasks.splitting import check_range, import_optional, resolve_seed, stratified_partition
+from heldout.tasks.splitting import import_optional, resolve_seed, stratified_partition
 
 __all__ = ["BreastCancer", "Moons"]
 
@@ -37,13 +38,11 @@ class BreastCancer(Task):
     training split's mean and standard deviation. One of the small tabular stand-ins for
     GBNN's benchmarks (Emami & Martínez-Muñoz, arXiv:1909.12098)."""
 
-    test_fraction: float = 0.3  # fraction of each class held out as test
-    val_fraction: float = 0.0  # fraction of each class held out as val
+    # fraction of each class held out as test
+    test_fraction: Annotated[float, Interval(0, 1, closed="neither")] = 0.3
+    # fraction of each class held out as val
+    val_fraction: Annotated[float, Interval(0, 1, closed="left")] = 0.0
     data_seed: int | None = None  # overrides the run's seed for the split
-
-    def __post_init__(self) -> None:
-        check_range("test_fraction", self.test_fraction, 0.0, 1.0, low_open=True, high_open=True)
-        check_range("val_fraction", self.val_fraction, 0.0, 1.0, high_open=True)
 
     @property
     def input(self) -> InputSpec:
@@ -71,17 +70,11 @@ class Moons(Task):
     Gaussian noise, 2 classes; train, val and test drawn independently from seeded streams
     (GBNN's decision-boundary example uses 200 training points and noise 0.3)."""
 
-    n_train: int = 200  # training points
-    n_val: int = 0  # validation points
-    n_test: int = 1000  # test points
-    noise: float = 0.3  # standard deviation of the Gaussian noise
+    n_train: Annotated[int, Ge(2)] = 200  # training points
+    n_val: Annotated[int, Ge(0)] = 0  # validation points
+    n_test: Annotated[int, Ge(2)] = 1000  # test points
+    noise: Annotated[float, Ge(0)] = 0.3  # standard deviation of the Gaussian noise
     data_seed: int | None = None  # overrides the run's seed for the data
-
-    def __post_init__(self) -> None:
-        if self.n_train < 2 or self.n_test < 2 or self.n_val < 0:
-            raise ValueError("n_train and n_test must be >= 2 and n_val >= 0")
-        if self.noise < 0:
-            raise ValueError(f"noise must be >= 0, got {self.noise}")
 
     @property
     def input(self) -> InputSpec:

@@ -8,11 +8,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from heldout.core.bounds import Annotated, Ge, Gt, Interval
 from heldout.core.inputs import InputSpec
 from heldout.core.sampling import stream_generator
 from heldout.registry import TASKS
 from heldout.tasks.base import Split, Splits, Task
-from heldout.tasks.splitting import check_range, resolve_seed
+from heldout.tasks.splitting import resolve_seed
 
 __all__ = ["XORClusters"]
 
@@ -44,23 +45,17 @@ class XORClusters(Task):
         ((8, 10), 2)
     """
 
-    dim: int = 2000  # input dimension d (the theory needs d much larger than n_train)
-    n_train: int = 100  # number of training examples n
-    n_val: int = 0  # number of validation examples (clean labels)
-    n_test: int = 1000  # number of test examples (clean labels)
-    mean_norm_sq: float = 200.0  # squared norm ‖μ‖² of each cluster mean (the signal strength)
-    flip_probability: float = 0.15  # η: probability that a train label is flipped
-    data_seed: int | None = None  # if set, builds the data instead of the run's seed
-
-    def __post_init__(self) -> None:
-        check_range("dim", self.dim, 2)
-        check_range("n_train", self.n_train, 1)
-        check_range("n_val", self.n_val, 0)
-        check_range("n_test", self.n_test, 0)
-        check_range("mean_norm_sq", self.mean_norm_sq, 0, low_open=True)
-        check_range("flip_probability", self.flip_probability, 0, 1)
-        if self.data_seed is not None:
-            check_range("data_seed", self.data_seed, 0)
+    # input dimension d (the theory needs d much larger than n_train)
+    dim: Annotated[int, Ge(2)] = 2000
+    n_train: Annotated[int, Ge(1)] = 100  # number of training examples n
+    n_val: Annotated[int, Ge(0)] = 0  # number of validation examples (clean labels)
+    n_test: Annotated[int, Ge(0)] = 1000  # number of test examples (clean labels)
+    # squared norm ‖μ‖² of each cluster mean (the signal strength)
+    mean_norm_sq: Annotated[float, Gt(0)] = 200.0
+    # η: probability that a train label is flipped
+    flip_probability: Annotated[float, Interval(0, 1)] = 0.15
+    # if set, builds the data instead of the run's seed
+    data_seed: Annotated[int | None, Ge(0)] = None
 
     @property
     def input(self) -> InputSpec:

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
+from heldout.core.bounds import Annotated, Interval
 from heldout.core.checks import check_same_shape, check_unit_interval
 from heldout.core.stacked import Stack, StackedRule, per_copy
 from heldout.core.stacked import cast as stacked_cast
@@ -81,13 +82,11 @@ class ExponentialMovingAverage(WeightAverage):
 class EMA(AveragingTechnique):
     """Keep an :class:`ExponentialMovingAverage`; measures see the averaged weights."""
 
-    decay: float = 0.999  # weight of the running average at each step
+    # weight of the running average at each step
+    decay: Annotated[float, Interval(0, 1, closed="left")] = 0.999
     evaluate_average: bool = True  # measures use the average (else the raw weights)
 
     vectorizable = frozenset({"decay"})
-
-    def __post_init__(self) -> None:
-        _check_decay(self.decay)
 
     def _average_of(self, state: Any) -> WeightAverage:
         return ExponentialMovingAverage(state.model, self.decay)

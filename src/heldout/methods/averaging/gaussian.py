@@ -13,6 +13,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
+from heldout.core.bounds import Annotated, Ge, Gt
 from heldout.methods.averaging.average import AveragingTechnique, WeightAverage
 from heldout.methods.soups import StateDict, average_state_dicts
 from heldout.registry import TECHNIQUES
@@ -187,15 +188,9 @@ class GaussianAveraging(AveragingTechnique):
     """
 
     center_fraction: float = GPA_CENTER_FRACTION  # μ as a fraction of the points
-    sigma_fraction: float = GPA_SIGMA_FRACTION  # σ as a fraction of the points
-    every: int | None = 1  # steps between aggregated points; None: once per epoch
+    sigma_fraction: Annotated[float, Gt(0)] = GPA_SIGMA_FRACTION  # σ as a fraction of the points
+    every: Annotated[int | None, Ge(1)] = 1  # steps between aggregated points; None: once per epoch
     evaluate_average: bool = True  # measures use the average (else the raw weights)
-
-    def __post_init__(self) -> None:
-        if not self.sigma_fraction > 0:
-            raise ValueError(f"sigma_fraction must be > 0, got {self.sigma_fraction}")
-        if self.every is not None and self.every < 1:
-            raise ValueError(f"every must be >= 1 or None, got {self.every}")
 
     @property
     def average(self) -> GaussianTrajectoryAverage | None:

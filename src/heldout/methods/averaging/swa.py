@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import get_swa_multi_avg_fn
 
+from heldout.core.bounds import Annotated, Ge, Interval
 from heldout.methods.averaging.average import (
     AveragingRule,
     AveragingTechnique,
@@ -111,18 +112,14 @@ class SWA(AveragingTechnique):
     under ``"averaged"``) loads.
     """
 
-    start_fraction: float = 0.75  # averaging starts after this fraction of max_steps
-    every: int | None = None  # steps between averaged points; None: once per epoch
+    # averaging starts after this fraction of max_steps
+    start_fraction: Annotated[float, Interval(0, 1)] = 0.75
+    # steps between averaged points; None: once per epoch
+    every: Annotated[int | None, Ge(1)] = None
     bn_update: bool = True  # recompute the average's BatchNorm statistics on the training data
     evaluate_average: bool = True  # measures use the average (else the raw weights)
     _bn_stale: bool = field(default=False, init=False, repr=False)
     _warned: bool = field(default=False, init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.start_fraction <= 1.0:
-            raise ValueError(f"start_fraction must be in [0, 1], got {self.start_fraction}")
-        if self.every is not None and self.every < 1:
-            raise ValueError(f"every must be >= 1 or None, got {self.every}")
 
     @property
     def average(self) -> StochasticWeightAverage | None:

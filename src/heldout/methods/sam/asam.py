@@ -5,6 +5,7 @@ parameters only, so the sharpness of a ReLU network is invariant to rescaling it
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from heldout.core.checks import check_non_negative
+from heldout.core.bounds import Annotated, Interval
 from heldout.core.stacked import Stack, StackedRule, per_copy
 from heldout.core.technique import Technique
 from heldout.methods.sam.sam import SAM, StackedAscent
@@ -78,16 +79,14 @@ class ASAM(SAM):
 class AdaptiveSharpnessAware(Technique):
     """Wrap the optimizer in :class:`ASAM` (two forward-backward passes per step)."""
 
-    rho: float = 0.5  # radius (official README: 0.5 on CIFAR-10, 1.0 on CIFAR-100)
-    eta: float = 0.01  # added to |w| in T_w (official class default)
+    # radius (official README: 0.5 on CIFAR-10, 1.0 on CIFAR-100)
+    rho: Annotated[float, Interval(0, math.inf, closed="left")] = 0.5
+    # added to |w| in T_w (official class default)
+    eta: Annotated[float, Interval(0, math.inf, closed="left")] = 0.01
     preserve_batchnorm: bool = True  # keep BN statistics from the second pass out
 
     touches = frozenset({"step"})
     vectorizable = frozenset({"rho"})
-
-    def __post_init__(self) -> None:
-        check_non_negative("asam", "rho", self.rho)
-        check_non_negative("asam", "eta", self.eta)
 
     def wrap_optimizer(self, optimizer: torch.optim.Optimizer, model: nn.Module) -> Any:
         return ASAM(optimizer, rho=self.rho, eta=self.eta, model=model,

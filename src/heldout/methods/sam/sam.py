@@ -14,6 +14,7 @@ they move exactly once per step (from the first, unperturbed pass).
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -21,6 +22,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from heldout.core.bounds import Annotated, Interval
 from heldout.core.checks import check_non_negative
 from heldout.core.stacked import Layout, Stack, StackedRule, cast, per_copy
 from heldout.core.technique import Technique
@@ -217,17 +219,15 @@ class SAM(OptimizerWrapper):
 class SharpnessAware(Technique):
     """Wrap the optimizer in :class:`SAM` (two forward-backward passes per step)."""
 
-    rho: float = 0.05  # ball radius (Foret et al.: 0.05 on CIFAR-10)
+    # ball radius (Foret et al.: 0.05 on CIFAR-10)
+    rho: Annotated[float, Interval(0, math.inf, closed="left")] = 0.05
     adaptive: bool = False  # scale the ball by |w| + eta (ASAM's invariance to rescaling)
-    eta: float = 0.0  # added to |w| in adaptive mode
+    # added to |w| in adaptive mode
+    eta: Annotated[float, Interval(0, math.inf, closed="left")] = 0.0
     preserve_batchnorm: bool = True  # keep BN statistics from the second pass out
 
     touches = frozenset({"step"})
     vectorizable = frozenset({"rho"})
-
-    def __post_init__(self) -> None:
-        check_non_negative("sam", "rho", self.rho)
-        check_non_negative("sam", "eta", self.eta)
 
     def wrap_optimizer(self, optimizer: torch.optim.Optimizer, model: nn.Module) -> Any:
         return SAM(optimizer, rho=self.rho, adaptive=self.adaptive, eta=self.eta, model=model,

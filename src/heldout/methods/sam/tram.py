@@ -4,6 +4,7 @@ an EMA) and of the current model on the batch; then e = ρ_t g/‖g‖."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
@@ -12,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from heldout.core.bounds import Annotated, Interval
 from heldout.core.checks import check_non_negative, check_unit_interval
 from heldout.core.functional import functional_call
 from heldout.core.measure import eval_mode
@@ -194,17 +196,15 @@ class TrustRegionAware(Technique):
     """Wrap the optimizer in :class:`TRAM` (two forward-backward passes and one no-grad
     forward of the target per step)."""
 
-    logit_scale: float = 1.0  # ρ_t = logit_scale · divergence (no default in the official code)
+    # ρ_t = logit_scale · divergence (no default in the official code)
+    logit_scale: Annotated[float, Interval(0, math.inf, closed="left")] = 1.0
     divergence: Divergence = "forward"  # forward KL(target‖current), reverse or symmetric
-    target_decay: float = 0.0  # 0: previous iterate (TRAM-θ_{t−1}); 1: initial weights; EMA
+    # 0: previous iterate (TRAM-θ_{t−1}); 1: initial weights; EMA
+    target_decay: Annotated[float, Interval(0, 1)] = 0.0
     adaptive: bool = False  # scale e by w² as adaptive SAM (the official option)
     preserve_batchnorm: bool = True  # keep BN statistics from the second pass out
 
     touches = frozenset({"step"})
-
-    def __post_init__(self) -> None:
-        check_non_negative("tram", "logit_scale", self.logit_scale)
-        check_unit_interval("tram", "target_decay", self.target_decay)
 
     def wrap_optimizer(self, optimizer: torch.optim.Optimizer, model: nn.Module) -> Any:
         return TRAM(optimizer, model, self.logit_scale, self.divergence, self.target_decay,

@@ -4,6 +4,7 @@ perturbed inputs). BatchNorm statistics move only in the first, unperturbed pass
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
@@ -13,7 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import grad, vmap
 
-from heldout.core.checks import check_non_negative, check_unit_interval
+from heldout.core.bounds import Annotated, Interval
+from heldout.core.checks import check_non_negative
 from heldout.core.technique import Technique
 from heldout.methods.sam.sam import SAM, preserve_batchnorm_stats
 from heldout.registry import TECHNIQUES
@@ -385,21 +387,20 @@ class UnknownDomainInconsistency(Technique):
     statistics), TRAM-like ρ schedules and the per-domain split of the penalty.
     """
 
-    rho: float = 0.05  # SAM radius (scripts: 0.05; grid 0.01-0.1)
-    input_step: float = 0.005  # ρ_x, the input step (code default; scripts' 10 is AdvStyle's)
-    weight: float = 1.0  # λ on the inconsistency gradient (scripts' worst_weight)
-    warmup_fraction: float = 0.2  # plain SAM for this share of the steps (scripts: ratio 5)
+    # SAM radius (scripts: 0.05; grid 0.01-0.1)
+    rho: Annotated[float, Interval(0, math.inf, closed="left")] = 0.05
+    # ρ_x, the input step (code default; scripts' 10 is AdvStyle's)
+    input_step: Annotated[float, Interval(0, math.inf, closed="left")] = 0.005
+    # λ on the inconsistency gradient (scripts' worst_weight)
+    weight: Annotated[float, Interval(0, math.inf, closed="left")] = 1.0
+    # plain SAM for this share of the steps (scripts: ratio 5)
+    warmup_fraction: Annotated[float, Interval(0, 1)] = 0.2
     perturb_at: str = "auto"  # "input", a module name, or auto (embedding for token inputs)
     normalize: InputNormalization = "batch"  # the code normalizes across the batch
     preserve_batchnorm: bool = True  # BN statistics move in the first pass only
     _optimizer: UDIM | None = field(default=None, init=False, repr=False)
 
     touches = frozenset({"step"})
-
-    def __post_init__(self) -> None:
-        for name in ("rho", "input_step", "weight"):
-            check_non_negative("udim", name, getattr(self, name))
-        check_unit_interval("udim", "warmup_fraction", self.warmup_fraction)
 
     def wrap_optimizer(self, optimizer: torch.optim.Optimizer, model: nn.Module) -> Any:
         self._optimizer = UDIM(optimizer, model, self.rho, self.input_step, self.weight,

@@ -29,12 +29,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from heldout.core.bounds import Annotated, Ge, Interval
 from heldout.core.sampling import stream_generator
 from heldout.tasks.base import Split, Splits, Task
 from heldout.tasks.digits import digits_arrays
 from heldout.tasks.mnist1d import mnist1d_arrays
 from heldout.tasks.splitting import (
-    check_range,
     random_partition,
     resolve_seed,
     split_counts,
@@ -105,9 +105,10 @@ class DomainSuite(Task):
 
     A subclass gives :meth:`domain_names`, :attr:`input`, :attr:`num_classes` and
     :meth:`_domains` (one :class:`DomainData` per domain, built from the seed with named random
-    streams only). It checks its own fields in ``__post_init__`` and then calls
-    ``super().__post_init__()``, which checks the shared ones, including ``held_out`` against
-    the domain names when they are known without reading data (``domains_known_upfront``).
+    streams only). The bounds its fields declare are checked by the registry first; its
+    ``__post_init__`` checks the rest and then calls ``super().__post_init__()``, which checks
+    ``held_out`` and the fractions' sum, ``held_out`` against the domain names when they are
+    known without reading data (``domains_known_upfront``).
 
     Example:
         >>> task = DigitsShift(shift="rotation", held_out=(3,))
@@ -119,9 +120,12 @@ class DomainSuite(Task):
     """
 
     held_out: tuple[int, ...] = (0,)  # indices of the test domains; the others are for training
-    val_fraction: float = 0.2  # fraction of each domain (per class) in its val part
-    test_fraction: float = 0.2  # fraction of each domain (per class) in its test part
-    data_seed: int | None = None  # if set, builds and splits the data instead of the run's seed
+    # fraction of each domain (per class) in its val part
+    val_fraction: Annotated[float, Interval(0, 1, closed="left")] = 0.2
+    # fraction of each domain (per class) in its test part
+    test_fraction: Annotated[float, Interval(0, 1, closed="left")] = 0.2
+    # if set, builds and splits the data instead of the run's seed
+    data_seed: Annotated[int | None, Ge(0)] = None
 
     # False where the domains are only known by reading files (held_out checked in splits())
     domains_known_upfront: ClassVar[bool] = True
@@ -136,15 +140,11 @@ class DomainSuite(Task):
             raise ValueError("held_out must name at least one test domain, got ()")
         if len(set(held)) != len(held):
             raise ValueError(f"held_out lists a domain twice: {held}")
-        check_range("val_fraction", self.val_fraction, 0, 1, high_open=True)
-        check_range("test_fraction", self.test_fraction, 0, 1, high_open=True)
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError(
                 f"val_fraction + test_fraction must be < 1 to leave training data, got "
                 f"{self.val_fraction} + {self.test_fraction}"
             )
-        if self.data_seed is not None:
-            check_range("data_seed", self.data_seed, 0)
         if self.domains_known_upfront:
             self._check_held_out(self.domain_names())
 

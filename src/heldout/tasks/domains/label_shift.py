@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from heldout.core.bounds import Annotated, Ge, Gt, Interval
 from heldout.core.inputs import InputSpec
 from heldout.core.sampling import stream_generator
 from heldout.registry import TASKS
@@ -19,10 +20,7 @@ from heldout.tasks.domains.base import (
     DomainSuite,
     source_arrays,
 )
-from heldout.tasks.splitting import (
-    check_range,
-    resolve_seed,
-)
+from heldout.tasks.splitting import resolve_seed
 
 __all__ = ["LabelShift"]
 
@@ -73,26 +71,23 @@ class LabelShift(DomainSuite):
     """
 
     source: Literal["digits", "mnist1d"] = "digits"  # the inputs: 8x8 digits or MNIST-1D
-    num_domains: int = 4  # number of domains
+    num_domains: Annotated[int, Ge(2)] = 4  # number of domains
     prior: Literal["step", "dirichlet"] = "step"  # how each domain's class mix is declared
-    imbalance: float = 0.1  # step: weight of a disfavoured class relative to a favoured one
-    concentration: float = 1.0  # dirichlet: the concentration of every class
-    domain_size: int | None = None  # examples per domain; None: the largest the data allows
-    num_samples: int = 4000  # MNIST-1D examples generated (source="mnist1d" only)
-    dataset_seed: int = 42  # seed of the MNIST-1D generator (source="mnist1d" only)
+    # step: weight of a disfavoured class relative to a favoured one
+    imbalance: Annotated[float, Interval(0, 1, closed="right")] = 0.1
+    concentration: Annotated[float, Gt(0)] = 1.0  # dirichlet: the concentration of every class
+    # examples per domain; None: the largest the data allows
+    domain_size: Annotated[int | None, Ge(1)] = None
+    # MNIST-1D examples generated (source="mnist1d" only)
+    num_samples: Annotated[int, Ge(10)] = 4000
+    # seed of the MNIST-1D generator (source="mnist1d" only)
+    dataset_seed: Annotated[int, Interval(0, 2**32 - 1)] = 42
 
     def __post_init__(self) -> None:
         if self.source not in ("digits", "mnist1d"):
             raise ValueError(f"source must be 'digits' or 'mnist1d', got {self.source!r}")
         if self.prior not in ("step", "dirichlet"):
             raise ValueError(f"prior must be 'step' or 'dirichlet', got {self.prior!r}")
-        check_range("num_domains", self.num_domains, 2)
-        check_range("imbalance", self.imbalance, 0, 1, low_open=True)
-        check_range("concentration", self.concentration, 0, low_open=True)
-        if self.domain_size is not None:
-            check_range("domain_size", self.domain_size, 1)
-        check_range("num_samples", self.num_samples, 10)
-        check_range("dataset_seed", self.dataset_seed, 0, 2**32 - 1)
         super().__post_init__()
 
     def domain_names(self) -> tuple[str, ...]:

@@ -11,6 +11,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor
 
+from heldout.core.bounds import Annotated, Interval
 from heldout.core.inputs import InputSpec
 from heldout.core.sampling import stream_generator
 from heldout.registry import TASKS
@@ -174,7 +175,7 @@ class MNIST1DShift(_ShiftedSource, DomainSuite):
     shift: Literal["translation", "noise", "scale"] = "translation"  # what differs per domain
     strengths: tuple[float, ...] | None = None  # per-domain strength; None: the shift's defaults
     num_samples: int = 4000  # MNIST-1D examples generated, dealt into the domains
-    dataset_seed: int = 42  # seed of the MNIST-1D generator
+    dataset_seed: Annotated[int, Interval(0, 2**32 - 1)] = 42  # seed of the MNIST-1D generator
 
     _STRENGTHS: ClassVar[dict[str, tuple[float, ...]]] = _MNIST1D_STRENGTHS
     _PREFIXES: ClassVar[dict[str, str]] = _MNIST1D_PREFIX
@@ -183,7 +184,6 @@ class MNIST1DShift(_ShiftedSource, DomainSuite):
     def __post_init__(self) -> None:
         self._check_shift()
         check_range("num_samples", self.num_samples, 10 * len(self.domain_strengths()))
-        check_range("dataset_seed", self.dataset_seed, 0, 2**32 - 1)
         super().__post_init__()
 
     @property

@@ -8,6 +8,7 @@ from typing import Literal
 
 import torch
 
+from heldout.core.bounds import Annotated, Interval
 from heldout.core.inputs import InputSpec
 from heldout.core.sampling import stream_generator
 from heldout.registry import TASKS
@@ -64,10 +65,13 @@ class SpuriousCue(DomainSuite):
 
     held_out: tuple[int, ...] = (2,)  # the test domain: cue agreement 0.1 by default
     source: Literal["digits", "mnist1d"] = "digits"  # the shapes: 8x8 digits or MNIST-1D
-    cue_agreement: tuple[float, ...] = (0.9, 0.8, 0.1)  # P(cue = label) in each domain
-    label_noise: float = 0.25  # probability that a label is flipped (ColoredMNIST: 0.25)
+    # P(cue = label) in each domain
+    cue_agreement: Annotated[tuple[float, ...], Interval(0, 1)] = (0.9, 0.8, 0.1)
+    # probability that a label is flipped (ColoredMNIST: 0.25)
+    label_noise: Annotated[float, Interval(0, 1)] = 0.25
     num_samples: int = 4000  # MNIST-1D examples generated (source="mnist1d" only)
-    dataset_seed: int = 42  # seed of the MNIST-1D generator (source="mnist1d" only)
+    # seed of the MNIST-1D generator (source="mnist1d" only)
+    dataset_seed: Annotated[int, Interval(0, 2**32 - 1)] = 42
 
     def __post_init__(self) -> None:
         if self.source not in ("digits", "mnist1d"):
@@ -75,11 +79,7 @@ class SpuriousCue(DomainSuite):
         object.__setattr__(self, "cue_agreement", tuple(self.cue_agreement))
         if len(self.cue_agreement) < 2:
             raise ValueError(f"cue_agreement needs at least 2 domains, got {self.cue_agreement}")
-        for p in self.cue_agreement:
-            check_range("cue_agreement", p, 0, 1)
-        check_range("label_noise", self.label_noise, 0, 1)
         check_range("num_samples", self.num_samples, 10 * len(self.cue_agreement))
-        check_range("dataset_seed", self.dataset_seed, 0, 2**32 - 1)
         super().__post_init__()
 
     def domain_names(self) -> tuple[str, ...]:
