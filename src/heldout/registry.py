@@ -23,8 +23,8 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import importlib
-import pkgutil
 import json
+import pkgutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cache

@@ -37,6 +37,7 @@ class ASAM(SAM):
     its own settings by keyword.
 
     Example:
+        >>> import torch.nn.functional as F
         >>> model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
         >>> opt = ASAM(torch.optim.SGD(model.parameters(), lr=0.1), rho=0.5, model=model)
         >>> x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))

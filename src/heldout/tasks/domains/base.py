@@ -111,6 +111,7 @@ class DomainSuite(Task):
     known without reading data (``domains_known_upfront``).
 
     Example:
+        >>> from heldout.tasks.domains import DigitsShift
         >>> task = DigitsShift(shift="rotation", held_out=(3,))
         >>> splits = task.splits(seed=0)
         >>> task.domain_names(), sorted(splits.extra)[:2]
