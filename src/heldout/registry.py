@@ -297,7 +297,7 @@ REGISTRIES: dict[str, Registry[Any]] = {
 
 def implementations(number: int) -> list[str]:
     """Names (``kind:name``) of the registered components that implement paper ``number``."""
-    out = []
+    out: list[str] = []
     for reg in REGISTRIES.values():
         out.extend(f"{reg.kind}:{e.name}" for e in reg.entries() if number in e.papers)
     return out

@@ -25,7 +25,6 @@ import dataclasses
 import math
 import typing
 from dataclasses import dataclass
-from functools import cache
 from typing import Annotated, Any, Literal
 
 __all__ = ["Annotated", "Bound", "Ge", "Gt", "Interval", "Le", "Lt", "bounds_of", "check_bounds"]
@@ -106,9 +105,17 @@ class Interval(Bound):
         return f"must be in {left}{self.low}, {self.high}{right}"
 
 
-@cache
+_BOUNDS: dict[type, dict[str, tuple[Bound, ...]]] = {}
+
+
 def bounds_of(cls: type) -> dict[str, tuple[Bound, ...]]:
-    """The bounded fields of the dataclass ``cls``: field name → its bounds."""
+    """The bounded fields of the dataclass ``cls``: field name → its bounds (read once)."""
+    if cls not in _BOUNDS:
+        _BOUNDS[cls] = _read_bounds(cls)
+    return _BOUNDS[cls]
+
+
+def _read_bounds(cls: type) -> dict[str, tuple[Bound, ...]]:
     if not dataclasses.is_dataclass(cls):
         return {}
     hints = typing.get_type_hints(cls, include_extras=True)

@@ -46,5 +46,6 @@ def functional_call(module: nn.Module,
         >>> isinstance(net[2].weight, nn.Parameter)  # still the model's own parameter
         True
     """
-    return _functional_call(module, tensors, args, kwargs,
+    tensors = dict(tensors) if isinstance(tensors, Mapping) else tuple(dict(t) for t in tensors)
+    return _functional_call(module, tensors, args, None if kwargs is None else dict(kwargs),
                             tie_weights=not _registered_twice(module))

@@ -43,7 +43,7 @@ class _HashingWriter:
 
     def write(self, data: bytes) -> int:
         self.digest.update(data)
-        return self.handle.write(data)
+        return int(self.handle.write(data))
 
     def flush(self) -> None:
         self.handle.flush()
@@ -75,7 +75,7 @@ def save_checkpoint(obj: dict[str, Any], path: str | Path, *, keep_previous: boo
     try:
         with os.fdopen(fd, "wb") as handle:
             writer = _HashingWriter(handle)
-            torch.save(obj, writer)
+            torch.save(obj, writer)  # type: ignore[arg-type]  # any object with write()
             handle.flush()
             os.fsync(handle.fileno())
         if on_written is not None:
@@ -122,7 +122,7 @@ def load_checkpoint(path: str | Path, *, digests: Collection[str] | None = None
             problems.append(f"{candidate} does not match its recorded sha256")
             continue
         try:
-            obj = torch.load(candidate, map_location="cpu", weights_only=True)
+            obj = dict(torch.load(candidate, map_location="cpu", weights_only=True))
         except Exception as err:  # noqa: BLE001 - truncated, empty, random bytes, a payload
             problems.append(f"{candidate} cannot be read ({type(err).__name__})")
             continue
@@ -136,7 +136,8 @@ def load_checkpoint(path: str | Path, *, digests: Collection[str] | None = None
 
 def capture_rng() -> dict[str, Any]:
     """The states of torch's, NumPy's and Python's global RNGs, as checkpointable values."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    assert isinstance(keys, np.ndarray)  # the legacy form is a tuple of 5
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": {
@@ -165,11 +166,11 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _python_state_to_plain(state: tuple) -> list:
+def _python_state_to_plain(state: tuple[Any, ...]) -> list[Any]:
     version, internal, gauss = state
     return [version, list(internal), gauss]
 
 
-def _python_state_from_plain(state: list) -> tuple:
+def _python_state_from_plain(state: list[Any]) -> tuple[Any, ...]:
     version, internal, gauss = state
     return (version, tuple(internal), gauss)

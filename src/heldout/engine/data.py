@@ -80,18 +80,18 @@ class TensorBatches:
 class LoaderBatches:
     """Batches from a ``DataLoader`` yielding ``(x, y)`` or ``(x, y, index)``, resumable."""
 
-    def __init__(self, loader: DataLoader, device: Any = None) -> None:
+    def __init__(self, loader: DataLoader[Any], device: Any = None) -> None:
         self.loader = loader
         self.device = device
         self.epoch = 0
         self.index = 0
-        self._iterator: Iterator | None = None
+        self._iterator: Iterator[Any] | None = None
         self._epoch_rng: Tensor | None = None
 
     def sizes(self) -> dict[str, int | None]:
         dataset = getattr(self.loader, "dataset", None)
         try:
-            n = len(dataset) if dataset is not None else None  # type: ignore[arg-type]
+            n = len(dataset) if dataset is not None else None
             steps = len(self.loader)
         except TypeError:  # an iterable-style dataset has no length
             n, steps = None, None

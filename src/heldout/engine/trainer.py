@@ -17,7 +17,7 @@ import math
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -118,7 +118,7 @@ class Trainer:
         )
         for technique in wrappers:  # gradient wrappers inside, the step strategy outermost
             base = technique.wrap_optimizer(base, self.model)
-        self.optimizer = base
+        self.optimizer: Any = base  # a torch optimizer or a wrapper: step(closure) -> loss
         self.loss_technique = next((t for t in self.techniques if "loss" in t.touches), None)
         self.loss_terms = [t for t in self.techniques if "loss_term" in t.touches]
         self.loss_fn = loss_fn
@@ -155,7 +155,7 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
             x, y, _ = state.batch  # type: ignore[misc]
             loss = self._loss(self._forward(x), y)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]  # torch leaves it unannotated
             self._fire(Event.AFTER_BACKWARD)
             return loss
 
@@ -185,10 +185,10 @@ class Trainer:
         """The training forward: under bfloat16 autocast for ``precision="bf16-mixed"`` (the
         logits come back as float32, so losses and techniques see full precision)."""
         if self.precision == "float32":
-            return self.model(x)
+            return cast(Tensor, self.model(x))
         device = self.device or next(self.model.parameters(), x).device
         with torch.autocast(device.type, dtype=torch.bfloat16):
-            return self.model(x).float()
+            return cast(Tensor, self.model(x).float())
 
     def _loss(self, logits: Tensor, targets: Tensor) -> Tensor:
         if self.loss_technique is not None:
