@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up heldout in ./.venv (once; again when pyproject.toml or constraints.txt change), then
 #   ./run.sh flagship [args]   run the grokking comparison and write its HTML report
-#   ./run.sh test [args]       run lint and the test suite (what CI runs)
+#   ./run.sh test [args]       lint, import contracts, types, docs build, doctests and the
+#                              test suite (what CI runs)
 #   ./run.sh heldout ARGS      any heldout command
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -33,7 +34,14 @@ setup
 case "$cmd" in
   flagship) exec "$VENV/bin/heldout" flagship "$@" ;;
   test)
-    "$VENV/bin/ruff" check src tests bench
+    # lint, layer contracts, types, the docs site, doctests, then the tests
+    "$VENV/bin/ruff" check src tests bench docs
+    "$VENV/bin/lint-imports"
+    "$VENV/bin/mypy"
+    site=$(mktemp -d)
+    NO_MKDOCS_2_WARNING=1 "$VENV/bin/mkdocs" build --strict --quiet -d "$site"
+    rm -rf "$site"
+    "$VENV/bin/python" -m pytest -q -p no:xdist --doctest-modules src/heldout
     exec "$VENV/bin/python" -m pytest -n 2 "$@" ;;
   heldout) exec "$VENV/bin/heldout" "$@" ;;
   setup) ;;
