@@ -36,6 +36,7 @@ from __future__ import annotations
 import statistics
 import types
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +54,7 @@ from harness import (
     timed,
     torch_setting,
 )
+from heldout.claims import named
 from heldout.claims.grokking import grokking_config
 from heldout.engine.trainer import Trainer
 from heldout.measures import evaluate
@@ -85,9 +87,8 @@ class StopAtAccuracy:
 
 
 def heldout_config(seed: int, max_steps: int, p: int, precision: str = "float32"):
-    return grokking_config(seed, max_steps, "perp_grad", p,
-                           extra=["measures=accuracy", f"eval_every={EVAL_EVERY}",
-                                  f"precision={precision}"])
+    return replace(grokking_config(seed, max_steps, named("perp_grad"), p),
+                   measures=named("accuracy"), eval_every=EVAL_EVERY, precision=precision)
 
 
 def build_heldout(seed: int, max_steps: int, p: int,

@@ -24,29 +24,21 @@ Run: ``PYTHONPATH=src .venv/bin/python bench/lease_cost.py [--steps 500 --rounds
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from harness import clock, elapsed, make_parser, parse, rotated, torch_setting
 from heldout.claims.grokking import grokking_config
 from heldout.run.recorder import RunRecorder
 from heldout.runner import build
 from heldout.store import Store
 
 GOAL = 0.01  # the lease's share of a training step
-
-
-def clock() -> tuple[float, float]:
-    return time.perf_counter(), time.process_time()
-
-
-def elapsed(start: tuple[float, float]) -> tuple[float, float]:
-    wall, cpu = clock()
-    return wall - start[0], cpu - start[1]
 
 
 def train(store: Store, cfg, run_id: str, leased: bool) -> tuple[tuple[float, float], dict]:
@@ -90,20 +82,17 @@ def isolated(store: Store, repeats: int) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = make_parser(__doc__, rounds=5)
     parser.add_argument("--p", type=int, default=23)
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--checkpoint-every", type=int, default=50)
-    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=200, help="isolated timings")
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    cfg = grokking_config(0, args.steps, p=args.p,
-                          extra=[f"checkpoint_every={args.checkpoint_every}"])
+    args = parse(parser)
+    cfg = replace(grokking_config(0, args.steps, p=args.p),
+                  checkpoint_every=args.checkpoint_every)
     evals = args.steps // cfg.eval_every + 1
     checkpoints = args.steps // args.checkpoint_every
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; grokking config, "
+    print(f"{torch_setting()}; grokking config, "
           f"(a+b) mod {args.p}, {args.steps} steps, {evals} evaluations, {checkpoints} "
           "checkpoints")
     with tempfile.TemporaryDirectory() as tmp:
@@ -115,7 +104,7 @@ def main() -> None:
               "  weights")
         same = []
         for r in range(args.rounds):
-            order = ["without", "with"] if r % 2 == 0 else ["with", "without"]
+            order = rotated(["without", "with"], r)
             out = {side: train(store, cfg, f"{side}-{r}", side == "with") for side in order}
             (w0, c0), s0 = out["without"]
             (w1, c1), s1 = out["with"]

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from heldout.claims.base import Claim, Verdict, named, record, seed_vote
-from heldout.config import Component, OptimizerConfig, RunConfig, parse_overrides
+from heldout.config import Component, OptimizerConfig, RunConfig
 from heldout.methods.losses import stablemax_cross_entropy
 from heldout.registry import CLAIMS
 from heldout.store.sqlite import Store
@@ -25,12 +25,9 @@ __all__ = ["GrokkingNLMAlignment", "PerpAdamWGeneralizes", "SoftmaxCollapseMecha
 
 
 def grokking_config(seed: int, steps: int, techniques: tuple[Component, ...] = (),
-                    p: int = 113, extra: Sequence[str] = ()) -> RunConfig:
+                    p: int = 113) -> RunConfig:
     """The C1 run: (a + b) mod p, bias-free MLP 200-200, full-batch AdamW lr 0.01, no decay.
-
-    Variants are ``dataclasses.replace`` of it. ``extra`` takes ``key=value`` overrides
-    applied last, for command-line-style callers (the bench scripts); the ledger passes none.
-    """
+    Variants are ``dataclasses.replace`` of it."""
     cfg = RunConfig(
         task=Component("modular", {"p": p, "train_fraction": 0.4}),
         model=Component("mlp", {"hidden": (200, 200), "bias": False}),
@@ -39,7 +36,7 @@ def grokking_config(seed: int, steps: int, techniques: tuple[Component, ...] = (
         measures=named("accuracy", "loss", "softmax_collapse", "nlm_alignment", "gap"),
         batch_size=None, steps=steps, eval_every=10, checkpoint_every=steps, seed=seed,
     )
-    return parse_overrides(cfg, extra) if extra else cfg
+    return cfg
 
 
 @CLAIMS.register(
