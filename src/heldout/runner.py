@@ -269,14 +269,11 @@ def execute(
         _close(extra, failed=True)
         raise ConfigError(f"run {run_id} cannot be built: {err}") from err
     lease = None
-    try:
+    try:  # the lease first: a process training this run is named before anything is written
+        lease = recorder.lease = store.acquire_lease(run_id, wait=wait)
         record = store.create_run(run_id, config_to_dict(cfg), cfg.seed, cfg.name)
-        if record.status != "done" or restart:
-            lease = recorder.lease = store.acquire_lease(run_id, wait=wait)
-            record = store.get_run(run_id)  # it may have finished while this one waited
-        if record.status == "done" and not restart:
-            if lease is not None:
-                store.release_lease(lease)
+        if record.status == "done" and not restart:  # it finished while this one waited
+            store.release_lease(lease)
             _close(extra, failed=True)
             return RunResult(run_id, "done", store.final_metrics(run_id), None, True, record)
         result = _train_leased(trainer, recorder, restart=restart)

@@ -355,11 +355,20 @@ class Store:
         deadline = time.monotonic() + wait
         while True:
             try:
+                self._refuse_live_holder(run_id)  # a read: waits on no writer's lock
                 return self._try_lease(run_id)
             except RunLeased:
                 if time.monotonic() >= deadline:
                     raise
                 time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+
+    def _refuse_live_holder(self, run_id: str) -> None:
+        """Raise :class:`RunLeased` if a live process holds the run's lease. A read, so a
+        holder stopped inside a write transaction (SIGSTOP, a debugger) is named at once
+        instead of timing out on the database's write lock."""
+        row = self._optional("SELECT * FROM leases WHERE run_id = ?", run_id)
+        if row is not None and not self._lease_expired(row, time.time()):
+            raise RunLeased(run_id, row["pid"], row["host"], row["since"])
 
     def _try_lease(self, run_id: str) -> Lease:
         now, host = time.time(), platform.node()
