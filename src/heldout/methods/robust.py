@@ -181,7 +181,7 @@ class RobustMeanGradients(Technique):
     pad_window: bool = False  # running_median: update from step 1, padding with the first grad
     # per-example loss; the field shadows the ``loss`` hook, which the trainer calls only for
     # techniques that touch "loss" (this one does not), and renaming it would change run ids
-    loss: Literal["cross_entropy", "mse"] = "cross_entropy"  # type: ignore[assignment]  # see above
+    loss: Literal["cross_entropy", "mse"] = "cross_entropy"  # type: ignore[assignment]  # a field, not the hook
     # examples per vmap(grad) call: memory ~ chunk_size x #params
     chunk_size: Annotated[int, Ge(1)] = 64
     _history: list[list[Tensor]] = field(default_factory=list, init=False, repr=False)

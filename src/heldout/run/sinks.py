@@ -189,8 +189,7 @@ class TensorBoardSink:
             flat = {k: v if v is None or isinstance(v, int | float) and not isinstance(v, bool)
                     else _render(v) for k, v in flatten_config(self.config).items()}
             for summary in hparams(flat, dict.fromkeys(metrics, 0.0)):
-                # torch's writer sets file_writer = None before opening it, so mypy infers None
-                writer.file_writer.add_summary(summary, step)  # type: ignore[attr-defined]  # see above
+                writer.file_writer.add_summary(summary, step)  # type: ignore[attr-defined]  # torch's unannotated writer sets it to None before opening it
         return writer
 
     def flush(self) -> None:
