@@ -199,10 +199,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _warn
-            store = None
+            if args.command == "list":  # the one command without a store
+                return _cmd_list(args, None)
             if args.command == "store" and args.store_command == "check":
                 store = Store(_home(args.home), readonly=True, check=False)
-            elif args.command != "list":
+            else:
                 store = Store(_home(args.home), readonly=_read_only(args))
             return _COMMANDS[args.command](args, store)
     except (ConfigError, UnknownNameError, UsageError, StoreError, CheckpointError,

@@ -26,7 +26,7 @@ import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import yaml
 
@@ -478,7 +478,8 @@ def _set(data: dict[str, Any], path: list[str], value: Any, item: str) -> None:
                 value = [value]
             data[head] = [{"name": v} if isinstance(v, str) else v for v in value]
             return
-        items = {c["name"]: c for c in data[head] if isinstance(c, Mapping)}
+        # the entries are dicts (built above, or by the YAML loader), so they take assignment
+        items = {c["name"]: cast(dict[str, Any], c) for c in data[head] if isinstance(c, Mapping)}
         name = rest[0]
         if name not in items:
             listed = ", ".join(items) or "none"

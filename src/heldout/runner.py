@@ -105,7 +105,8 @@ def check_init_from(cfg: RunConfig, store: Store) -> Path | None:
 
 def _load_weights(model: torch.nn.Module, cfg: RunConfig, store: Store) -> None:
     checkpoint = check_init_from(cfg, store)
-    record = store.get_run(cfg.init_from)  # type: ignore[arg-type]  # checked just above
+    assert checkpoint is not None and cfg.init_from  # called only with init_from set
+    record = store.get_run(cfg.init_from)
     state = load_checkpoint(checkpoint, digests=store.checkpoint_digests(record.id))["model"]
     try:
         model.load_state_dict(state)
@@ -276,7 +277,7 @@ def execute(
             store.release_lease(lease)
             _close(extra, failed=True)
             return RunResult(run_id, "done", store.final_metrics(run_id), None, True, record)
-        result = _train_leased(trainer, recorder, restart=restart)
+        result = _train_leased(trainer, store, recorder, restart=restart)
     except BaseException:
         if lease is not None:
             store.release_lease(lease)  # if it failed before finishing (or was taken: no-op)
@@ -286,11 +287,12 @@ def execute(
     return result
 
 
-def _train_leased(trainer: Trainer, recorder: RunRecorder, *, restart: bool) -> RunResult:
-    """Train the built ``trainer`` under the recorder's lease: from scratch with ``restart``,
-    else from its last checkpoint if it has one; record the outcome (finishing gives the
-    lease back)."""
-    store, run_id, lease = recorder.store, recorder.run_id, recorder.lease
+def _train_leased(trainer: Trainer, store: Store, recorder: RunRecorder, *,
+                  restart: bool) -> RunResult:
+    """Train the built ``trainer`` under the recorder's lease (a recorder into ``store``):
+    from scratch with ``restart``, else from its last checkpoint if it has one; record the
+    outcome (finishing gives the lease back)."""
+    run_id, lease = recorder.run_id, recorder.lease
     checkpoint = store.checkpoint_path(run_id)
     if restart:
         store.reset_run(run_id, lease=lease)

@@ -9,6 +9,7 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from heldout.claims.base import Claim, Verdict, named, record
 from heldout.config import Component, OptimizerConfig, RunConfig
@@ -77,6 +78,7 @@ class GBNNTruncation(Claim):
             progress: bool = False) -> Verdict:
         units = self.ci_units if scale == "ci" else self.units
         keep = (10, 25, units)
+        numbers: dict[str, Any]
         numbers, run_ids = {}, []
         every_seed, mlp_loses_more = [], []
         for seed in seeds:

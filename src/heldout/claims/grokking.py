@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from heldout.claims.base import Claim, Verdict, named, record, seed_vote
+from heldout.claims.base import Claim, Verdict, VerdictName, named, record, seed_vote
 from heldout.config import Component, OptimizerConfig, RunConfig
 from heldout.methods.losses import stablemax_cross_entropy
 from heldout.registry import CLAIMS
@@ -134,6 +134,7 @@ def _loss_and_correct_grad(loss_fn, margin: float, classes: int,
     logits.requires_grad_(True)
     loss = loss_fn(logits, torch.tensor([0]))
     loss.backward()
+    assert logits.grad is not None  # a leaf that requires grad, after backward
     return float(loss.detach()), float(logits.grad[0, 0])
 
 
@@ -205,7 +206,7 @@ class SoftmaxCollapseMechanism(Claim):
                 torch.tensor(1001 / (1001 + n - 1), dtype=torch.float64)).item(),
             "checks": checks,
         }
-        verdict = "holds" if all(checks.values()) else "does not hold"
+        verdict: VerdictName = "holds" if all(checks.values()) else "does not hold"
         summary = (f"loss and correct-class gradient first exactly 0 at margin "
                    f"{margins['softmax_float32']} (float32), {margins['softmax_float64']} "
                    f"(float64), never up to 1000 for StableMax"

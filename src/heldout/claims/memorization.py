@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from heldout.claims.base import Claim, Verdict, named, record, seed_vote
 from heldout.config import Component, OptimizerConfig, RunConfig
@@ -79,6 +80,7 @@ class IPRPruningRemovesMemorization(Claim):
     def run(self, seeds: Sequence[int], store: Store, *, scale: str = "full",
             progress: bool = False) -> Verdict:
         p, width = 97, 500
+        numbers: dict[str, Any]
         passed, numbers, run_ids = [], {}, []
         for seed in seeds:
             cfg = corrupted_modular_config(seed, self.steps, p, width)

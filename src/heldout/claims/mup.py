@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import mean
 
-from heldout.claims.base import Claim, Verdict, named, record
+from heldout.claims.base import Claim, Verdict, VerdictName, named, record
 from heldout.config import Component, OptimizerConfig, RunConfig
 from heldout.registry import CLAIMS
 from heldout.store.sqlite import Store
@@ -80,7 +80,7 @@ class MuPTransfer(Claim):
         numbers: dict = {"learning_rates": list(LEARNING_RATES), "widths": list(widths)}
         shift = {}
         for parametrization, table in losses.items():
-            best = {w: min(range(len(LEARNING_RATES)), key=lambda i, t=table[w]: t[i])
+            best = {w: min(range(len(LEARNING_RATES)), key=table[w].__getitem__)
                     for w in widths}
             shift[parametrization] = max(abs(best[w] - best[widths[0]]) for w in widths)
             numbers[parametrization] = {
@@ -89,7 +89,7 @@ class MuPTransfer(Claim):
                 "max_shift_in_grid_steps": shift[parametrization],
             }
         if shift["mup"] <= 1 and shift["sp"] >= 2:
-            verdict = "holds"
+            verdict: VerdictName = "holds"
         elif shift["mup"] >= 2:
             verdict = "does not hold"
         else:

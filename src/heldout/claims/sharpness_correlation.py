@@ -12,8 +12,9 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypedDict
 
-from heldout.claims.base import Claim, Verdict, named, record
+from heldout.claims.base import Claim, Verdict, VerdictName, named, record
 from heldout.config import Component, OptimizerConfig, RunConfig
 from heldout.measures.ranking import kendall_tau
 from heldout.registry import CLAIMS
@@ -21,7 +22,13 @@ from heldout.store.sqlite import Store
 
 __all__ = ["SharpnessWeaklyCorrelated", "sharpness_population"]
 
-GRIDS = {
+class _Grid(TypedDict):
+    lr: tuple[float, ...]
+    batch: tuple[int, ...]
+    width: tuple[int, ...]
+
+
+GRIDS: dict[str, _Grid] = {
     "full": {"lr": (0.01, 0.03, 0.1), "batch": (32, 128, 512), "width": (64, 256)},
     "ci": {"lr": (0.01, 0.1), "batch": (32, 512), "width": (64, 256)},
 }
@@ -109,7 +116,7 @@ class SharpnessWeaklyCorrelated(Claim):
                 "population": rows,
             }
         if any(math.isnan(t) for t in taus):
-            verdict = "inconclusive"
+            verdict: VerdictName = "inconclusive"
         else:
             worst = max(abs(t) for t in taus)
             verdict = ("holds" if worst < self.weak else

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from heldout.claims.base import Claim, Verdict, named, record, seed_vote
 from heldout.config import Component, OptimizerConfig, RunConfig
@@ -94,8 +96,8 @@ class GreedySoupBeatsBestIngredient(Claim):
 
             val_scores = [accuracy(m.state_dict(), val) for m in models]
             best = max(range(len(models)), key=lambda i: val_scores[i])
-            soup = greedy_soup(models, lambda sd, val=val: accuracy(sd, val), scores=val_scores)
-            result = {
+            soup = greedy_soup(models, functools.partial(accuracy, split=val), scores=val_scores)
+            result: dict[str, Any] = {
                 "best_single_test": accuracy(models[best].state_dict(), test),
                 "greedy_soup_test": accuracy(soup.state_dict, test),
                 "uniform_soup_test": accuracy(uniform_soup(models), test),

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import mean
 
-from heldout.claims.base import STEP_DECAY, Claim, Verdict, named, record
+from heldout.claims.base import STEP_DECAY, Claim, Verdict, VerdictName, named, record
 from heldout.config import Component, OptimizerConfig, RunConfig
 from heldout.registry import CLAIMS, TASKS
 from heldout.store.sqlite import Store
@@ -75,7 +75,7 @@ class PSKDCalibration(Claim):
         numbers["mean_ece"] = {k: mean(r[k]["test_ece"] for r in rows) for k in ("ce", "pskd")}
         share = sum(lower_ece) / len(lower_ece)
         if share >= 2 / 3 and acc_diff >= -self.tolerance:
-            verdict = "holds"
+            verdict: VerdictName = "holds"
         elif share <= 1 / 3 or acc_diff < -self.tolerance:
             verdict = "does not hold"
         else:
@@ -126,7 +126,7 @@ class HardBatchesEffect(Claim):
         wins = sum(d > 0 for d in diffs)
         numbers["mean_difference"] = avg
         if avg > self.margin and wins >= 2 * len(seeds) / 3:
-            verdict = "holds"
+            verdict: VerdictName = "holds"
         elif avg < -self.margin:
             verdict = "does not hold"
         else:

@@ -237,7 +237,7 @@ def aggregate(selections: Iterable[Selection],
         per_set: dict[str, list[Interval]] = {c: [] for c in metrics}
         for held_out, group in by_held_out.items():
             chosen = [s for s in group if s.ok]
-            row = {**base, "held_out": _held_out_label(held_out),
+            row: dict[str, Any] = {**base, "held_out": _held_out_label(held_out),
                    "seeds": len({s.seed for s in chosen}),
                    "missing": len(group) - len(chosen)}
             for column, key in metrics.items():

@@ -156,7 +156,7 @@ def _train_job(configs: Sequence[dict[str, Any]], home: str, emit: Any, threads:
         torch.set_num_threads(threads)
         store = _ForwardingStore(Store(home, readonly=True), emit)
         try:
-            train_vectorized(cfgs, store)
+            train_vectorized(cfgs, store)  # type: ignore[arg-type]  # a Store proxy (__getattr__)
         except Exception as err:  # noqa: BLE001 - the runs fail, the sweep goes on
             if isinstance(err, ValueError) and not store.started:
                 store.finished.clear()

@@ -29,6 +29,7 @@ import hashlib
 import itertools
 import json
 import math
+import types
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -193,6 +194,7 @@ def _domain_names(task: Mapping[str, Any]) -> tuple[str, ...]:
 def _held_out_sets(spec: SweepSpec, domains: tuple[str, ...]) -> list[tuple[int, ...]]:
     if not domains:
         return [()]
+    base: list[tuple[int, ...]]
     if spec.held_out == "each":
         base = [(i,) for i in range(len(domains))]
     elif isinstance(spec.held_out, str):
@@ -316,8 +318,8 @@ def load_sweep(path: str | Path) -> SweepSpec:
     return sweep_from_dict(data, default_name=Path(path).stem)
 
 
-def _listed(data: Mapping[str, Any], key: str, default: Any, item: type | tuple[type, ...],
-            what: str) -> list[Any]:
+def _listed(data: Mapping[str, Any], key: str, default: Any,
+            item: type | types.UnionType | tuple[type, ...], what: str) -> list[Any]:
     """``data[key]`` as a list whose entries are ``item``s; a single entry counts as a list
     of one (``techniques: sam`` is ``[sam]``, not the letters s, a, m)."""
     value = data.get(key, default)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -218,7 +218,7 @@ def sharpness_radius(
     return _bisect(rise_at, target_deviation, search_depth, upper, tolerance)
 
 
-def _loss_gradient(net: nn.Module, params: list[Tensor], inputs: Tensor, targets: Tensor,
+def _loss_gradient(net: nn.Module, params: Sequence[Tensor], inputs: Tensor, targets: Tensor,
                    batch_size: int) -> list[Tensor]:
     """Gradient of the mean cross-entropy over all the data, summed over chunks."""
     grads = [torch.zeros_like(p) for p in params]
@@ -296,13 +296,13 @@ class PacBayesFlatness(Measure):
         net = fold_batch_norm(model) if self.fold_batch_norm else copy.deepcopy(model).eval()
         w = _vector(weight_matrices(net))
         v = None
-        if ctx.initial_state is not None:
-            init_net = ctx.initial_model()
+        init_net = ctx.initial_model()  # None when the initial state is unknown
+        if init_net is not None:
             init_net = fold_batch_norm(init_net) if self.fold_batch_norm else init_net
             v = w - _vector(weight_matrices(init_net))
-        search = dict(target_deviation=self.target_deviation, search_depth=self.search_depth,
-                      upper=self.upper, tolerance=self.tolerance, seed=self.seed,
-                      batch_size=ctx.batch_size)
+        search: dict[str, Any] = dict(
+            target_deviation=self.target_deviation, search_depth=self.search_depth,
+            upper=self.upper, tolerance=self.tolerance, seed=self.seed, batch_size=ctx.batch_size)
         out: dict[str, float] = {}
         sigma = pac_bayes_sigma(net, x, y, mc_samples=self.mc_samples,
                                 criterion=self.criterion, **search)

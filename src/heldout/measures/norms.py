@@ -122,7 +122,8 @@ def _fold_sequential(seq: nn.Sequential) -> None:
             seq._modules[after] = nn.Identity()
 
 
-def _fold_into(layer: nn.Module, norm: nn.modules.batchnorm._BatchNorm) -> None:
+def _fold_into(layer: nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d,
+               norm: nn.modules.batchnorm._BatchNorm) -> None:
     assert norm.running_mean is not None and norm.running_var is not None
     weight = layer.weight
     scale = (norm.running_var + norm.eps).rsqrt().to(weight.dtype)
@@ -375,8 +376,8 @@ class Norms(Measure):
         net = fold_batch_norm(model) if self.fold_batch_norm else copy.deepcopy(model).eval()
         weights = weight_matrices(net)
         initial = None
-        if ctx.initial_state is not None:
-            init_net = ctx.initial_model()
+        init_net = ctx.initial_model()  # None when the initial state is unknown
+        if init_net is not None:
             init_net = fold_batch_norm(init_net) if self.fold_batch_norm else init_net
             initial = weight_matrices(init_net)
         gamma = None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -171,7 +171,8 @@ def group_gradient_cosine(
         x, y = inputs[group], targets[group]
         rows = iter_per_example_gradients(
             model, x, y, chunk_size=chunk_size, loss_fn=per_example_loss(loss, y))
-        means.append(sum(chunk.double().sum(0) for chunk in rows) / len(group))
+        total = sum(chunk.double().sum(0) for chunk in rows)  # a Tensor: the group has rows
+        means.append(cast(Tensor, total) / len(group))
     a, b = means
     norms = math.sqrt(float(a.square().sum()) * float(b.square().sum()))
     return float((a * b).sum()) / norms if norms > 0 else float("nan")

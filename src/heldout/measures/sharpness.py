@@ -107,7 +107,7 @@ def _cross_entropy(normalize_logits: bool) -> LossFn:
 def _working_copy(model: nn.Module) -> tuple[nn.Module, list[Tensor]]:
     """A private copy in eval mode whose floating parameters all require gradients."""
     work = copy.deepcopy(model).eval()
-    params = [p for p in work.parameters() if p.is_floating_point()]
+    params: list[Tensor] = [p for p in work.parameters() if p.is_floating_point()]
     for p in params:
         p.grad = None
         p.requires_grad_(True)
@@ -249,7 +249,7 @@ def _checkpoints(steps: int) -> set[int]:
     """APGD's checkpoints w_j = ⌈p_j·steps⌉ < steps, p = 0.22, 0.41, 0.57, ... (APGD, like the
     official code, counts iterations from 0, so the check at w_j comes after w_j + 1 updates)."""
     p = [0.0, 0.22]
-    points = set()
+    points: set[int] = set()
     while True:
         k = math.ceil(round(p[-1] * steps, 9))
         if k >= steps:

@@ -62,11 +62,11 @@ class OptimizerWrapper(torch.optim.Optimizer):
     def _load_wrapper_state(self, state: dict[str, Any]) -> None:
         pass
 
-    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+    def state_dict(self) -> dict[str, Any]:
         return {"base": self.base.state_dict(), "wrapper": self._wrapper_state(),
                 "wrapper_type": type(self).__name__}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("wrapper_type") != type(self).__name__:
             raise ValueError(f"state of a {state_dict.get('wrapper_type', 'plain optimizer')}, "
                              f"not of a {type(self).__name__}")

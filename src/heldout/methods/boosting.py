@@ -29,6 +29,9 @@ class StackedUnits(nn.Module):
     units of which only the first ``active`` are used, so it can grow unit by unit and be
     truncated at test time (``keep_first(k)``)."""
 
+    unit_bias: Tensor  # buffers, registered in __init__
+    active: Tensor
+
     def __init__(self, in_features: int, num_classes: int, max_units: int) -> None:
         super().__init__()
         self.hidden = nn.Linear(in_features, max_units)

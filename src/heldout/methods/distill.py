@@ -116,6 +116,7 @@ class PSKD(Technique):
                 raise ValueError("pskd needs the training-set size (a sized dataset)")
             self._predictions = torch.zeros(state.train_size, classes, device=device)
             self._visited = torch.zeros(state.train_size, dtype=torch.bool, device=device)
+        assert self._visited is not None  # created together with _predictions
         return self._predictions, self._visited
 
     def loss(self, logits: Tensor, targets: Tensor, state: Any) -> Tensor:
@@ -135,6 +136,7 @@ class PSKD(Technique):
     def on_after_step(self, state: Any) -> None:
         if self._pending is not None and self._predictions is not None:
             index, probs = self._pending
+            assert self._visited is not None  # created together with _predictions
             self._predictions[index] = probs
             self._visited[index] = True
         self._pending = None

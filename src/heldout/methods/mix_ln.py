@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from torch import nn
 
@@ -45,7 +45,9 @@ def mix_ln_norms(n_layers: int, post_ln_ratio: float = 0.25) -> tuple[Norm, ...]
     if not 0.0 <= post_ln_ratio <= 1.0:
         raise ValueError(f"post_ln_ratio must be in [0, 1], got {post_ln_ratio}")
     n_post = math.floor(post_ln_ratio * n_layers + 1e-9)  # 0.29·100 is 28.999… in floats
-    return ("post",) * n_post + ("pre",) * (n_layers - n_post)
+    post: tuple[Norm] = ("post",)
+    pre: tuple[Norm] = ("pre",)
+    return post * n_post + pre * (n_layers - n_post)
 
 
 def apply_mix_ln(model: nn.Module, post_ln_ratio: float = 0.25) -> nn.Module:
@@ -73,11 +75,12 @@ def apply_mix_ln(model: nn.Module, post_ln_ratio: float = 0.25) -> nn.Module:
             f"Mix-LN needs a transformer whose `.blocks` are heldout TransformerBlocks; "
             f"{type(model).__name__} has none (use model=transformer)"
         )
-    norms = mix_ln_norms(len(blocks), post_ln_ratio)
-    for block, norm in zip(blocks, norms, strict=True):
+    layers = cast(list[TransformerBlock], list(blocks))  # checked just above
+    norms = mix_ln_norms(len(layers), post_ln_ratio)
+    for block, norm in zip(layers, norms, strict=True):
         block.norm = norm
     if hasattr(model, "final_norm"):
-        last = blocks[-1].attention_norm
+        last = layers[-1].attention_norm
         if norms[-1] == "pre" and not isinstance(model.final_norm, nn.LayerNorm):
             model.final_norm = nn.LayerNorm(
                 last.normalized_shape, eps=last.eps,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
 import torch
 import torch.nn.functional as F
@@ -404,7 +404,7 @@ class MuReadout(nn.Linear):
         readout = cls.__new__(cls)
         nn.Module.__init__(readout)
         readout.in_features, readout.out_features = linear.in_features, linear.out_features
-        readout.register_parameter("weight", linear.weight)
+        readout.register_parameter("weight", cast(nn.Parameter, linear.weight))
         readout.register_parameter("bias", linear.bias)
         readout.width_mult, readout.output_mult = float(width_mult), float(output_mult)
         return readout

@@ -179,7 +179,9 @@ class RobustMeanGradients(Technique):
     groups: Annotated[int, Ge(1)] = 3  # median_of_means: number of groups (M3: 3)
     window: Annotated[int, Ge(1)] = 3  # running_median: gradients in the median (RM3: 3)
     pad_window: bool = False  # running_median: update from step 1, padding with the first grad
-    loss: Literal["cross_entropy", "mse"] = "cross_entropy"  # per-example loss
+    # per-example loss; the field shadows the ``loss`` hook, which the trainer calls only for
+    # techniques that touch "loss" (this one does not), and renaming it would change run ids
+    loss: Literal["cross_entropy", "mse"] = "cross_entropy"  # type: ignore[assignment]  # a field, not the hook
     # examples per vmap(grad) call: memory ~ chunk_size x #params
     chunk_size: Annotated[int, Ge(1)] = 64
     _history: list[list[Tensor]] = field(default_factory=list, init=False, repr=False)

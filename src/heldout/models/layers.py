@@ -17,13 +17,13 @@ class _GatherSum(torch.autograd.Function):
     own backward cannot be differentiated again."""
 
     @staticmethod
-    def forward(ctx, rows: Tensor, index: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, rows: Tensor, index: Tensor) -> Tensor:
         ctx.save_for_backward(index)
         ctx.num_rows = rows.shape[0]
         return F.embedding_bag(index, rows, mode="sum")
 
     @staticmethod
-    def backward(ctx, grad_output: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx, grad_output: Tensor) -> tuple[Tensor, None]:
         (index,) = ctx.saved_tensors
         grad_rows = grad_output.new_zeros(ctx.num_rows, grad_output.shape[1])
         for position in range(index.shape[1]):  # no (batch * positions, out) copy: 5x faster

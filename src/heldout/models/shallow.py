@@ -22,6 +22,8 @@ class FixedReadoutNetwork(nn.Module):
     cross-entropy on labels {0, 1} is exactly the logistic loss log(1 + exp(−y f(x))) on
     labels y = ±1."""
 
+    readout: Tensor  # a buffer, registered in __init__
+
     def __init__(self, in_features: int, width: int, init_std: float) -> None:
         super().__init__()
         self.hidden = nn.Linear(in_features, width, bias=False)

@@ -9,7 +9,7 @@ run leaves in the store is written in one place.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ class RunRecorder:
         self._rows: list[MetricRow] = []
         self._flushed = time.perf_counter()
 
-    def start(self, step: int = 0, history: list[tuple[int, Mapping[str, float]]] = ()) -> None:
+    def start(self, step: int = 0, history: Iterable[tuple[int, Mapping[str, float]]] = ()) -> None:
         """The run (re)starts at ``step``; ``history`` (what a checkpoint carries) is logged
         again, idempotently, so no evaluation is lost with a killed process."""
         self.store.start_run(self.run_id, step, lease=self.lease)

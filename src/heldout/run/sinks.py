@@ -47,7 +47,7 @@ import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 from heldout.config import RunConfig, config_to_dict
 from heldout.core.state import Logger
@@ -64,7 +64,7 @@ __all__ = [
     "mlflow_metric_name",
 ]
 
-SINKS = Registry("sink")
+SINKS: Registry[Logger] = Registry("sink")  # classes with a from_target constructor
 DEFAULT_EXPERIMENT = "heldout"  # the MLflow experiment when a spec names none
 # MLflow param values longer than this are cut to it, ending in "..." (MLflow 3 accepts 6000
 # characters, older versions and some server databases 250-500; the full config is kept in
@@ -77,6 +77,12 @@ _COMPONENT_LISTS = ("techniques", "measures", "callbacks")  # lists of named com
 # ----------------------------------------------------------------------------- shared helpers
 
 ConfigLike = RunConfig | Mapping[str, Any] | None
+
+
+class _SinkClass(Protocol):
+    """What a registered sink class offers: a constructor from a ``NAME:TARGET`` target."""
+
+    def from_target(self, target: str, run_id: str, config: ConfigLike) -> Logger: ...
 
 
 def _config_dict(config: ConfigLike) -> dict[str, Any] | None:
@@ -183,7 +189,7 @@ class TensorBoardSink:
             flat = {k: v if v is None or isinstance(v, int | float) and not isinstance(v, bool)
                     else _render(v) for k, v in flatten_config(self.config).items()}
             for summary in hparams(flat, dict.fromkeys(metrics, 0.0)):
-                writer.file_writer.add_summary(summary, step)
+                writer.file_writer.add_summary(summary, step)  # type: ignore[attr-defined]  # torch's unannotated writer sets it to None before opening it
         return writer
 
     def flush(self) -> None:
@@ -308,6 +314,7 @@ class MLflowSink:
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         if self.mlflow_run_id is None:
             self._start(step)
+        assert self.mlflow_run_id is not None  # _start set it
         stamp = int(time.time() * 1000)
         points = []
         for key, value in metrics.items():
@@ -393,6 +400,6 @@ def make_sinks(spec: str | None, run_id: str, config: ConfigLike = None) -> list
         except UnknownNameError as err:
             raise UnknownNameError(f"sink {item.strip()!r}: {err}") from None
     # every name checked before any sink is made (an MLflow database takes seconds to create)
-    sinks: list[Logger] = [entry.cls.from_target(target, run_id, config)
-                           for entry, target in parsed]
+    sinks = [cast(_SinkClass, entry.cls).from_target(target, run_id, config)
+             for entry, target in parsed]
     return sinks

@@ -543,7 +543,7 @@ class Store:
             return db.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is not None
 
     def runs(self, status: str | None = None) -> list[RunRecord]:
-        query, args = "SELECT * FROM runs", ()
+        query, args = "SELECT * FROM runs", tuple[str, ...]()
         if status:
             query, args = query + " WHERE status = ?", (status,)
         with self._connect() as db:
@@ -555,15 +555,15 @@ class Store:
         """Write ``(step, split, name, value)`` rows in one transaction (idempotent). With
         ``lease``, the same transaction refreshes its heartbeat, and writes nothing if the
         lease was lost (:class:`LeaseLost`)."""
-        rows = [(run_id, s, sp, n, v) for s, sp, n, v in rows]
-        if not rows:
+        keyed = [(run_id, s, sp, n, v) for s, sp, n, v in rows]
+        if not keyed:
             return
         with self._transaction() as db:
             self._hold(db, lease)
             db.executemany(
                 "INSERT OR REPLACE INTO metrics (run_id, step, split, name, value) "
                 "VALUES (?, ?, ?, ?, ?)",
-                rows,
+                keyed,
             )
 
     def metrics(self, run_id: str) -> list[tuple[int, str, float]]:

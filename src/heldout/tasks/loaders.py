@@ -16,7 +16,7 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import numpy as np
 import torch
@@ -304,7 +304,8 @@ def _prepare_table(
     if not label_values:
         raise ValueError(f"{key[0]!r} has no data rows")
     domains, classes = tuple(_sorted_names(domain_values)), tuple(_sorted_names(label_values))
-    x = np.stack([_numbers(columns[name]) for name in features], axis=1)
+    # every feature column was checked numeric above
+    x = np.stack([cast(np.ndarray, _numbers(columns[name])) for name in features], axis=1)
     return _Table(
         domains, classes, features, torch.tensor(x, dtype=torch.float32),
         torch.tensor([classes.index(v) for v in label_values], dtype=torch.long),

@@ -74,7 +74,7 @@ def _load(num_samples: int, dataset_seed: int, directory: Path) -> dict[str, np.
         handle, temporary = tempfile.mkstemp(dir=directory, prefix=path.stem, suffix=".tmp")
         try:
             with os.fdopen(handle, "wb") as file:
-                np.savez(file, **arrays)
+                np.savez(file, **arrays)  # type: ignore[arg-type]  # mypy matches **arrays to allow_pickle
             os.replace(temporary, path)
         except BaseException:
             Path(temporary).unlink(missing_ok=True)

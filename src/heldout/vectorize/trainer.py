@@ -224,7 +224,7 @@ def _add_scaled(tensor: Tensor, other: Tensor, alpha: float | Tensor) -> Tensor:
     """``tensor + alpha * other`` (torch's ``add(other, alpha=...)``), out of place."""
     if isinstance(alpha, float):
         return tensor.add(other, alpha=alpha)
-    return torch.addcmul(tensor, other, cast(alpha, other))
+    return torch.addcmul(tensor, other, alpha.to(other.dtype))
 
 
 def _scalar_dtype() -> torch.dtype:
@@ -283,7 +283,7 @@ class _StackedOptimizer:
         if isinstance(self.lr, float):
             param.add_(grad, alpha=-self.lr)
         else:
-            param.addcmul_(grad, cast(-self.lr, param))
+            param.addcmul_(grad, (-self.lr).to(param.dtype))
 
     def _adam(self, param: Tensor, grad: Tensor) -> None:
         group, state = self.group, self.state
@@ -509,7 +509,7 @@ class _Group:
             refused = [t.name for t in trainer.techniques if t.vectorizable is None]
             if refused:
                 raise ValueError(f"techniques {refused} do not vectorize")
-        params, self.buffers = stack_module_state(models)  # type: ignore[arg-type]
+        params, self.buffers = stack_module_state(models)
         k = len(models)
         # One (K, P) tensor holds every parameter of every copy, so each optimizer op is one
         # call for all of them; the stacked parameters are views of its columns.
@@ -561,7 +561,7 @@ class _Group:
         for index, (trainer, path) in enumerate(zip(self.trainers, paths, strict=True)):
             trainer.resume(path)  # weights, optimizer, measures, history, data position, RNG
             self.rng[index] = _rng_state()
-            positions.append(trainer.batches.state_dict())  # type: ignore[union-attr]
+            positions.append(trainer.batches.state_dict())
         if any(p != positions[0] for p in positions):
             raise ValueError(f"the copies' checkpoints are at different data positions "
                              f"{positions}")
@@ -804,10 +804,10 @@ def _train(group: _Group, store: Store, progress: bool) -> dict[str, RunResult]:
             if not active[index]:
                 continue
             checkpoint(index)
-            record = store.run_dir(run_id) / GROUP_NAME  # provenance: trained with these
-            record.write_text(json.dumps({"copies": ids, "index": index}, indent=1))
+            provenance = store.run_dir(run_id) / GROUP_NAME  # trained with these copies
+            provenance.write_text(json.dumps({"copies": ids, "index": index}, indent=1))
             recorders[index].finish(step, seconds(), paths[index],
-                                    {"vectorized_group": record})
+                                    {"vectorized_group": provenance})
             active[index] = False
     except BaseException as err:
         for index in range(k):

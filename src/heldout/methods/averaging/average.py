@@ -121,7 +121,7 @@ class WeightAverage:
         self.updates += 1
 
     def state_dict(self) -> dict[str, Any]:
-        rule_state = getattr(self.rule, "state_dict", dict)()
+        rule_state: dict[str, Any] = getattr(self.rule, "state_dict", dict)()
         return {"module": self.module.state_dict(), "updates": self.updates, **rule_state}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:

@@ -38,6 +38,9 @@ __all__ = [
     "preserve_batchnorm_stats",
 ]
 
+# what torch's _foreach ops take, and (their stubs say) return: they return lists at run time
+_Tensors = list[Tensor] | tuple[Tensor, ...]
+
 
 Scale = Literal["all", "weights"]
 """Which parameters adaptive mode scales by T = |w| + η: ``"all"`` (davda54's ``adaptive=True``)
@@ -126,7 +129,7 @@ class SAM(OptimizerWrapper):
         # names are known only through the model; without it every parameter is scaled
         self._unscaled = set() if model is None or scale == "all" else {
             id(p) for n, p in model.named_parameters() if not is_weight_like(n)}
-        self._moved: list[tuple[list[Tensor], list[Tensor]]] = []  # (params, e) per group
+        self._moved: list[tuple[list[Tensor], _Tensors]] = []  # (params, e) per group
 
     def is_scaled(self, param: Tensor) -> bool:
         """Whether adaptive mode scales ``param``'s ascent by T = |w| + η (see ``scale``)."""
@@ -135,7 +138,12 @@ class SAM(OptimizerWrapper):
     def _with_grads(self, group: dict) -> list[Tensor]:
         return [p for p in group["params"] if p.grad is not None]
 
-    def _scales(self, group: dict, params: list[Tensor]) -> list[Tensor]:
+    @staticmethod
+    def _grads(params: list[Tensor]) -> list[Tensor]:
+        """The gradients of ``params``, which all have one (see ``_with_grads``)."""
+        return [p.grad for p in params if p.grad is not None]
+
+    def _scales(self, group: dict, params: list[Tensor]) -> _Tensors:
         """T = |w| + eta per parameter (adaptive mode); 1 for those ``scale`` leaves out."""
         scales = torch._foreach_abs(params)
         if group["eta"]:
@@ -147,12 +155,12 @@ class SAM(OptimizerWrapper):
 
     @torch.no_grad()
     def _scaled_grad_norm(self) -> Tensor:
-        norms = []
+        norms: list[Tensor] = []
         for group in self.param_groups:
             params = self._with_grads(group)
             if not params:
                 continue
-            grads = [p.grad for p in params]
+            grads: _Tensors = self._grads(params)
             if group["adaptive"]:
                 grads = torch._foreach_mul(grads, self._scales(group, params))
             norms.extend(torch._foreach_norm(grads, 2))
@@ -170,7 +178,7 @@ class SAM(OptimizerWrapper):
             if not params:
                 continue
             factor = (group["rho"] if rho is None else rho) / (grad_norm + 1e-12)
-            e = torch._foreach_mul([p.grad for p in params], factor)
+            e = torch._foreach_mul(self._grads(params), factor)
             if group["adaptive"]:
                 squares = self._scales(group, params)
                 torch._foreach_mul_(squares, squares)

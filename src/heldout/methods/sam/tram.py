@@ -99,6 +99,8 @@ class TRAM(SAM):
         the gradient; here e = ρ_t g/‖g‖ as in the paper).
     """
 
+    model: nn.Module  # always given here (SAM's is optional)
+
     def __init__(
         self,
         base: torch.optim.Optimizer,

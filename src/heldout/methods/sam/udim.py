@@ -234,6 +234,8 @@ class UDIM(SAM):
         (arXiv:2403.07329); official code aailabkaist/UDIM (``iada_final.py``).
     """
 
+    model: nn.Module  # always given here (SAM's is optional)
+
     def __init__(
         self,
         base: torch.optim.Optimizer,

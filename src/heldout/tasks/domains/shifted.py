@@ -139,7 +139,7 @@ class _ShiftedSource:
         return out
 
 
-_MNIST1D_STRENGTHS = {
+_MNIST1D_STRENGTHS: dict[str, tuple[float, ...]] = {
     "translation": (0.0, 5.0, 10.0, 15.0),  # circular shift, positions (of 40)
     "noise": (0.0, 0.25, 0.5, 1.0),  # added Gaussian noise std (the signals have std ~1)
     "scale": (1.0, 0.75, 0.5, 0.25),  # amplitude factor
@@ -194,7 +194,7 @@ class MNIST1DShift(_ShiftedSource, DomainSuite):
         return source_arrays("mnist1d", self.num_samples, self.dataset_seed)
 
 
-_DIGITS_STRENGTHS = {
+_DIGITS_STRENGTHS: dict[str, tuple[float, ...]] = {
     "rotation": (0.0, 30.0, 60.0, 90.0),  # degrees, counter-clockwise
     "noise": (0.0, 0.1, 0.2, 0.4),  # added Gaussian noise std (pixels lie in [0, 1])
     "scale": (1.0, 0.75, 0.5, 0.25),  # intensity (contrast) factor
