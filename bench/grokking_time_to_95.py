@@ -1,8 +1,8 @@
 """Time to 95% test accuracy with ⊥AdamW on (a + b) mod 113 (the C1 setting): heldout against a
 straightforward one-hot PyTorch script, in the same run.
 
-heldout: ``heldout.runner.build(grokking_config(seed, steps, "perp_grad"))`` with measures set to
-accuracy only and ``eval_every=5``, no store, no checkpoint; a logger stops the Trainer at the
+heldout: ``heldout.run.assembly.build(grokking_config(seed, steps, "perp_grad"))`` with measures set
+to accuracy only and ``eval_every=5``, no store, no checkpoint; a logger stops the Trainer at the
 first evaluation whose test accuracy is >= 0.95 (it evaluates train and test, as configured).
 
 Baseline: a plain script on the 226-dim concatenated one-hot inputs, ``nn.Linear(226, 200,
@@ -60,7 +60,7 @@ from heldout.engine.trainer import Trainer
 from heldout.measures import evaluate
 from heldout.methods.gradients import perpendicular_gradient
 from heldout.registry import TASKS
-from heldout.runner import build
+from heldout.run.assembly import build
 
 GOAL = 0.5
 THRESHOLD = 0.95

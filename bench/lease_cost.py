@@ -3,8 +3,8 @@
 Setting: the C1 grokking config (``grokking_config``: bias-free MLP 200-200, full-batch
 AdamW lr 0.01, accuracy, loss, softmax collapse, NLM alignment and gap measured every 10
 steps) on a tiny task, (a + b) mod 23, with a checkpoint every 50 steps, writing to a real
-store as :func:`heldout.runner.execute` does: a :class:`~heldout.run.recorder.RunRecorder` sends
-each evaluation's metrics (one transaction) and records each checkpoint's digest. The two
+store as :func:`heldout.run.execute.execute` does: a :class:`~heldout.run.recorder.RunRecorder`
+sends each evaluation's metrics (one transaction) and records each checkpoint's digest. The two
 sides differ only in the lease:
 
 - without: ``RunRecorder(store, run_id)``;
@@ -34,8 +34,8 @@ import torch
 
 from harness import clock, elapsed, make_parser, parse, rotated, torch_setting
 from heldout.claims.grokking import grokking_config
+from heldout.run.assembly import build
 from heldout.run.recorder import RunRecorder
-from heldout.runner import build
 from heldout.store import Store
 
 GOAL = 0.01  # the lease's share of a training step

@@ -8,7 +8,7 @@ all of them). Two variants: minibatches of ``--batch-size``
 (the headline) and full batch (264 examples per step).
 
 Both sides write to a fresh store each round (runs, metrics, checkpoint files, artifacts): the
-separate side runs ``heldout.runner.execute`` for each config in sequence, the vectorized side
+separate side runs ``heldout.run.execute.execute`` for each config in sequence, the vectorized side
 one ``heldout.vectorize.trainer.train_vectorized`` call. Both do the same steps, the same
 evaluations and write the same runs; after each round the final metrics of every run are
 compared between the two stores (the largest relative difference is printed; it must be float
@@ -29,7 +29,7 @@ from pathlib import Path
 
 from harness import Seconds, Spread, make_parser, parse, ratios, rotations, timed, torch_setting
 from heldout.config import RunConfig, parse_overrides
-from heldout.runner import execute
+from heldout.run.execute import execute
 from heldout.store import Store
 from heldout.vectorize.trainer import can_vectorize, train_vectorized
 

@@ -40,7 +40,7 @@ def assert_resume_is_exact(cfg: RunConfig, tmp_path, monkeypatch, stop_after: in
     ``stop_after``; rerunning the interrupted one must resume from the checkpoint at
     ``resumed_from`` and end with the same metric history, value for value."""
     from heldout.engine.trainer import Trainer
-    from heldout.runner import execute
+    from heldout.run.execute import execute
 
     straight = Store(tmp_path / "straight")
     execute(cfg, straight)

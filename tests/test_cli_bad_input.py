@@ -23,7 +23,7 @@ from heldout.core.measure import EvalContext, NonFiniteOutputError
 from heldout.experiments import Interval, Table, to_csv, to_markdown
 from heldout.experiments.sweep import expand, plan_size, run_sweep, sweep_from_dict
 from heldout.measures.calibration import expected_calibration_error
-from heldout.runner import RunFailed, execute
+from heldout.run.execute import RunFailed, execute
 from heldout.store import Store
 
 TINY = ["task=modular", "task.p=23", "model.hidden=[16]", "steps=4", "eval_every=2"]

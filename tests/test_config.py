@@ -132,7 +132,7 @@ def test_shipped_sweep_specs_expand():
 
 
 def test_loss_choice_reaches_the_trainer():
-    from heldout.runner import build
+    from heldout.run.assembly import build
 
     cfg = parse_overrides(RunConfig(), ["task.p=11", "model.hidden=[8]", "loss=mse"])
     trainer = build(cfg)
@@ -220,7 +220,7 @@ def test_each_component_is_built_once_per_run(tmp_path, monkeypatch):
     assert dict(built) == expected
     built.clear()
     cfg = parse_overrides(RunConfig(), ["task.p=11", "techniques=sam,ema", "steps=2"])
-    from heldout.runner import execute
+    from heldout.run.execute import execute
     from heldout.store import Store
 
     store = Store(tmp_path / "direct")

@@ -12,7 +12,8 @@ import torch
 
 from heldout.config import parse_overrides
 from heldout.registry import CLAIMS, MEASURES, MODELS, TASKS, TECHNIQUES
-from heldout.runner import build, execute
+from heldout.run.assembly import build
+from heldout.run.execute import execute
 from heldout.store import Store
 from tests.conftest import assert_resume_is_exact, tiny_config
 

@@ -117,7 +117,7 @@ def _modules_after(code: str) -> set[str]:
 
 
 def test_a_plain_loop_import_loads_no_run_store_or_ledger_module():
-    upper = ("heldout.store", "heldout.runner", "heldout.run", "heldout.claims",
+    upper = ("heldout.store", "heldout.run", "heldout.claims",
              "heldout.experiments", "heldout.report", "heldout.vectorize", "heldout.cli")
     for code in ("import heldout.methods", "import heldout.measures",
                  "from heldout.registry import TECHNIQUES; TECHNIQUES.get('sam')"):

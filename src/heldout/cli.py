@@ -47,7 +47,7 @@ from heldout.config import (
 from heldout.engine.checkpoint import CheckpointError
 from heldout.experiments.sweep import MAX_RUNS
 from heldout.registry import CLAIMS, REGISTRIES, UnknownNameError, implementations, papers
-from heldout.runner import RunFailed, execute
+from heldout.run.execute import RunFailed, execute
 from heldout.store.sqlite import LeaseLost, RunLeased, Store, StoreError, default_home
 
 __all__ = ["main"]
@@ -388,7 +388,7 @@ def _cmd_claims(args: argparse.Namespace, store: Store) -> int:
 
 def _cmd_measure(args: argparse.Namespace, store: Store) -> int:
     from heldout.config import check_components
-    from heldout.runner import measure_run
+    from heldout.run.execute import measure_run
 
     if args.run == "rank":
         return _rank(args, store)

@@ -15,7 +15,7 @@ from heldout.claims.base import named
 from heldout.claims.grokking import grokking_config
 from heldout.config import RunConfig
 from heldout.report.html import write_report
-from heldout.runner import RunFailed, execute
+from heldout.run.execute import RunFailed, execute
 from heldout.store.sqlite import Store
 
 __all__ = ["FLAGSHIP_STEPS", "flagship_configs", "run_flagship"]

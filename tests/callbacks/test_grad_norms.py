@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from heldout.core.inputs import InputSpec
 from heldout.models.mlp import mlp_network
 from heldout.models.transformer import TransformerNetwork
-from heldout.runner import execute
+from heldout.run.execute import execute
 from heldout.store import Store
 from tests.conftest import tiny_config
 

@@ -565,7 +565,7 @@ def test_rm3_in_the_trainer_matches_the_official_rule():
 
 def test_rm3_composes_with_sam_while_its_window_fills(tmp_path):
     from heldout.config import parse_overrides
-    from heldout.runner import execute
+    from heldout.run.execute import execute
     from heldout.store import Store
     from tests.conftest import tiny_config
 

@@ -18,7 +18,7 @@ from heldout.engine.checkpoint import (
     save_checkpoint,
 )
 from heldout.engine.trainer import Trainer
-from heldout.runner import execute
+from heldout.run.execute import execute
 from tests.conftest import tiny_config
 
 CLI_RUN = ["task=modular", "task.p=23", "task.train_fraction=0.5", "task.val_fraction=0.1",

@@ -11,7 +11,7 @@ from heldout.config import ConfigError, RunConfig, canonical_json, parse_overrid
 from heldout.engine import Trainer
 from heldout.measures import Accuracy, Loss
 from heldout.methods import SharpnessAware
-from heldout.runner import execute
+from heldout.run.execute import execute
 from heldout.store import Store
 from heldout.vectorize.trainer import can_vectorize
 

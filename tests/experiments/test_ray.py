@@ -4,7 +4,7 @@ import pytest
 
 from heldout.experiments.executors import RayExecutor, run_jobs
 from heldout.experiments.sweep import expand, run_sweep, sweep_from_dict, sweep_status
-from heldout.runner import execute
+from heldout.run.execute import execute
 from heldout.store import Store
 from tests.conftest import tiny_config
 from tests.experiments.test_sweep import SPEC, assert_matches_alone, vectorized_group

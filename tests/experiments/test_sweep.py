@@ -13,7 +13,7 @@ import pytest
 from heldout.config import ConfigError
 from heldout.experiments.executors import LocalExecutor, plan_jobs, run_jobs
 from heldout.experiments.sweep import draw_value, expand, run_sweep, sweep_from_dict, sweep_status
-from heldout.runner import execute
+from heldout.run.execute import execute
 from heldout.store import Store
 from heldout.vectorize.trainer import train_vectorized
 

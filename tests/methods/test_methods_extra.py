@@ -171,7 +171,8 @@ def test_distillation_loss_by_hand():
 def test_knowledge_distillation_from_a_teacher_run(tmp_path):
     from heldout.config import parse_overrides
     from heldout.methods import KnowledgeDistillation
-    from heldout.runner import build, execute
+    from heldout.run.assembly import build
+    from heldout.run.execute import execute
     from heldout.store import Store
     from tests.conftest import tiny_config
 

@@ -19,7 +19,7 @@ from heldout.core.inputs import InputSpec
 from heldout.engine import Trainer
 from heldout.models.mlp import mlp_network
 from heldout.models.transformer import TransformerNetwork
-from heldout.runner import execute
+from heldout.run.execute import execute
 from heldout.store import Store
 from tests.conftest import assert_resume_is_exact, tiny_config
 

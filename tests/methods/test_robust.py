@@ -20,7 +20,7 @@ from heldout.methods.robust import (
     winsorized_mean,
 )
 from heldout.registry import TECHNIQUES
-from heldout.runner import execute
+from heldout.run.execute import execute
 from heldout.store import Store
 from tests.conftest import assert_resume_is_exact, tiny_config
 

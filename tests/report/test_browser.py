@@ -9,7 +9,7 @@ import pytest
 from heldout.experiments.sweep import run_sweep, sweep_from_dict
 from heldout.report.html import write_report
 from heldout.report.sweep import write_sweep_report
-from heldout.runner import execute
+from heldout.run.execute import execute
 from heldout.store import Store
 from tests.conftest import tiny_config
 from tests.experiments.test_sweep import SPEC

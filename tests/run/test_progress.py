@@ -1,6 +1,6 @@
 import io
 
-from heldout.runner import ProgressPrinter
+from heldout.run.execute import ProgressPrinter
 
 
 class FakeTTY(io.StringIO):

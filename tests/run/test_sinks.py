@@ -19,6 +19,7 @@ import pytest
 from heldout.config import config_to_dict
 from heldout.engine.trainer import Trainer
 from heldout.registry import UnknownNameError
+from heldout.run.assembly import build
 from heldout.run.recorder import RunRecorder
 from heldout.run.sinks import (
     PARAM_VALUE_LIMIT,
@@ -28,7 +29,6 @@ from heldout.run.sinks import (
     make_sinks,
     mlflow_metric_name,
 )
-from heldout.runner import build
 from heldout.store import Store
 from tests.conftest import tiny_config
 
@@ -322,7 +322,7 @@ def test_missing_package_via_import_hook(tmp_path, monkeypatch):
 
 
 def test_importing_the_module_imports_no_backend():
-    code = ("import sys, heldout.run.sinks, heldout.runner; "
+    code = ("import sys, heldout.run.sinks, heldout.run.execute; "
             "print(sorted(m for m in ('mlflow', 'tensorboard') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)

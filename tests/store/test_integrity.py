@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from heldout.cli import main
-from heldout.runner import execute
+from heldout.run.execute import execute
 from heldout.store import Store, StoreError
 from tests.conftest import tiny_config
 

@@ -14,8 +14,8 @@ import pytest
 
 from heldout.config import RunConfig, parse_overrides
 from heldout.experiments.executors import LocalExecutor, run_jobs
+from heldout.run.execute import execute
 from heldout.run.recorder import RunRecorder
-from heldout.runner import execute
 from heldout.store import LeaseLost, RunFinishedError, RunLeased, Store
 from tests.conftest import tiny_config
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from heldout.runner import RunFailed, execute
+from heldout.run.execute import RunFailed, execute
 from tests.conftest import tiny_config
 
 
@@ -92,7 +92,7 @@ def test_checkpoint_is_recorded_as_an_artifact(store):
 def test_init_from_starts_from_a_finished_run(store):
     import torch
 
-    from heldout.runner import build
+    from heldout.run.assembly import build
 
     base = tiny_config()
     execute(base, store)

@@ -10,7 +10,7 @@ import torch
 
 from heldout.config import Component, RunConfig, parse_overrides
 from heldout.engine.checkpoint import load_checkpoint
-from heldout.runner import CHECKPOINT_NAME, RunFailed, execute, measure_run
+from heldout.run.execute import RunFailed, execute, measure_run
 from heldout.store import Store
 from heldout.vectorize.trainer import (
     GROUP_NAME,
@@ -89,7 +89,7 @@ def assert_close_tree(a, b, path: str = "checkpoint") -> None:
 
 
 def checkpoint_of(store: Store, run_id: str) -> dict:
-    return load_checkpoint(store.run_dir(run_id) / CHECKPOINT_NAME)
+    return load_checkpoint(store.checkpoint_path(run_id))
 
 
 def per_copy(configs: list[RunConfig], key: str, values) -> list[RunConfig]:
@@ -255,7 +255,7 @@ def test_each_copy_is_its_own_finished_run(tmp_path, alone):
         assert (record.status, record.step, record.seed, record.name) == ("done", 12, cfg.seed,
                                                                           "group")
         assert record.started is not None and record.finished is not None
-        path = store.run_dir(cfg.identity) / CHECKPOINT_NAME
+        path = store.checkpoint_path(cfg.identity)
         assert record.checkpoint == str(path)
         assert sorted(a["name"] for a in store.artifacts(cfg.identity)) == [
             "checkpoint", "vectorized_group"]
@@ -342,7 +342,7 @@ def test_killed_group_resumes_from_the_copies_last_checkpoints(technique, tmp_pa
         train_vectorized(configs, broken)
     assert {checkpoint_of(broken, c.identity)["step"] for c in configs} == {8}
     assert {broken.get_run(c.identity).checkpoint for c in configs} == {
-        str(broken.run_dir(c.identity) / CHECKPOINT_NAME) for c in configs}
+        str(broken.checkpoint_path(c.identity)) for c in configs}
     monkeypatch.setattr(_Group, "evaluate", original_evaluate)
     results = train_vectorized(configs, broken)
     assert resumed_at == [0, 8]
@@ -358,7 +358,7 @@ def test_a_partial_set_of_checkpoints_restarts_the_group(tmp_path):
     first = Store(tmp_path / "first")
     train_vectorized(configs[:1], first)  # one copy alone has a (final) checkpoint
     group = _Group(configs, first, None)
-    paths = [first.run_dir(c.identity) / CHECKPOINT_NAME for c in configs]
+    paths = [first.checkpoint_path(c.identity) for c in configs]
     assert paths[0].exists() and not paths[1].exists()
     assert group.resume(paths) == 0
     assert not paths[0].exists()  # deleted: the group starts over together
@@ -375,7 +375,7 @@ def test_a_diverging_copy_fails_alone(tmp_path, alone):
     ours, theirs = store.get_run(configs[2].identity), separate.get_run(configs[2].identity)
     assert (ours.status, ours.step, ours.error) == (theirs.status, theirs.step, theirs.error)
     assert "non-finite" in ours.error
-    assert not (store.run_dir(configs[2].identity) / CHECKPOINT_NAME).exists()
+    assert not (store.checkpoint_path(configs[2].identity)).exists()
     assert_same_history(store, separate, configs[2].identity)  # up to the failure
     assert_same_history(store, separate, configs[3].identity)  # the others go on
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from heldout.config import Component, RunConfig
-from heldout.runner import RunFailed, execute
+from heldout.run.execute import RunFailed, execute
 from heldout.store.sqlite import Store
 
 __all__ = ["STEP_DECAY", "Claim", "Verdict", "named", "record", "seed_vote"]

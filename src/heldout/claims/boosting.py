@@ -16,7 +16,7 @@ from heldout.config import Component, OptimizerConfig, RunConfig
 from heldout.measures import Accuracy, evaluate
 from heldout.methods.boosting import keep_first_units
 from heldout.registry import CLAIMS
-from heldout.runner import build
+from heldout.run.assembly import build
 from heldout.store.sqlite import Store
 
 __all__ = ["GBNNTruncation", "gbnn_configs"]
@@ -45,7 +45,7 @@ def gbnn_configs(task: str, seed: int, units: int = 100) -> dict[str, RunConfig]
 
 
 def _truncated_accuracies(cfg: RunConfig, store: Store, keep: Sequence[int]) -> dict[int, float]:
-    trainer = build(cfg, checkpoint_path=store.run_dir(cfg.identity) / "checkpoint.pt")
+    trainer = build(cfg, checkpoint_path=store.checkpoint_path(cfg.identity))
     trainer.resume()
     test = {"test": trainer.eval_data["test"]}
     return {k: evaluate(keep_first_units(trainer.model, k), test, [Accuracy()])["test/accuracy"]

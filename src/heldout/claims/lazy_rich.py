@@ -17,7 +17,7 @@ from heldout.claims.base import Claim, Verdict, named, record, seed_vote
 from heldout.config import Component, OptimizerConfig, RunConfig
 from heldout.measures.kernel import NTKAlignment
 from heldout.registry import CLAIMS
-from heldout.runner import build
+from heldout.run.assembly import build
 from heldout.store.sqlite import Store
 
 __all__ = ["LazyRichGrokking", "lazy_rich_config", "time_to_fraction"]
@@ -45,7 +45,7 @@ def time_to_fraction(curve: Sequence[tuple[int, float]], fraction: float) -> int
 def _final_kernel(cfg: RunConfig, store: Store) -> dict[str, float]:
     """Kernel-target alignment of the final empirical NTK, at init, and its distance from
     the initial NTK (computed post hoc from the run's last checkpoint)."""
-    trainer = build(cfg, checkpoint_path=store.run_dir(cfg.identity) / "checkpoint.pt")
+    trainer = build(cfg, checkpoint_path=store.checkpoint_path(cfg.identity))
     trainer.resume()
     return trainer.measure([NTKAlignment()], ["train"])
 

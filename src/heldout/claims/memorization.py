@@ -18,7 +18,7 @@ from heldout.claims.base import Claim, Verdict, named, record, seed_vote
 from heldout.config import Component, OptimizerConfig, RunConfig
 from heldout.measures import Accuracy, evaluate, prune_by_ipr
 from heldout.registry import CLAIMS
-from heldout.runner import build
+from heldout.run.assembly import build
 from heldout.store.sqlite import Store
 
 __all__ = ["IPRPruningRemovesMemorization", "corrupted_modular_config"]
@@ -85,7 +85,7 @@ class IPRPruningRemovesMemorization(Claim):
         for seed in seeds:
             cfg = corrupted_modular_config(seed, self.steps, p, width)
             history = self.execute(cfg, store, progress)
-            trainer = build(cfg, checkpoint_path=store.run_dir(cfg.identity) / "checkpoint.pt")
+            trainer = build(cfg, checkpoint_path=store.checkpoint_path(cfg.identity))
             trainer.resume()
             splits = {"train": trainer.eval_data["train"], "test": trainer.eval_data["test"]}
 

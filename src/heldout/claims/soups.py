@@ -18,7 +18,7 @@ from heldout.config import Component, OptimizerConfig, RunConfig
 from heldout.measures import Accuracy, evaluate
 from heldout.methods.soups import greedy_soup, uniform_soup
 from heldout.registry import CLAIMS
-from heldout.runner import CHECKPOINT_NAME, build
+from heldout.run.assembly import build
 from heldout.store.sqlite import Store
 
 __all__ = ["GreedySoupBeatsBestIngredient", "soup_configs"]
@@ -83,7 +83,7 @@ class GreedySoupBeatsBestIngredient(Claim):
             for cfg in ingredients:
                 self.execute(cfg, store, progress)
                 trainer = build(cfg, store=store,
-                                checkpoint_path=store.run_dir(cfg.identity) / CHECKPOINT_NAME)
+                                checkpoint_path=store.checkpoint_path(cfg.identity))
                 trainer.resume()
                 models.append(trainer.model)
                 run_ids.append(cfg.identity)

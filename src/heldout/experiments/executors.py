@@ -61,7 +61,7 @@ def _train(config: dict[str, Any], home: str, emit: Any, threads: int) -> dict[s
 
     from heldout.engine.checkpoint import has_checkpoint
     from heldout.engine.trainer import NonFiniteLossError
-    from heldout.runner import build
+    from heldout.run.assembly import build
 
     class Emitter:
         def log(self, step: int, metrics: Mapping[str, float]) -> None:

@@ -407,7 +407,7 @@ def run_sweep(spec: SweepSpec, store: Any, *, executor: str = "local", workers: 
     and a plan of more than ``max_runs`` runs is refused before it is expanded."""
     from heldout.config import config_to_dict
     from heldout.experiments.executors import make_executor, run_jobs
-    from heldout.runner import check_init_from
+    from heldout.run.assembly import check_init_from
 
     planned = expand(spec, max_runs)
     for run in planned:

@@ -91,7 +91,7 @@ def _reliability_figure(store: Store, selections: Sequence[Any]) -> str | None:
 
     from heldout.config import config_from_dict
     from heldout.measures.calibration import reliability_diagram
-    from heldout.runner import build
+    from heldout.run.assembly import build
 
     firsts: dict[str, Any] = {}
     for selection in selections:

@@ -1,6 +1,6 @@
 """One run's life in a store: :class:`RunRecorder` (start, log, checkpoint, finish, fail).
 
-The run alone (:func:`heldout.runner.execute`), the copies of a vectorized group
+The run alone (:func:`heldout.run.execute.execute`), the copies of a vectorized group
 (:mod:`heldout.vectorize`) and a sweep worker's runs (through the forwarding store of
 :mod:`heldout.experiments.executors`) all record a run through it, so what a finished or failed
 run leaves in the store is written in one place.

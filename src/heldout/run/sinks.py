@@ -33,7 +33,7 @@ e.g. ``tensorboard:tb,mlflow:sqlite:///runs/mlflow.db#grokking``. A target canno
 
 Example:
     >>> # skipped: trains a run of a config cfg and writes its logs to ./tb and ./mlruns.db
-    >>> from heldout.runner import build  # doctest: +SKIP
+    >>> from heldout.run.assembly import build  # doctest: +SKIP
     >>> sinks = make_sinks("tensorboard:tb,mlflow:mlruns.db", cfg.identity, cfg)  # doctest: +SKIP
     >>> build(cfg, loggers=sinks).fit()  # doctest: +SKIP
     >>> for sink in sinks:  # doctest: +SKIP

@@ -451,7 +451,7 @@ class Store:
                   ) -> None:
         """Mark a run running; drop metrics after ``resume_step`` (they will be recomputed).
         A done run is refused (:class:`RunFinishedError`). Only a start under a lease
-        (:func:`heldout.runner.execute`) records checkpoint digests; any other (a sweep
+        (:func:`heldout.run.execute.execute`) records checkpoint digests; any other (a sweep
         worker, a vectorized group) forgets those recorded, as its checkpoints replace them."""
         with self._transaction() as db:
             self._hold(db, lease)

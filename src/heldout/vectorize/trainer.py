@@ -5,8 +5,8 @@ and the per-copy hyper-parameters of their techniques (each technique that vecto
 them in ``vectorizable`` and its action on the stack in ``stacked_rule``, see
 :mod:`heldout.core.stacked`; :func:`vectorizable_techniques` lists them); everything else in
 their configs is equal.
-Each copy is built exactly as :func:`heldout.runner.build` builds it alone (the task splits from
-its seed, then ``seed_everything(seed)``, then the model), so the initial weights, the training
+Each copy is built exactly as :func:`heldout.run.assembly.build` builds it alone (the task splits
+from its seed, then ``seed_everything(seed)``, then the model), so the initial weights, the training
 data and the minibatch order are the ones of the separate run. Then:
 
 * the copies' parameters are stacked along a new leading dimension
@@ -34,7 +34,7 @@ data and the minibatch order are the ones of the separate run. Then:
   the separate run); each copy keeps its own global-RNG state (torch, NumPy, Python; not
   CUDA's), restored around its evaluations, so measures that draw random numbers see the stream
   the separate run gives them;
-* every copy is its own run in the store, written like :func:`heldout.runner.execute` writes
+* every copy is its own run in the store, written like :func:`heldout.run.execute.execute` writes
   it: ``create_run`` → ``start_run`` → metrics of each evaluation (with ``train/step_loss``
   after step 0) → final checkpoint (the :meth:`Trainer.state_dict` format, so ``heldout
   resume``, ``init_from`` and post-hoc measures work on it) → ``finish_run``.
@@ -92,8 +92,9 @@ from heldout.engine.trainer import NonFiniteLossError, Trainer
 from heldout.models.layers import Square, TokenLinear
 from heldout.models.mlp import MLPNetwork
 from heldout.registry import MODELS, TASKS, TECHNIQUES
+from heldout.run.assembly import build
+from heldout.run.execute import ProgressPrinter, RunResult
 from heldout.run.recorder import RunRecorder
-from heldout.runner import ProgressPrinter, RunResult, build
 from heldout.store.sqlite import Store
 
 __all__ = ["can_vectorize", "train_vectorized", "vectorizable_techniques", "vectorization_key"]
