@@ -6,6 +6,9 @@ import pytest
 import torch
 
 from heldout.config import RunConfig, parse_overrides
+from heldout.core.inputs import InputSpec
+from heldout.models.mlp import mlp_network
+from heldout.models.transformer import TransformerNetwork
 from heldout.store import Store
 
 
@@ -62,3 +65,31 @@ def assert_resume_is_exact(cfg: RunConfig, tmp_path, monkeypatch, stop_after: in
     history = straight.metrics(cfg.identity)
     assert broken.metrics(cfg.identity) == history
     return history
+
+
+# ----------------------------------------------------------------- architecture techniques
+@pytest.fixture
+def arch():
+    """Mix-LN, µP and the grad-norm callback's public names in one namespace."""
+    import importlib
+    import types
+
+    names = {}
+    for module in ("heldout.methods.mix_ln", "heldout.methods.mup",
+                   "heldout.callbacks.grad_norms"):
+        mod = importlib.import_module(module)
+        names.update({name: getattr(mod, name) for name in mod.__all__})
+    return types.SimpleNamespace(**names)
+
+
+TOKENS = InputSpec("tokens", (3,), vocab=7)
+
+
+def transformer(norms, d_model=16, seed=0):
+    torch.manual_seed(seed)
+    return TransformerNetwork(TOKENS, 7, norms=norms, d_model=d_model, n_heads=2)
+
+
+def mlp(hidden, seed=0, in_dim=16, classes=10):
+    torch.manual_seed(seed)
+    return mlp_network(InputSpec("continuous", (in_dim,)), classes, hidden=tuple(hidden))

@@ -1,48 +1,19 @@
 """Mix-LN (#36) against hand-written oracles.
 
-The ``arch`` fixture gathers the three modules under test: ``heldout.methods.mix_ln``,
+The ``arch`` fixture (tests/conftest.py) gathers ``heldout.methods.mix_ln``,
 ``heldout.methods.mup`` and the ``heldout.callbacks.grad_norms`` callback.
 """
 
 from __future__ import annotations
 
-import importlib
 import math
-import types
 
 import pytest
 import torch
 from torch import nn
 
-from heldout.core.inputs import InputSpec
 from heldout.engine import Technique, Trainer
-from heldout.models.mlp import mlp_network
-from heldout.models.transformer import TransformerNetwork
-from tests.conftest import assert_resume_is_exact, tiny_config
-
-
-@pytest.fixture
-def arch():
-    names = {}
-    for module in ("heldout.methods.mix_ln", "heldout.methods.mup",
-                   "heldout.callbacks.grad_norms"):
-        mod = importlib.import_module(module)
-        names.update({name: getattr(mod, name) for name in mod.__all__})
-    return types.SimpleNamespace(**names)
-
-
-TOKENS = InputSpec("tokens", (3,), vocab=7)
-
-
-def transformer(norms, d_model=16, seed=0):
-    torch.manual_seed(seed)
-    return TransformerNetwork(TOKENS, 7, norms=norms, d_model=d_model, n_heads=2)
-
-
-def mlp(hidden, seed=0, in_dim=16, classes=10):
-    torch.manual_seed(seed)
-    return mlp_network(InputSpec("continuous", (in_dim,)), classes, hidden=tuple(hidden))
-
+from tests.conftest import assert_resume_is_exact, mlp, tiny_config, transformer
 
 # ============================================================================ Mix-LN
 
