@@ -7,7 +7,9 @@ models as it found them, per-example gradients, and seeded sampling.
 """
 
 from heldout.core.callback import Callback
+from heldout.core.digest import file_sha256
 from heldout.core.functional import functional_call
+from heldout.core.hooks import EventHooks
 from heldout.core.measure import EvalContext, Measure, eval_mode, evaluate
 from heldout.core.per_example import (
     iter_per_example_gradients,
@@ -31,6 +33,7 @@ __all__ = [
     "Callback",
     "CombinationError",
     "EvalContext",
+    "EventHooks",
     "Logger",
     "Measure",
     "State",
@@ -38,6 +41,7 @@ __all__ = [
     "check_combination",
     "eval_mode",
     "evaluate",
+    "file_sha256",
     "functional_call",
     "iter_per_example_gradients",
     "per_example_gradients",

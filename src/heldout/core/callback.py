@@ -24,41 +24,17 @@ Example:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
-
-if TYPE_CHECKING:
-    from heldout.core.state import State
+from heldout.core.hooks import EventHooks
 
 __all__ = ["Callback"]
 
 
-class Callback:
+class Callback(EventHooks):
     """Base of the registered callbacks (subclasses are dataclasses of their parameters).
 
     Hooks (all optional): ``on_fit_start``, ``on_batch_start``, ``on_after_backward``,
-    ``on_after_step``, ``on_eval`` (may add entries to ``metrics``), ``on_fit_end``.
+    ``on_after_step``, ``on_eval`` (may add entries to ``metrics``), ``on_fit_end``; state
+    through ``state_dict`` / ``load_state_dict`` (see :class:`~heldout.core.hooks.EventHooks`).
     """
 
-    registry_name: ClassVar[str]
-
-    def __post_init__(self) -> None:
-        """Subclasses (dataclasses) check their parameters here; bounds declared on the
-        fields (:mod:`heldout.core.bounds`) are checked before, by the registry."""
-
-    @property
-    def name(self) -> str:
-        return getattr(self, "registry_name", type(self).__name__)
-
-    def on_fit_start(self, state: State) -> None: ...
-    def on_batch_start(self, state: State) -> None: ...
-    def on_after_backward(self, state: State) -> None: ...
-    def on_after_step(self, state: State) -> None: ...
-    def on_eval(self, state: State, metrics: dict[str, float]) -> None: ...
-    def on_fit_end(self, state: State) -> None: ...
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state:
-            raise ValueError(f"callback {self.name} keeps no state but was given {list(state)}")
+    component_kind = "callback"

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from heldout.core.hooks import EventHooks
+
 if TYPE_CHECKING:
     from heldout.core.stacked import Stack, StackedRule
     from heldout.core.state import State
@@ -43,7 +45,7 @@ class CombinationError(ValueError):
     """Two techniques that cannot act together; the message names both."""
 
 
-class Technique:
+class Technique(EventHooks):
     """Base class of the registered techniques. Subclasses are dataclasses.
 
     Hooks (all optional): ``transform_model``, ``wrap_optimizer``, ``loss``, ``loss_term``,
@@ -53,16 +55,11 @@ class Technique:
     through ``state_dict`` / ``load_state_dict`` (tensors and plain Python values only).
     """
 
-    registry_name: ClassVar[str]
-
+    component_kind = "technique"
     touches: ClassVar[frozenset[str]] = frozenset()
     # Vectorized seeds (heldout.core.stacked): the hyper-parameters in which copies trained
     # together may differ; None: the technique does not vectorize.
     vectorizable: ClassVar[frozenset[str] | None] = None
-
-    def __post_init__(self) -> None:
-        """Subclasses (dataclasses) check their parameters here; bounds declared on the
-        fields (:mod:`heldout.core.bounds`) are checked before, by the registry."""
 
     @classmethod
     def stacked_rule(cls, copies: Sequence[Any], stack: Stack) -> StackedRule | None:
@@ -70,10 +67,6 @@ class Technique:
         :mod:`heldout.core.stacked`); ``None`` when the stacked optimizer already does it all
         (weight decay). Only called when ``vectorizable`` is not ``None``."""
         return None
-
-    @property
-    def name(self) -> str:
-        return getattr(self, "registry_name", type(self).__name__)
 
     def transform_model(self, model: nn.Module) -> nn.Module:
         return model
@@ -97,20 +90,6 @@ class Technique:
         evaluation model of the finished run ``run`` (id, unique prefix or name) of the store
         in ``home`` (``None``: the run's own store). A technique never reaches into the store
         itself, so it stays usable in a plain loop."""
-
-    def on_fit_start(self, state: State) -> None: ...
-    def on_batch_start(self, state: State) -> None: ...
-    def on_after_backward(self, state: State) -> None: ...
-    def on_after_step(self, state: State) -> None: ...
-    def on_eval(self, state: State, metrics: dict[str, float]) -> None: ...
-    def on_fit_end(self, state: State) -> None: ...
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state:
-            raise ValueError(f"technique {self.name} keeps no state but was given {list(state)}")
 
 
 def check_combination(techniques: Sequence[Technique]) -> None:

@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from heldout.core.digest import file_sha256
+
 __all__ = ["CheckpointError", "CheckpointWarning", "capture_rng", "has_checkpoint",
            "load_checkpoint", "previous_checkpoint", "restore_rng", "save_checkpoint"]
 
@@ -94,13 +96,6 @@ def save_checkpoint(obj: dict[str, Any], path: str | Path, *, keep_previous: boo
     return path
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def load_checkpoint(path: str | Path, *, digests: Collection[str] | None = None
                     ) -> dict[str, Any]:
@@ -118,7 +113,7 @@ def load_checkpoint(path: str | Path, *, digests: Collection[str] | None = None
         if not candidate.exists():
             problems.append(f"{candidate.name} is missing")
             continue
-        if digests is not None and _sha256(candidate) not in digests:
+        if digests is not None and file_sha256(candidate) not in digests:
             problems.append(f"{candidate} does not match its recorded sha256")
             continue
         try:

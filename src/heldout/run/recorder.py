@@ -13,7 +13,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from heldout.store.records import MetricRow, RunStore, error_message, file_sha256, metric_rows
+from heldout.core.digest import file_sha256
+from heldout.store.records import MetricRow, RunStore, error_message, metric_rows
 
 __all__ = ["RunRecorder"]
 

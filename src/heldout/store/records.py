@@ -4,13 +4,12 @@ rows, file digests and recorded error messages."""
 
 from __future__ import annotations
 
-import hashlib
 import traceback
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-__all__ = ["MetricRow", "RunStore", "error_message", "file_sha256", "metric_rows"]
+__all__ = ["MetricRow", "RunStore", "error_message", "metric_rows"]
 
 MetricRow = tuple[int, str, str, float]
 """(step, split, name, value): one stored metric; the key ``"test/accuracy"`` is split at the
@@ -49,12 +48,6 @@ def metric_rows(history: Iterable[tuple[int, Mapping[str, float]]]) -> list[Metr
             split, _, name = key.partition("/")
             rows.append((step, split, name, float(value)))
     return rows
-
-
-def file_sha256(path: str | Path) -> str:
-    """The sha256 of a file's bytes, as hex."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def error_message(err: BaseException) -> str:
