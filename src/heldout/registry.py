@@ -1,4 +1,4 @@
-"""One small registry for every catalog: techniques, measures, tasks, models and claims.
+"""One small registry for every catalog: techniques, measures, adapters, tasks, models, claims.
 
 A component is registered with a decorator that records its name, a one-line summary, the
 papers it comes from (their numbers in the catalog of 77 papers) and, where it has one, a
@@ -35,11 +35,13 @@ from heldout.core.bounds import bounds_of, check_bounds
 
 if TYPE_CHECKING:  # for the annotations only: the registry imports no component at load time
 
+    from heldout.core.adapter import Adapter
     from heldout.core.callback import Callback
     from heldout.core.measure import Measure
     from heldout.core.technique import Technique
 
 __all__ = [
+    "ADAPTERS",
     "CALLBACKS",
     "CLAIMS",
     "MEASURES",
@@ -175,9 +177,9 @@ def _check_bounds_first(cls: type) -> None:
                                                                    False):
         return
 
-    def __post_init__(self: Any) -> None:
+    def __post_init__(self: Any, *init_vars: Any) -> None:  # adapters take their model
         check_bounds(self)
-        original(self)
+        original(self, *init_vars)
 
     __post_init__.checks_bounds = True  # type: ignore[attr-defined]
     cls.__post_init__ = __post_init__  # type: ignore[attr-defined]
@@ -282,6 +284,7 @@ TASKS: Registry[Any] = Registry("task", ("heldout.tasks",))  # heldout.tasks.Tas
 MODELS: Registry[Any] = Registry("model", ("heldout.models",))  # builders of nn.Module
 CLAIMS: Registry[Any] = Registry("claim", ("heldout.claims",))  # heldout.claims.Claim subclasses
 CALLBACKS: Registry[Callback] = Registry("callback", ("heldout.callbacks",))
+ADAPTERS: Registry[Adapter] = Registry("adapter", ("heldout.adapt",))
 SELECTION_RULES: Registry[Any] = Registry(
     "selection rule", ("heldout.experiments.model_selection",), ordered=True)
 REGISTRIES: dict[str, Registry[Any]] = {
@@ -291,6 +294,7 @@ REGISTRIES: dict[str, Registry[Any]] = {
     "models": MODELS,
     "claims": CLAIMS,
     "callbacks": CALLBACKS,
+    "adapters": ADAPTERS,
     "selection-rules": SELECTION_RULES,
 }
 
