@@ -1,4 +1,5 @@
-"""Test-time and transductive adaptation: the registered adapters (:data:`~heldout.registry.ADAPTERS`).
+"""Test-time and transductive adaptation: the registered adapters
+(:data:`~heldout.registry.ADAPTERS`).
 
 Importing this package registers the built-in adapters. The base class and its contract are
 in :mod:`heldout.core.adapter`; running an adapter over a held-out domain with checkpoints and

@@ -43,7 +43,7 @@ def mixed_batch_norm(x: Tensor, norm: nn.modules.batchnorm._BatchNorm, alpha: fl
     γ, β. Gradients flow through the batch statistics, as in training-mode BatchNorm.
 
     ``alpha = 0`` reads the running statistics only (bit for bit the layer in eval mode);
-    ``alpha = 1`` the batch statistics only.
+    ``alpha = 1`` the batch statistics only (training-mode BatchNorm to rounding).
 
     Example:
         >>> norm = nn.BatchNorm1d(2).eval()
@@ -56,18 +56,22 @@ def mixed_batch_norm(x: Tensor, norm: nn.modules.batchnorm._BatchNorm, alpha: fl
     if norm.running_mean is None or norm.running_var is None:
         raise ValueError("mixed_batch_norm needs a BatchNorm layer with running statistics "
                          "(track_running_stats=True)")
-    if alpha == 0.0:
-        mean, var = norm.running_mean, norm.running_var
-    else:
-        dims = [0, *range(2, x.dim())]
-        batch_mean = x.mean(dim=dims)
-        batch_var = x.var(dim=dims, unbiased=False)
-        if alpha == 1.0:
-            mean, var = batch_mean, batch_var
-        else:
-            mean = (1 - alpha) * norm.running_mean + alpha * batch_mean
-            var = (1 - alpha) * norm.running_var + alpha * batch_var
-    return F.batch_norm(x, mean, var, norm.weight, norm.bias, False, 0.0, norm.eps)
+    if alpha == 0.0:  # the source statistics: exactly the layer in eval mode
+        return F.batch_norm(x, norm.running_mean, norm.running_var, norm.weight, norm.bias,
+                            False, 0.0, norm.eps)
+    dims = [0, *range(2, x.dim())]
+    mean = x.mean(dim=dims)
+    var = x.var(dim=dims, unbiased=False)
+    if alpha != 1.0:
+        mean = (1 - alpha) * norm.running_mean + alpha * mean
+        var = (1 - alpha) * norm.running_var + alpha * var
+    shape = [1, -1, *([1] * (x.dim() - 2))]
+    out = (x - mean.reshape(shape)) * torch.rsqrt(var.reshape(shape) + norm.eps)
+    if norm.weight is not None:
+        out = out * norm.weight.reshape(shape)
+    if norm.bias is not None:
+        out = out + norm.bias.reshape(shape)
+    return out
 
 
 class MixedNorm(nn.Module):
@@ -113,10 +117,12 @@ def entropy(logits: Tensor) -> Tensor:
 @ADAPTERS.register(
     "source",
     summary="No adaptation: the trained (source) model predicts the test data as it is.",
+    references=("On Pitfalls of Test-Time Adaptation (arXiv:2306.03536)",),
 )
 @dataclass(eq=False)
 class SourceModel(Adapter):
-    """The baseline every adapter is compared with: the source model in eval mode."""
+    """The baseline every adapter is compared with: the source model in eval mode, its
+    BatchNorm layers reading the source (training) statistics, nothing updated."""
 
     changes: ClassVar[frozenset[str]] = frozenset({"nothing"})
 

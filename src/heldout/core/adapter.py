@@ -10,7 +10,8 @@ model and unlabeled test inputs and returns predictions (logits). It declares
   supports (few-shot episodes);
 * what it ``changes``: nothing, the BatchNorm statistics, some parameters, or a memory;
 * whether it needs labeled source data to get ready (``needs_source``: a memory of training
-  features, per-domain heads).
+  features, per-domain heads), and whether it needs labeled supports with each query set
+  (``needs_support``: few-shot episodes, ``transduce(x, support_x=..., support_y=...)``).
 
 It is usable in a plain loop::
 
@@ -31,7 +32,6 @@ import copy
 from dataclasses import InitVar, dataclass
 from typing import Any, ClassVar, Literal
 
-import torch
 from torch import Tensor, nn
 
 __all__ = [
@@ -87,6 +87,7 @@ def split_head(model: nn.Module) -> tuple[nn.Module, nn.Linear]:
     The featurizer shares its modules with ``model``: adapting one adapts the other.
 
     Example:
+        >>> import torch
         >>> net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
         >>> features, head = split_head(net)
         >>> features(torch.zeros(5, 4)).shape, head.out_features
@@ -120,6 +121,7 @@ class Adapter:
     mode: ClassVar[Literal["online", "transductive"]] = "online"
     changes: ClassVar[frozenset[str]] = frozenset({"nothing"})
     needs_source: ClassVar[bool] = False
+    needs_support: ClassVar[bool] = False
 
     model: InitVar[nn.Module | None] = None
     episodic: bool = False  # online: reset to the source state at the start of each domain
