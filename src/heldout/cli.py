@@ -3,7 +3,8 @@
     heldout run [CONFIG.yaml] [--task T] [--model M] [--technique T ...] [--callback C ...]
                 [--steps N] [--seed S] [--restart] [key=value ...]
     heldout resume RUN
-    heldout list [techniques|measures|tasks|models|claims|callbacks|selection-rules|papers]
+    heldout list [techniques|measures|adapters|tasks|models|claims|callbacks|selection-rules|
+                  papers]
     heldout runs ls|show|export ...
     heldout claims list | run [NAME ...] [--seeds N] [--scale ci|full]
     heldout sweep SPEC.yaml [--executor local|ray] [--workers N] [--address A] [--vectorize K]
@@ -14,6 +15,7 @@
     heldout measure RUN --measure NAME [--split S] [--set k=v]
     heldout measure rank RUN RUN ... --measure KEY [--gap KEY] [--axis CONFIG.KEY]
     heldout store check | backup PATH
+    heldout adapt RUN --adapter NAME --domain SPLIT [--domain SPLIT ...] [--set k=v]
 
 Mistakes in what was typed (unknown key or name, wrong type or range, a file that cannot be
 read, a directory that is a file) print one line and exit with status 2, and write no run
@@ -96,6 +98,24 @@ def _parser() -> argparse.ArgumentParser:
                         "history and train from step 0")
     resume.add_argument("--wait", action="store_true", help="wait for another process "
                         "training it instead of exiting with status 2")
+
+    adapt = sub.add_parser("adapt", help="adapt a finished run to held-out domains at test "
+                           "time and record before/after metrics per domain")
+    adapt.add_argument("run", help="the finished source run (id, unique prefix or name)")
+    adapt.add_argument("--adapter", required=True, help="a registered adapter "
+                       "(`heldout list adapters`)")
+    adapt.add_argument("--domain", action="append", dest="domains", required=True,
+                       help="an evaluation split of the run's task, e.g. test@rot90; repeat "
+                       "for a continual stream (state carried across, in order)")
+    adapt.add_argument("--set", action="append", dest="params", default=[],
+                       metavar="KEY=VALUE", help="an adapter hyper-parameter")
+    adapt.add_argument("--batch-size", type=int, default=64, help="test batch size (online "
+                       "adapters; default 64)")
+    adapt.add_argument("--seed", type=int, default=0, help="seed of the stream order")
+    adapt.add_argument("--no-shuffle", action="store_true", help="stream each domain in "
+                       "stored order")
+    adapt.add_argument("--measure", action="append", dest="measures", default=None,
+                       help="a measure on each domain (repeat; default accuracy and ece)")
 
     lst = sub.add_parser("list", help="list registered components or the papers catalog")
     lst.add_argument("kind", nargs="?", default="techniques",
@@ -398,12 +418,7 @@ def _cmd_measure(args: argparse.Namespace, store: Store) -> int:
 
     if args.params and len(args.measures) != 1:
         raise UsageError("--set applies to one measure; give a single --measure")
-    params = {}
-    for item in args.params:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise UsageError(f"--set {item!r}: expected KEY=VALUE")
-        params[key] = yaml.safe_load(raw)
+    params = _key_values(args.params, "--set")
     specs = [{"name": args.measures[0], **params}] if params else list(args.measures)
     components = check_components("measures", specs)
     try:
@@ -411,6 +426,35 @@ def _cmd_measure(args: argparse.Namespace, store: Store) -> int:
     except (KeyError, FileNotFoundError) as err:
         raise UsageError(str(err.args[0] if isinstance(err, KeyError) else err)) from None
     _print_metrics(metrics)
+    return 0
+
+
+def _key_values(items: Sequence[str], flag: str) -> dict:
+    params = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"{flag} {item!r}: expected KEY=VALUE")
+        params[key] = yaml.safe_load(raw)
+    return params
+
+
+def _cmd_adapt(args: argparse.Namespace, store: Store) -> int:
+    from heldout.run.adaptation import DEFAULT_MEASURES, AdaptConfig, adapt
+
+    params = _key_values(args.params, "--set")
+    cfg = AdaptConfig(args.run, {"name": args.adapter, **params}, tuple(args.domains),
+                      batch_size=args.batch_size, shuffle=not args.no_shuffle, seed=args.seed,
+                      measures=tuple(args.measures or DEFAULT_MEASURES))
+    try:
+        result = adapt(cfg, store)
+    except (KeyError, ValueError) as err:
+        raise UsageError(str(err.args[0] if isinstance(err, KeyError) else err)) from None
+    print(f"adaptation {result.id} of run {result.run} with {result.adapter}")
+    print(f"{'metric':<36} {'before':>9} {'after':>9}")
+    for key in sorted(result.after):
+        print(f"{key:<36} {result.before.get(key, float('nan')):>9.4f} "
+              f"{result.after[key]:>9.4f}")
     return 0
 
 
@@ -547,6 +591,7 @@ _COMMANDS = {
     "measure": _cmd_measure,
     "report": _cmd_report,
     "store": _cmd_store,
+    "adapt": _cmd_adapt,
 }
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ __all__ = [
     "OptimizerConfig",
     "RunConfig",
     "canonical_json",
+    "check_component",
     "check_components",
     "apply_overrides",
     "config_data",
@@ -160,7 +161,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         # Check every component and write its defaults out, however the config was made.
         for key in ("task", "model"):
-            object.__setattr__(self, key, _check_params(_COMPONENT_FIELDS[key],
+            object.__setattr__(self, key, check_component(_COMPONENT_FIELDS[key],
                                                         getattr(self, key), key))
         for key in _LIST_FIELDS:
             object.__setattr__(self, key, check_components(key, getattr(self, key)))
@@ -265,7 +266,7 @@ def _fields(cls: type) -> dict[str, Any]:
     }
 
 
-def _check_params(registry: Registry, spec: Any, key: str) -> Component:
+def check_component(registry: Registry, spec: Any, key: str) -> Component:
     """Turn ``name`` / ``{name: ..., **params}`` / Component into a checked Component (built
     once, see :meth:`Component.take`)."""
     if isinstance(spec, Component) and spec._built is not None:
@@ -310,7 +311,7 @@ def check_components(key: str, value: Any) -> tuple[Component, ...]:
     items = [value] if isinstance(value, str | Mapping | Component) else value
     if not isinstance(items, list | tuple):
         raise ConfigError(f"{key}: expected a list, got {value!r}")
-    checked = [_check_params(_COMPONENT_FIELDS[key], v, f"{key}[{i}]")
+    checked = [check_component(_COMPONENT_FIELDS[key], v, f"{key}[{i}]")
                for i, v in enumerate(items)]
     names = [c.name for c in checked]
     dupes = sorted({n for n in names if names.count(n) > 1})
@@ -341,7 +342,7 @@ def config_from_dict(data: Mapping[str, Any]) -> RunConfig:
         if key not in run_fields:
             raise ConfigError(f"{key}: unknown config key; valid keys: {', '.join(run_fields)}")
         if key in ("task", "model"):
-            kwargs[key] = _check_params(_COMPONENT_FIELDS[key], value, key)
+            kwargs[key] = check_component(_COMPONENT_FIELDS[key], value, key)
         elif key in _LIST_FIELDS:
             kwargs[key] = check_components(key, value)
         elif key == "optimizer":

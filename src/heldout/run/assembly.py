@@ -137,15 +137,21 @@ def build(
     return trainer
 
 
-def evaluation_model(run: str, store: Store) -> torch.nn.Module:
-    """The model a finished run evaluates with (its last checkpoint, with the weights its
-    techniques evaluate, e.g. an EMA average), in eval mode."""
+def finished_trainer(run: str, store: Store) -> tuple[Trainer, torch.nn.Module]:
+    """A finished run's Trainer at its last checkpoint (its data in ``eval_data``) and the
+    model it evaluates with (the weights its techniques evaluate, e.g. an EMA average), in
+    eval mode."""
     record = store.get_run(run)
     if record.status != "done":
         raise ValueError(f"run {record.id} is {record.status}, not done")
     trainer = build(config_from_dict(record.config), store=store,
                     checkpoint_path=store.checkpoint_path(record.id))
-    trainer.resume()
+    trainer.resume(digests=store.checkpoint_digests(record.id))
     model = next((m for t in trainer.techniques if (m := t.eval_model(trainer.state)) is not None),
                  trainer.model)
-    return model.eval()
+    return trainer, model.eval()
+
+
+def evaluation_model(run: str, store: Store) -> torch.nn.Module:
+    """The model a finished run evaluates with (see :func:`finished_trainer`)."""
+    return finished_trainer(run, store)[1]

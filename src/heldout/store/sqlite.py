@@ -9,6 +9,8 @@ Tables::
     claims(id, claim, verdict, summary, numbers_json, seeds_json, run_ids_json, created)
     leases(run_id, token, pid, host, since, heartbeat)  -- who trains a run right now
     checkpoints(run_id, sha256, step, prev_sha256, prev_step, saved)  -- checkpoint digests
+    adaptations(id, source_run, adapter, config_json, status, created, finished, seconds,
+                metrics_json, error)              -- test-time adaptations of finished runs
 
 Status moves ``queued → running → done | failed``. Every write is one transaction, so a
 process killed mid-write leaves the store as it was before that write.
@@ -115,6 +117,18 @@ CREATE TABLE IF NOT EXISTS leases (
     host TEXT NOT NULL,
     since REAL NOT NULL,
     heartbeat REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS adaptations (
+    id TEXT PRIMARY KEY,
+    source_run TEXT NOT NULL REFERENCES runs(id),
+    adapter TEXT NOT NULL,
+    config_json TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('running', 'done', 'failed')),
+    created REAL NOT NULL,
+    finished REAL,
+    seconds REAL,
+    metrics_json TEXT,
+    error TEXT
 );
 CREATE TABLE IF NOT EXISTS checkpoints (
     run_id TEXT PRIMARY KEY,
@@ -629,6 +643,58 @@ class Store:
             for r in rows
         ]
 
+    # --------------------------------------------------------------------- adaptations
+    def start_adaptation(self, adaptation_id: str, source_run: str, adapter: str,
+                         config: Mapping[str, Any]) -> None:
+        """Record an adaptation of the finished run ``source_run`` as running (again, if it
+        failed before); a done adaptation is refused (:class:`RunFinishedError`)."""
+        with self._transaction() as db:
+            row = db.execute("SELECT status FROM adaptations WHERE id = ?",
+                             (adaptation_id,)).fetchone()
+            if row is not None and row["status"] == "done":
+                raise RunFinishedError(f"adaptation {adaptation_id} is done; it is not run "
+                                       "again")
+            db.execute(
+                "INSERT INTO adaptations (id, source_run, adapter, config_json, status, "
+                "created) VALUES (?, ?, ?, ?, 'running', ?) ON CONFLICT (id) DO UPDATE SET "
+                "status = 'running', error = NULL",
+                (adaptation_id, source_run, adapter, json.dumps(config, sort_keys=True),
+                 time.time()))
+
+    def finish_adaptation(self, adaptation_id: str, *, status: str, seconds: float,
+                          metrics: Mapping[str, Any] | None = None,
+                          error: str | None = None) -> None:
+        if status not in ("done", "failed"):
+            raise ValueError(f"an adaptation finishes done or failed, not {status!r}")
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE adaptations SET status = ?, finished = ?, seconds = ?, "
+                "metrics_json = ?, error = ? WHERE id = ? AND status != 'done'",
+                (status, time.time(), seconds,
+                 None if metrics is None else json.dumps(metrics, sort_keys=True), error,
+                 adaptation_id))
+
+    def get_adaptation(self, adaptation_id: str) -> dict[str, Any]:
+        """An adaptation by id or unique id prefix."""
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM adaptations WHERE id = ? OR id LIKE ? ESCAPE '\\'",
+                              (adaptation_id, _like_prefix(adaptation_id))).fetchall()
+        exact = [r for r in rows if r["id"] == adaptation_id]
+        if exact:
+            rows = exact
+        if len(rows) != 1:
+            raise KeyError(f"adaptation {adaptation_id!r} is ambiguous" if rows else
+                           f"no adaptation {adaptation_id!r} in {self.path}")
+        return _adaptation(rows[0])
+
+    def adaptations(self, source_run: str | None = None) -> list[dict[str, Any]]:
+        """Every adaptation (of ``source_run`` only, if given), oldest first."""
+        query, args = "SELECT * FROM adaptations", tuple[str, ...]()
+        if source_run is not None:
+            query, args = query + " WHERE source_run = ?", (source_run,)
+        with self._connect() as db:
+            return [_adaptation(r) for r in db.execute(query + " ORDER BY created, id", args)]
+
     # --------------------------------------------------------------------- sweeps
     def record_sweep(self, sweep_id: str, name: str, spec: Mapping[str, Any],
                      runs: Sequence[tuple[str, Mapping[str, Any], Mapping[str, Any], int]]
@@ -753,6 +819,13 @@ def _record(row: sqlite3.Row) -> RunRecord:
         versions=json.loads(row["versions_json"] or "{}"), git_sha=row["git_sha"],
         host=row["host"], error=row["error"], checkpoint=row["checkpoint"],
     )
+
+
+def _adaptation(row: sqlite3.Row) -> dict[str, Any]:
+    out = {k: v for k, v in dict(row).items() if not k.endswith("_json")}
+    out["config"] = json.loads(row["config_json"])
+    out["metrics"] = json.loads(row["metrics_json"]) if row["metrics_json"] else {}
+    return out
 
 
 def _record_dict(r: RunRecord) -> dict[str, Any]:
