@@ -52,6 +52,7 @@ __all__ = [
     "METRICS",
     "Interval",
     "Table",
+    "adaptation_table",
     "aggregate",
     "mean_interval",
     "t_quantile",
@@ -70,7 +71,7 @@ AVERAGE = "average"
 """The ``held_out`` label of the row averaged over held-out sets."""
 
 _DECIMALS = {"accuracy": 1, "worst_group_accuracy": 1, "ece": 2}  # after multiplying by 100
-_KEY_COLUMNS = ("rule", "task", "technique", "held_out", "seeds", "missing")
+_KEY_COLUMNS = ("rule", "task", "technique", "adapter", "held_out", "seeds", "missing")
 _HEADERS = {
     "held_out": "held-out", "accuracy": "accuracy (%)",
     "worst_group_accuracy": "worst-group accuracy (%)", "ece": "ECE (×100)",
@@ -346,3 +347,59 @@ def to_markdown(table: Table, *, describe: bool = True) -> str:
             if rule in SELECTION_RULES:
                 lines.append(f"- `{rule}`: {SELECTION_RULES.get(rule).summary}")
     return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- adaptation
+ADAPTATION_COLUMNS = ("rule", "task", "technique", "adapter", "held_out", "seeds", "before",
+                      "after", "change")
+
+
+def adaptation_table(selections: Iterable[Selection],
+                     results: Mapping[tuple[str, str], Mapping[str, Mapping[str, float]]],
+                     adapters: Sequence[str], metric: str = "accuracy",
+                     confidence: float = 0.95) -> Table:
+    """Before/after test-time adaptation, per selection rule × technique × adapter × held-out
+    set, mean ± interval over seeds; ``average`` rows average over the held-out sets.
+
+    ``results[(run_id, adapter)]`` is an adaptation's ``{"before": ..., "after": ...}``
+    metrics; a cell's value per seed is the mean of ``test@<domain>/<metric>`` over the
+    held-out domains. ``change`` is after − before, paired per seed."""
+    cells: dict[tuple[str, str, str, str, str], list[tuple[int, float, float]]] = {}
+    for s in selections:
+        if s.run_id is None or not s.held_out:
+            continue
+        for adapter in adapters:
+            metrics = results.get((s.run_id, adapter))
+            if not metrics:
+                continue
+            keys = [f"test@{d}/{metric}" for d in s.held_out]
+            if not all(k in metrics["before"] and k in metrics["after"] for k in keys):
+                continue
+            before = math.fsum(metrics["before"][k] for k in keys) / len(keys)
+            after = math.fsum(metrics["after"][k] for k in keys) / len(keys)
+            key = (s.rule, s.task, s.technique, adapter, _held_out_label(s.held_out))
+            cells.setdefault(key, []).append((s.seed, before, after))
+    table = Table(ADAPTATION_COLUMNS, confidence=confidence)
+    averages: dict[tuple[str, str, str, str], dict[int, list[tuple[float, float]]]] = {}
+    for key, values in cells.items():
+        table.rows.append(_adaptation_row(key, values, confidence))
+        for seed, before, after in values:
+            averages.setdefault(key[:4], {}).setdefault(seed, []).append((before, after))
+    for key4, by_seed in averages.items():
+        held_sets = {k[4] for k in cells if k[:4] == key4}
+        if len(held_sets) < 2:
+            continue
+        values = [(seed, math.fsum(b for b, _ in v) / len(v), math.fsum(a for _, a in v) / len(v))
+                  for seed, v in sorted(by_seed.items())]
+        table.rows.append(_adaptation_row((*key4, "average"), values, confidence))
+    return table
+
+
+def _adaptation_row(key: tuple[str, ...], values: Sequence[tuple[int, float, float]],
+                    confidence: float) -> dict[str, Any]:
+    rule, task, technique, adapter, held_out = key
+    return {"rule": rule, "task": task, "technique": technique, "adapter": adapter,
+            "held_out": held_out, "seeds": len(values),
+            "before": mean_interval([b for _, b, _ in values], confidence),
+            "after": mean_interval([a for _, _, a in values], confidence),
+            "change": mean_interval([a - b for _, b, a in values], confidence)}

@@ -21,6 +21,12 @@ Example spec::
     held_out: each                    # multi-domain tasks: hold out each domain in turn
     search: {optimizer.lr: [log_uniform, 0.0001, 0.01]}
     grid: {techniques.sam.rho: [0.02, 0.05, 0.1]}   # optional: every combination, per draw
+    adapt: [source, bn_adapt, {name: alpha_bn, alpha: 0.1}]   # optional: test-time adapters
+    adapt_batch_size: 64
+
+With ``adapt``, every finished run with held-out domains is adapted by each listed adapter on
+its held-out test domains (streamed in order; :mod:`heldout.run.adaptation`), and the report
+gets a before/after table per adapter with intervals over seeds.
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ from heldout.registry import TASKS, TECHNIQUES
 __all__ = [
     "PlannedRun",
     "SweepSpec",
+    "adapt_sweep",
+    "adaptation_configs",
     "draw_value",
     "expand",
     "load_sweep",
@@ -72,6 +80,8 @@ class SweepSpec:
     grid: Mapping[str, Sequence[Any]] = field(default_factory=dict)
     selection: tuple[str, ...] = ("train_domain_val", "oracle", "last")
     sweep_seed: int = 0
+    adapt: tuple[Any, ...] = ()  # adapters (names or {name: ..., **params}) for every run
+    adapt_batch_size: int = 64
 
     def __post_init__(self) -> None:
         if self.hparams < 1:
@@ -89,6 +99,7 @@ class SweepSpec:
                                       f"{BASELINE}, {', '.join(TECHNIQUES.names())}")
         for key, space in self.search.items():
             _check_space(f"search.{key}", space)
+        _check_adapters(self.adapt, self.adapt_batch_size)
         for key, values in self.grid.items():
             if not isinstance(values, list | tuple) or not values:
                 raise ConfigError(f"grid.{key}: a grid is a non-empty list of values, got "
@@ -102,6 +113,8 @@ class SweepSpec:
     @property
     def identity(self) -> str:
         data = {k: v for k, v in _plain(self.__dict__).items() if k != "name"}
+        if not self.adapt:  # sweeps without adaptation keep the ids they had before it
+            del data["adapt"], data["adapt_batch_size"]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -123,6 +136,23 @@ class PlannedRun:
         return {"task": self.task, "technique": self.technique, "hparams": self.hparams,
                 "seed": self.seed, "held_out": list(self.held_out),
                 "domains": list(self.domains), "values": dict(self.values)}
+
+
+def _check_adapters(adapters: Sequence[Any], batch_size: int) -> None:
+    from heldout.config import check_component
+    from heldout.registry import ADAPTERS
+
+    for index, entry in enumerate(adapters):
+        if isinstance(entry, str):
+            entry = {"name": entry}
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"adapt[{index}]: an adapter name or mapping, got {entry!r}")
+        check_component(ADAPTERS, dict(entry), f"adapt[{index}]")
+        if getattr(ADAPTERS.get(entry["name"]).cls, "needs_support", False):
+            raise ConfigError(f"adapt[{index}]: {entry['name']!r} adapts few-shot episodes, "
+                              "not a run's held-out domains")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"adapt_batch_size: a whole number >= 1, got {batch_size!r}")
 
 
 def _parts(technique: str) -> list[str]:
@@ -392,6 +422,8 @@ def sweep_from_dict(data: Mapping[str, Any], default_name: str = "sweep") -> Swe
         selection=tuple(_listed(data, "selection", ["train_domain_val", "oracle", "last"],
                                 str, "a selection rule")),
         sweep_seed=_integer(data, "sweep_seed", 0),
+        adapt=tuple(_listed(data, "adapt", [], str | Mapping, "an adapter name or mapping")),
+        adapt_batch_size=_integer(data, "adapt_batch_size", 64),
     )
 
 
@@ -415,7 +447,45 @@ def run_sweep(spec: SweepSpec, store: Any, *, executor: str = "local", workers: 
     store.record_sweep(spec.identity, spec.name, _plain(spec.__dict__), [
         (p.config.identity, config_to_dict(p.config), p.meta, p.seed) for p in planned])
     runner = make_executor(executor, store.home, workers=workers, address=address)
-    return run_jobs([p.config for p in planned], store, runner, progress, vectorize=vectorize)
+    outcomes = run_jobs([p.config for p in planned], store, runner, progress,
+                        vectorize=vectorize)
+    if spec.adapt:
+        adapt_sweep(spec, store)
+    return outcomes
+
+
+def adaptation_configs(spec: SweepSpec, run_id: str, held_out: Sequence[str]) -> list[Any]:
+    """The adaptations a sweep asks of one run: each adapter of ``spec.adapt`` on the run's
+    held-out test domains, streamed in order."""
+    from heldout.run.adaptation import AdaptConfig
+
+    domains = tuple(f"test@{d}" for d in held_out)
+    return [AdaptConfig(run_id, {"name": a} if isinstance(a, str) else dict(a), domains,
+                        batch_size=spec.adapt_batch_size) for a in spec.adapt]
+
+
+def adapt_sweep(spec: SweepSpec, store: Any) -> list[dict[str, Any]]:
+    """Adapt every finished run of the sweep that has held-out domains with every adapter of
+    ``spec.adapt`` (done adaptations are read back, not run again); returns the failures
+    (run, adapter, error), each also given as a warning."""
+    import warnings
+
+    from heldout.run.adaptation import adapt
+    from heldout.store.records import error_message
+
+    failures = []
+    for record, meta in store.sweep_runs(spec.identity):
+        if record.status != "done" or not meta["held_out"]:
+            continue
+        for cfg in adaptation_configs(spec, record.id, meta["held_out"]):
+            try:
+                adapt(cfg, store)
+            except (ValueError, KeyError, RuntimeError) as err:
+                failures.append({"run_id": record.id, "adapter": cfg.adapter.name,
+                                 "error": error_message(err)})
+                warnings.warn(f"adapting run {record.id} with {cfg.adapter.name} failed: "
+                              f"{error_message(err)}", stacklevel=2)
+    return failures
 
 
 def sweep_status(store: Any, sweep: str) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from heldout.experiments.aggregate import aggregate, to_csv, to_markdown
+from heldout.experiments.aggregate import adaptation_table, aggregate, to_csv, to_markdown
 from heldout.experiments.model_selection import SELECTION_RULES, record_from_store, select_all
 from heldout.report.html import claims_html, image_html, page_html, png_base64, table_html
 from heldout.store.sqlite import Store
@@ -49,6 +49,47 @@ def _leaderboard(table: Any) -> str:
                 cells.append(e(str(value)))
         rows.append(cells)
     return table_html([str(c) for c in table.columns], rows)
+
+
+def _adaptation_section(store: Store, info: dict[str, Any], selections: Sequence[Any],
+                        out: Path) -> str | None:
+    """The before/after table of the sweep's test-time adapters (``adapt`` in its spec), also
+    written as ``adaptation.csv``."""
+    from heldout.experiments.sweep import adaptation_configs, sweep_from_dict
+    from heldout.run.adaptation import adaptation_id
+
+    spec_data = info["spec"]
+    if not spec_data.get("adapt"):
+        return None
+    spec = sweep_from_dict({k: v for k, v in spec_data.items() if k != "name"})
+    results: dict[tuple[str, str], Any] = {}
+    names = []
+    for s in selections:
+        if s.run_id is None or not s.held_out:
+            continue
+        done = {a["id"]: a for a in store.adaptations(s.run_id) if a["status"] == "done"}
+        for cfg in adaptation_configs(spec, s.run_id, s.held_out):
+            label = _adapter_label(cfg.adapter)
+            names.append(label)
+            row = done.get(adaptation_id(cfg.to_dict(s.run_id)))
+            if row is not None:
+                results[(s.run_id, label)] = row["metrics"]
+    table = adaptation_table(selections, results, list(dict.fromkeys(names)))
+    (out / "adaptation.csv").write_text(to_csv(table), encoding="utf-8")
+    if not table.rows:
+        return ("<h2>Test-time adaptation</h2><p>No adaptation of the chosen runs is "
+                "recorded yet (run the sweep again to adapt its finished runs).</p>")
+    return ("<h2>Test-time adaptation: before → after</h2><p>Accuracy (%) on the held-out "
+            "test domains of the runs each rule chose (their final weights), before (the "
+            "source model) and after adapting at test time, mean ± 95% confidence "
+            "half-width over seeds; <i>change</i> is paired per seed.</p>"
+            + _leaderboard(table))
+
+
+def _adapter_label(component: Any) -> str:
+    params = ", ".join(f"{k}={v}" for k, v in sorted(component.params.items())
+                       if k != "episodic" or v)
+    return f"{component.name}({params})" if params else component.name
 
 
 def _curves_figure(store: Store, selections: Sequence[Any]) -> str | None:
@@ -161,6 +202,9 @@ def write_sweep_report(store: Store, sweep: str, out: Path,
         body.append("<h2>Per-domain test accuracy of the chosen runs</h2>"
                     + table_html(["rule", "technique", "held out", "seed",
                                   "accuracy per domain (%)"], per_domain))
+    adapted = _adaptation_section(store, info, selections, out)
+    if adapted:
+        body.append(adapted)
     curves = _curves_figure(store, selections)
     if curves:
         body.append(image_html("Learning curves", curves))
