@@ -29,7 +29,8 @@ LEDGER_JSON = Path(__file__).with_name("ledger.json")
 MARKERS = {"<!-- ledger-table -->": "ledger", "<!-- catalog-table -->": "catalog",
            "<!-- cli-help -->": "cli", "<!-- store-schema -->": "store"}
 CLI_COMMANDS = ("", "run", "resume", "list", "runs ls", "runs show", "runs export",
-                "claims list", "claims run", "sweep", "flagship", "measure", "report")
+                "claims list", "claims run", "sweep", "flagship", "measure", "report",
+                "adapt")
 
 
 def _cell(text: Any) -> str:
