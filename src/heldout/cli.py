@@ -368,6 +368,12 @@ def _cmd_runs(args: argparse.Namespace, store: Store) -> int:
         print(f"  files    {store.run_dir(r.id)}")
         print("  config   " + json.dumps(r.config, sort_keys=True))
         _print_metrics(store.final_metrics(r.id), indent="  ")
+        for a in store.adaptations(r.id):
+            after = a["metrics"].get("after", {})
+            accuracy = ", ".join(f"{k.split('/')[0]} {v:.4f}" for k, v in sorted(after.items())
+                                 if k.endswith("/accuracy"))
+            print(f"  adapted  {a['id']} {a['adapter']} {a['status']}"
+                  + (f": accuracy {accuracy}" if accuracy else ""))
         return 0
     try:
         text = store.export(args.runs or None, args.format)

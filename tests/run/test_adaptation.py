@@ -137,6 +137,8 @@ def test_cli_adapt_prints_before_and_after(store, run_id, capsys):
     out = capsys.readouterr().out
     assert code == 0 and "test@rot90/accuracy" in out and "before" in out
     assert store.adaptations(run_id)[0]["config"]["adapter"]["alpha"] == 0.5
+    assert main(["runs", "show", run_id]) == 0
+    assert "adapted  a" in capsys.readouterr().out
     assert main(["adapt", run_id, "--adapter", "alpha_bn", "--domain", "test@nowhere"]) == 2
     assert "no split 'test@nowhere'" in capsys.readouterr().err
     assert main(["adapt", run_id, "--adapter", "alpha_bn", "--domain", "test@rot90",
