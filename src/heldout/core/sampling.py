@@ -12,8 +12,10 @@ from torch import Tensor
 __all__ = ["sample_indices", "stream_generator"]
 
 
-def stream_generator(seed: int, stream: str) -> torch.Generator:
-    """A ``torch.Generator`` for one named random stream of ``seed``.
+def stream_generator(seed: int, stream: str, device: torch.device | str | None = None
+                     ) -> torch.Generator:
+    """A ``torch.Generator`` for one named random stream of ``seed`` (on ``device``; the
+    CPU by default).
 
     Each use of randomness in a task (the split, the label noise, ...) draws from its own stream,
     so changing one parameter (say the noise rate) leaves the other draws (the split) unchanged.
@@ -28,7 +30,7 @@ def stream_generator(seed: int, stream: str) -> torch.Generator:
     """
     sequence = np.random.SeedSequence(seed, spawn_key=(zlib.crc32(stream.encode()),))
     state = int(sequence.generate_state(1, dtype=np.uint64)[0])
-    return torch.Generator().manual_seed(state)
+    return torch.Generator(device=device or "cpu").manual_seed(state)
 
 
 def sample_indices(n: int, size: int, seed: int) -> Tensor:

@@ -36,6 +36,8 @@ class State:
     step: int = 0
     epoch: int = 0  # passes over the training set completed before the current batch
     train_data: tuple[Tensor, Tensor] | None = None  # the training tensors, when given as such
+    train_groups: Tensor | None = None  # each training example's domain index, when known
+    seed: int = 0  # the run's seed
     batch: Batch | None = None
     loss: Tensor | None = None
     metrics: dict[str, float] = field(default_factory=dict)

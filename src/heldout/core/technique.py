@@ -36,6 +36,7 @@ TOUCHES = {
     "after_step": "acts after each optimizer step (on_after_step)",
     "eval_model": "supplies the weights that evaluation uses (eval_model)",
     "batch": "changes or selects the batch (on_batch_start)",
+    "augment": "transforms each training batch after it is drawn (augment; heldout.core.augment)",
     "schedule": "sets the learning rate of every step (on_batch_start)",
 }
 EXCLUSIVE = frozenset({"step", "loss", "eval_model", "schedule"})

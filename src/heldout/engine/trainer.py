@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from heldout.core.augment import augmentation_generator
 from heldout.core.callback import Callback
 from heldout.core.measure import Measure, NonFiniteOutputError, evaluate
 from heldout.core.state import Logger, State
@@ -135,7 +136,9 @@ class Trainer:
         self.loggers = list(loggers)
         self.history: list[tuple[int, dict[str, float]]] = []
         self.state = State(self.model, self.optimizer, max_steps, **self.batches.sizes(),
-                           train_data=getattr(self.batches, "tensors", None))
+                           train_data=getattr(self.batches, "tensors", None),
+                           train_groups=_train_groups(train, self.device), seed=seed)
+        self.augmentations = [t for t in self.techniques if "augment" in t.touches]
         self.state.acted = {
             e.value: [t.name for t in self.techniques if _overrides(t, e.value)] for e in Event
         }
@@ -163,6 +166,8 @@ class Trainer:
             state.epoch = self.batches.epoch
             state.batch = next(self.batches)
             self._fire(Event.BATCH_START)
+            if self.augmentations:
+                self._augment()
             loss = optimizer.step(closure)
             state.loss = loss.detach()
             if not math.isfinite(value := float(state.loss)):
@@ -181,6 +186,20 @@ class Trainer:
         return self.history
 
     # ------------------------------------------------------------------------ pieces
+    def _augment(self) -> None:
+        """Apply the augmentations to the drawn batch, each with its generator of this step
+        (:func:`~heldout.core.augment.augmentation_generator`)."""
+        state = self.state
+        x, y, index = state.batch  # type: ignore[misc]
+        groups = None
+        if state.train_groups is not None and index is not None:
+            groups = state.train_groups[index.to(state.train_groups.device)].to(x.device)
+        for technique in self.augmentations:
+            generator = augmentation_generator(state.seed, technique.name, state.step,
+                                               x.device)
+            x, y = technique.augment(x, y, generator, groups)  # type: ignore[attr-defined]
+        state.batch = (x, y, index)
+
     def _forward(self, x: Tensor) -> Tensor:
         """The training forward: under bfloat16 autocast for ``precision="bf16-mixed"`` (the
         logits come back as float32, so losses and techniques see full precision)."""
@@ -322,6 +341,13 @@ class Trainer:
 
 def _overrides(technique: Technique, hook: str) -> bool:
     return getattr(type(technique), hook) is not getattr(Technique, hook)
+
+
+def _train_groups(train: Any, device: Any) -> Tensor | None:
+    groups = getattr(train, "groups", None)
+    if not isinstance(groups, Tensor):
+        return None
+    return groups.to(device) if device is not None else groups
 
 
 def _check_optimizer_covers(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
