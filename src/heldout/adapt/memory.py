@@ -208,7 +208,7 @@ class AdaNPC(Adapter):
 
     k: Annotated[int, Ge(1)] = 100  # neighbours that vote (the paper's default)
     tau: Annotated[float, Gt(0.0)] = 0.1  # temperature of the vote's softmax weights
-    beta: Annotated[float, Ge(0.0)] = 0.1  # confidence (vote share) at which a test instance joins the memory
+    beta: Annotated[float, Ge(0.0)] = 0.1  # vote share at which a test instance joins memory
     capacity: Annotated[int, Ge(1)] = 100_000  # memory entries at most, source included
     search: Search = "auto"  # k-NN search: torch (small memories), faiss, or auto by size
     batch_size: Annotated[int, Ge(1)] = 1024  # source examples per featurizer pass at bind
