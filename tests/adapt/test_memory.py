@@ -13,7 +13,7 @@ import torch
 from sklearn.neighbors import KNeighborsClassifier
 from torch import nn
 
-from heldout.adapt.memory import AdaNPC, KNNMemory, knn_vote
+from heldout.adapt.memory import FAISS_FROM, AdaNPC, KNNMemory, knn_vote
 from heldout.core.adapter import Source
 
 torch.set_num_threads(1)
@@ -150,13 +150,13 @@ def test_resume_from_checkpoint_rebuilds_the_faiss_index():
 
 def test_without_faiss_torch_works_and_faiss_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss now raises ImportError
-    feats = torch.randn(10_000, 4)
-    auto = KNNMemory(feats, torch.zeros(10_000, dtype=torch.long), capacity=20_000)
+    feats = torch.randn(FAISS_FROM, 2)
+    labels = torch.zeros(FAISS_FROM, dtype=torch.long)
+    auto = KNNMemory(feats, labels, capacity=FAISS_FROM)
     assert auto._index is None  # auto falls back to torch past FAISS_FROM
     assert auto.search(feats[:2], 3)[0].shape == (2, 3)
     with pytest.raises(ImportError, match=r"pip install heldout\[adapt\]"):
-        KNNMemory(feats, torch.zeros(10_000, dtype=torch.long), capacity=20_000,
-                  search="faiss")
+        KNNMemory(feats, labels, capacity=FAISS_FROM, search="faiss")
 
 
 def test_bad_parameters_are_named():
@@ -164,3 +164,12 @@ def test_bad_parameters_are_named():
         KNNMemory(torch.eye(2), torch.arange(2), capacity=4, search="annoy")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="source"):
         AdaNPC(k=3).bind(network())
+
+
+def test_auto_search_switches_to_faiss_when_the_memory_grows_past_the_threshold():
+    feats = torch.randn(FAISS_FROM - 1, 2)
+    memory = KNNMemory(feats, torch.zeros(len(feats), dtype=torch.long),
+                       capacity=FAISS_FROM + 10)
+    assert memory._index is None
+    memory.add(torch.randn(3, 2), torch.ones(3, dtype=torch.long))
+    assert memory._index is not None and memory._index.ntotal == len(memory) == FAISS_FROM + 2

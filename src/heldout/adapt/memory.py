@@ -30,14 +30,16 @@ from heldout.core.adapter import Adapter, Source, split_head
 from heldout.core.bounds import Annotated, Ge, Gt
 from heldout.registry import ADAPTERS
 
-__all__ = ["AdaNPC", "KNNMemory", "knn_vote"]
+__all__ = ["FAISS_FROM", "AdaNPC", "KNNMemory", "knn_vote"]
 
 Search = Literal["auto", "torch", "faiss"]
 _REFERENCE = "AdaNPC: Exploring Non-Parametric Classifier for Test-Time Adaptation " \
              "(arXiv:2304.12566)"
-# "auto" searches with faiss from this many memory entries on (measured in
-# bench/adapt_adanpc.py: below it a torch matmul + topk is as fast or faster)
-FAISS_FROM = 8192
+# "auto" searches with faiss from this many memory entries on. bench/adapt_adanpc.py: at 50,000
+# entries and k = 100 a torch matmul + topk is 2-3x faster than IndexFlatIP on one thread, but
+# it holds a (batch x entries) similarity matrix; faiss scans the memory in blocks, so for
+# memories this large (256 MB of similarities for a batch of 256) it bounds the memory used.
+FAISS_FROM = 262_144
 
 
 def knn_vote(similarities: Tensor, labels: Tensor, num_classes: int, tau: float) -> Tensor:
