@@ -63,6 +63,9 @@ class AdaNPCOnDomainSequence(Claim):
     model's and strictly higher than Tent's, **and** the memory's share of test entries
     strictly grows: after rot30 < after rot60 < after rot90. Verdict by :func:`seed_vote`
     over the seeds (3 at full scale). The ``ci`` scale trains 150 steps instead of 600.
+
+    First full run (2026-12-03, seeds 0-2): HOLDS, 2/3 seeds; seed 1 fails on rot90, where
+    Tent beats AdaNPC (0.212 vs 0.143).
     """
 
     statement = ("When adaptation targets a series of domains, AdaNPC's memory, which absorbs "

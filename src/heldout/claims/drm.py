@@ -54,6 +54,9 @@ class DRMBeatsERM(Claim):
     scale). The ``ci`` scale trains 150 steps instead of 600. The runs are trained through
     the run layer's ``build`` but not stored: the run layer cannot hand the groups to a
     technique yet, so no run ids are recorded.
+
+    First full run (2026-12-03, seeds 0-2): DOES NOT HOLD, 1/3 seeds (DRM − ERM: +1.8,
+    −1.1, −5.8 pp); the online steering changed almost nothing at these defaults.
     """
 
     statement = ("Modelling the source domains separately and steering the source hypotheses "
