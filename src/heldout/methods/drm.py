@@ -105,11 +105,10 @@ class DomainHeads(nn.Module):
 class DRM(Technique):
     """Train K heads on a shared featurizer (:class:`DomainHeads`), each on the examples of
     its own training domain (:func:`domain_specific_risk`). The loss needs each example's
-    domain: call :meth:`use_groups` with the training set's domain indices (``Split.groups``);
-    the Trainer's batches carry dataset indices, which select them. With ``num_domains = 1``
-    no groups are needed and DRM is ERM exactly (same initialization, same logits). The
-    run layer does not hand groups to techniques yet, so DRM with several domains is used
-    from a plain loop or a Trainer built by hand (as the drm claim does).
+    domain: the Trainer gives the training split's domain indices (``State.train_groups``,
+    from ``Split.groups``) and each batch's dataset indices select them; in a loop of your
+    own, call :meth:`use_groups` with them. With ``num_domains = 1`` no groups are needed and
+    DRM is ERM exactly (same initialization, same logits).
     """
 
     num_domains: Annotated[int, Ge(1)] = 1  # K: training domains, one head each
@@ -140,6 +139,8 @@ class DRM(Technique):
             domains = torch.zeros(len(targets), dtype=torch.long, device=targets.device)
         else:
             indices = state.batch[2] if state.batch is not None else None
+            if self._domains is None and state.train_groups is not None:
+                self.use_groups(state.train_groups)
             if self._domains is None or indices is None:
                 raise ValueError("drm with several domains needs each training example's "
                                  "domain: call use_groups(train_split.groups) before fit(), "
