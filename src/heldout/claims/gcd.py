@@ -55,7 +55,16 @@ class ProtoGCDBalancesOldAndNew(Claim):
     2 points below the baseline's (``all_protogcd >= all_baseline − 0.02``).
     :func:`~heldout.claims.base.seed_vote` over the seeds (3 at full scale). ``scale="ci"``
     trains the backbone for ``ci_steps`` and fits ProtoGCD for ``ci_protogcd_steps``: a check
-    of the protocol, not evidence."""
+    of the protocol, not evidence.
+
+    Measured (2026-12-03, full scale, seeds 0-2; all/old/new): ProtoGCD 0.631/0.972/0.459,
+    0.781/0.986/0.678, 0.710/0.947/0.590; baseline 0.470/0.770/0.319, 0.485/0.781/0.336,
+    0.545/0.773/0.431: ProtoGCD is far more accurate overall and on the new classes, but its
+    old/new gap (0.513, 0.308, 0.357 against the baseline's 0.451, 0.445, 0.342) is smaller
+    on one seed only: DOES NOT HOLD. The frozen backbone, trained on
+    the old classes alone, is itself biased (k-means on its features: old 0.87, new 0.42 on
+    seed 0); the paper fine-tunes the backbone with contrastive losses, which this stand-in
+    cannot."""
 
     statement = ("Modeling old and new classes with joint prototypes and unified objectives "
                  "gives balanced accuracy between old and new classes, where pseudo-labeling "
@@ -72,7 +81,7 @@ class ProtoGCDBalancesOldAndNew(Claim):
         passed, numbers, run_ids = [], {}, []
         for seed in seeds:
             cfg = gcd_backbone_config(seed, self.ci_steps if ci else self.steps)
-            self.execute(cfg, store, progress)
+            history = self.execute(cfg, store, progress)
             run_ids.append(cfg.identity)
             model = evaluation_model(cfg.identity, store)
             splits = TASKS.build(cfg.task.name, **cfg.task.params).splits(seed)
@@ -83,11 +92,16 @@ class ProtoGCDBalancesOldAndNew(Claim):
                                      if ci else self.protogcd_steps),
                 "baseline": GCDPseudoLabel(num_new=5, seed=seed),
             }
-            result: dict[str, Any] = {}
+            # for reference (not in the rule): the trained head alone, which has outputs for
+            # the new classes but never saw them
+            final = history[max(history)]
+            result: dict[str, Any] = {"source_head": {
+                key: final[f"unlabeled/gcd_{key}"] for key in ("all", "old", "new")}}
             for name, adapter in adapters.items():
                 scores = adapter.bind(model, source)(unlabeled.x)
                 result[name] = gcd_accuracy(scores.argmax(1), unlabeled.y, 5)
-            gap = {name: abs(r["old"] - r["new"]) for name, r in result.items()}
+            gap = {name: abs(r["old"] - r["new"]) for name, r in result.items()
+                   if name != "source_head"}
             ok = (gap["protogcd"] < gap["baseline"]
                   and result["protogcd"]["all"] >= result["baseline"]["all"] - self.tolerance)
             passed.append(ok)
