@@ -145,6 +145,8 @@ def test_protogcd_rejects_bad_sources_and_queries():
     adapter = ProtoGCD(num_new=NEW).bind(model, Source(*blobs(1, seed=0, classes=range(OLD))))
     with pytest.raises(ValueError, match="cannot seed"):
         adapter.transduce(torch.randn(1, DIM))
+    with pytest.raises(RuntimeError, match="transduce"):
+        adapter.predict(torch.randn(2, DIM))
     with pytest.raises(TypeError, match="only the query set"):
         adapter.transduce(torch.randn(9, DIM), support_x=torch.randn(1, DIM))
 

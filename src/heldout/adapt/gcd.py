@@ -261,6 +261,9 @@ class ProtoGCD(Adapter):
         last :meth:`transduce` (inductive: ``x`` takes no part in the fit)."""
         if self.net is None:
             raise RuntimeError(self._unbound())
+        if not self.prototypes.any():
+            raise RuntimeError(f"adapter {self.name} has learned no prototypes yet: call "
+                               "transduce(query_x) first")
         return self._scores(_features(self.featurizer, x), self.prototypes, self.map,
                             self.map_bias)
 
