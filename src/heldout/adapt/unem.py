@@ -150,7 +150,7 @@ class UNEM(FewShotAdapter):
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
             history.append(sum(losses) / len(losses))
         self.log_temperatures = log_t.detach()
         self.balances = gamma.detach()
