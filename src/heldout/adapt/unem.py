@@ -118,35 +118,39 @@ class UNEM(FewShotAdapter):
         return unrolled_em(support, support_y, query, self.log_temperatures.exp().to(query),
                            self.balances.to(query))
 
-    def episode_features(self, episode: Episode) -> tuple[Tensor, Tensor, Tensor]:
-        """The normalized ``(support, support_y, query)`` features of ``episode``."""
-        support, query = self.normalized(self.features(episode.support_x),
-                                         self.features(episode.query_x))
-        return support, episode.support_y, query
-
     def fit(self, episodes: Sequence[Episode], *, epochs: int = 20, lr: float = 0.05,
             batch: int = 10) -> list[float]:
-        """Learn every layer's ``log T_l`` and ``γ_l`` on labeled validation ``episodes``:
-        Adam steps on the mean query cross-entropy of the last layer over mini-batches of
-        ``batch`` episodes (in order), ``epochs`` passes. Returns the mean loss of each pass
-        (measured during it). The backbone stays frozen."""
+        """Learn every layer's ``log T_l`` and ``γ_l`` on labeled validation ``episodes``
+        (raw inputs): their features are extracted and normalized, then :meth:`fit_features`.
+        Returns the mean loss of each pass. The backbone stays frozen."""
         if self.net is None:
             raise RuntimeError(self._unbound())
+        featured = []
+        for e in episodes:
+            support, query = self.normalized(self.features(e.support_x),
+                                             self.features(e.query_x))
+            featured.append(Episode(support, e.support_y, query, e.query_y))
+        return self.fit_features(featured, epochs=epochs, lr=lr, batch=batch)
+
+    def fit_features(self, episodes: Sequence[Episode], *, epochs: int = 20, lr: float = 0.05,
+                     batch: int = 10) -> list[float]:
+        """:meth:`fit` on episodes of already normalized features: Adam steps on the mean
+        query cross-entropy of the last layer over mini-batches of ``batch`` episodes (in
+        order), ``epochs`` passes. Returns the mean loss of each pass (measured during it)."""
         if not episodes or epochs < 1 or batch < 1 or not lr > 0:
             raise ValueError(f"fit needs episodes, epochs >= 1, batch >= 1 and lr > 0; got "
                              f"{len(episodes)} episodes, {epochs}, {batch}, {lr}")
-        data = [(*self.episode_features(e), e.query_y) for e in episodes]
         log_t = self.log_temperatures.clone().requires_grad_(True)
         gamma = self.balances.clone().requires_grad_(True)
         optimizer = torch.optim.Adam([log_t, gamma], lr=lr)
         history = []
         for _ in range(epochs):
             losses = []
-            for start in range(0, len(data), batch):
-                chunk = data[start:start + batch]
+            for start in range(0, len(episodes), batch):
                 loss = torch.stack([
-                    F.nll_loss(unrolled_em(s, sy, q, log_t.exp(), gamma), qy)
-                    for s, sy, q, qy in chunk]).mean()
+                    F.nll_loss(unrolled_em(e.support_x, e.support_y, e.query_x, log_t.exp(),
+                                           gamma), e.query_y)
+                    for e in episodes[start:start + batch]]).mean()
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
