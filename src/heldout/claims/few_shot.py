@@ -54,7 +54,8 @@ def paired_interval(values: torch.Tensor) -> tuple[float, float]:
     """``(mean, half-width)`` of a 95% normal interval of the mean of ``values``.
 
     Example:
-        >>> paired_interval(torch.tensor([1.0, 3.0]))
+        >>> mean, half = paired_interval(torch.tensor([1.0, 3.0]))  # sd √2, n 2
+        >>> mean, round(half, 6)
         (2.0, 1.96)
     """
     values = values.double()
