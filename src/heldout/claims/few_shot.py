@@ -234,15 +234,15 @@ class UNEMBeatsGrid(Claim):
             row: dict[str, Any] = {}
             ok = True
             for k_shot in (1, 5):
-                def draw(count: int, alpha: float | None, pool: torch.Tensor, stream: str
-                         ) -> list[Episode]:
-                    generator = stream_generator(seed, f"unem-{stream}-{k_shot}")  # noqa: B023
-                    return backbone.episodes(count, k_shot, alpha, generator,  # noqa: B023
-                                             pool)
-
-                val_balanced = draw(n_val, None, val_pool, "val-balanced")
-                val_imbalanced = draw(n_val, IMBALANCE, val_pool, "val-imbalanced")
-                test = draw(n_test, IMBALANCE, test_pool, "test")
+                val_balanced = backbone.episodes(
+                    n_val, k_shot, None, stream_generator(seed, f"unem-val-balanced-{k_shot}"),
+                    val_pool)
+                val_imbalanced = backbone.episodes(
+                    n_val, k_shot, IMBALANCE,
+                    stream_generator(seed, f"unem-val-imbalanced-{k_shot}"), val_pool)
+                test = backbone.episodes(
+                    n_test, k_shot, IMBALANCE, stream_generator(seed, f"unem-test-{k_shot}"),
+                    test_pool)
                 grid = {(t, g): float(_accuracies(self._unem(backbone, t, g), val_balanced).mean())
                         for t, g in itertools.product(self.temperatures, self.balances)}
                 best = max(grid, key=lambda key: grid[key])
