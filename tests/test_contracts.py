@@ -38,6 +38,8 @@ TASK_PARAMS = {
     "moons": {"n_train": 40, "n_val": 10, "n_test": 20},
     "bit_patterns": {"n_bits": 6, "val_fraction": 0.1},
     "mnist1d_shift": {"num_samples": 800},
+    "mnist1d_base_novel": {"num_samples": 400},
+    "gcd_mnist1d": {"num_samples": 400},
 }
 
 
