@@ -223,6 +223,9 @@ class RawPipeline(nn.Module):
     same layout. No trainable parameters: the camera (``ccm``, ``gains``) is in buffers.
     """
 
+    ccm: Tensor
+    gains: Tensor
+
     def __init__(self, gamma: float = 2.2, red_gain: float = 2.0, blue_gain: float = 1.7,
                  ccm_strength: float = 1.0, tone_curve: bool = True,
                  height: int | None = None) -> None:
@@ -236,7 +239,7 @@ class RawPipeline(nn.Module):
             raise ValueError(f"raw_pipeline: needs float RGB images, got {x.dtype} inputs "
                              "(use an image task such as digits_color)")
         images = x if x.dim() == 4 else self._unflatten(x)
-        ccm, gains = self.ccm.double(), self.gains.double()  # type: ignore[operator]
+        ccm, gains = self.ccm.double(), self.gains.double()
         out = raw_round_trip(images, ccm, gains, self.gamma, self.tone_curve)
         return out.reshape(x.shape)
 
