@@ -28,6 +28,7 @@ TECHNIQUE_SETTING = {
                "model.n_layers=4"],
     "gbnn": ["task=moons", "task.n_train=40", "task.n_val=10", "task.n_test=20",
              "model=gbnn_units", "model.max_units=12"],
+    "raw_pipeline": ["task=digits_color", "model.hidden=[16]"],
 }
 TASK_PARAMS = {
     "modular": {"p": 11},
