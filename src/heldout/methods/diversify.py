@@ -164,6 +164,7 @@ class DiverseHeads(DomainHeads):
 
     def __init__(self, model: nn.Module, num_heads: int) -> None:
         super().__init__(model, num_heads)
+        self.selected: Tensor
         self.register_buffer("selected", torch.zeros((), dtype=torch.long))
 
     def select(self, head: int) -> DiverseHeads:
@@ -240,7 +241,9 @@ class Diversify(Technique):
             raise ValueError(f"target_params must be a mapping, got {self.target_params!r}")
         self._target_params: dict[str, Any] = params
         if self.target_task:
-            TASKS.get(self.target_task)  # unknown names raise, listing the valid ones
+            if self.target_task not in TASKS:
+                raise ValueError(f"target_task: unknown task {self.target_task!r}; valid "
+                                 f"tasks: {', '.join(TASKS.names())}")
         elif params:
             raise ValueError("target_params given without target_task")
 
@@ -280,6 +283,9 @@ class Diversify(Technique):
                              "set target_task (and target_params, target_split), or train "
                              "on tensors (the training inputs are the default)")
         net = state.model
+        if not isinstance(net, DiverseHeads):
+            raise ValueError("diversify's loss needs the DiverseHeads model its transform_model "
+                             f"returns, got {type(net).__name__}")
         generator = stream_generator(state.seed, f"diversify/target/{state.step}")
         rows = torch.randint(len(self._target), (self.target_batch_size,), generator=generator)
         device = logits.device
