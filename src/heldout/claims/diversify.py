@@ -1,7 +1,8 @@
 """Claim from "Unraveling the Key Components of OOD Generalization via Diversification"
-(catalog #45) on DivDis (Lee, Yao, Finn, arXiv:2202.03418): on a spurious-cue task one of the
-diversified heads reaches a far higher worst-group accuracy than ERM, and how good the best
-head is depends on the unlabelled target distribution the heads disagree on."""
+(arXiv:2312.16313, catalog #45) on DivDis (Lee, Yao, Finn, arXiv:2202.03418): on a
+spurious-cue task one of the diversified heads reaches a far higher worst-group accuracy
+than ERM, and how good the best head is depends on the unlabelled target distribution the
+heads disagree on."""
 
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ References:
     Lee, Yao, Finn. Diversify and Disambiguate: Learning From Underspecified Data. ICLR 2023.
     arXiv:2202.03418.
     Unraveling the Key Components of OOD Generalization via Diversification (catalog #45;
-    the study of DivDis's sensitivity to the unlabelled distribution).
+    the study of DivDis's sensitivity to the unlabelled distribution). arXiv:2312.16313.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ __all__ = [
 
 REFERENCES = (
     "Diversify and Disambiguate: Learning From Underspecified Data (arXiv:2202.03418)",
-    "Unraveling the Key Components of OOD Generalization via Diversification (catalog #45)",
+    "Unraveling the Key Components of OOD Generalization via Diversification (arXiv:2312.16313)",
 )
 _TINY = 1e-12  # keeps log(0) out of empty cells of a joint
 
