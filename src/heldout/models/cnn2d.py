@@ -53,8 +53,10 @@ def cnn2d_network(
     after every ``k``-th block while it is at least 2 pixels."""
     in_channels, height, width = _image_shape(input)
     layers: OrderedDict[str, nn.Module] = OrderedDict()
-    if len(input.shape) < 3:
+    if len(input.shape) == 1:  # (H*W,) -> (1, H, W)
         layers["to_image"] = nn.Unflatten(1, (1, height, width))
+    elif len(input.shape) == 2:  # (H, W) -> (1, H, W)
+        layers["to_image"] = nn.Unflatten(1, (1, height))
     for index, out_channels in enumerate(channels, start=1):
         layers[f"conv{index}"] = nn.Conv2d(in_channels, out_channels, 3, padding=1,
                                            bias=not batch_norm)

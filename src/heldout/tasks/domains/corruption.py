@@ -150,8 +150,7 @@ class _CorruptionSuite(DomainSuite):
 
     def _domains(self, seed: int) -> list[DomainData]:
         x, y = self._source_data()
-        pool, clean = stratified_partition(y, (self.pool_fraction,),
-                                           stream_generator(seed, "corruption_pool"))
+        pool, clean = self._pools(y, seed)
         out = [DomainData(x[clean], y[clean], index=clean)]
         originals = x[pool]
         for corruption in self.corruptions:
@@ -165,22 +164,38 @@ class _CorruptionSuite(DomainSuite):
                 out.append(DomainData(corrupted, y[pool], index=pool))
         return out
 
-    def splits(self, seed: int) -> Splits:
-        """The :class:`DomainSuite` convention, except that the corrupted domains share one
-        split of the corruption pool (test / val / train: ``pool_test_fraction``,
+    def domain_parts(self, seed: int) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """Per domain, the rows (into its :class:`DomainData`) of its test, val and train
+        parts: the clean domain split by the :class:`DomainSuite` fractions, the corrupted
+        domains all by one split of the corruption pool (``pool_test_fraction``,
         ``val_fraction``, the rest), so provenance stays clean whichever are held out."""
+        seed = resolve_seed(seed, self.data_seed)
+        labels = self._pool_labels(seed)
+        clean = stratified_partition(labels[0], (self.test_fraction, self.val_fraction),
+                                     stream_generator(seed, "split@clean"))
+        pool = stratified_partition(labels[1], (self.pool_test_fraction, self.val_fraction),
+                                    stream_generator(seed, "split@corrupted"))
+        return [_parts(clean), *(_parts(pool) for _ in self.domain_names()[1:])]
+
+    def _pool_labels(self, seed: int) -> tuple[Tensor, Tensor]:
+        """The labels of the clean pool and of the corruption pool."""
+        _, y = self._source_data()
+        pool, clean = self._pools(y, seed)
+        return y[clean], y[pool]
+
+    def _pools(self, y: Tensor, seed: int) -> tuple[Tensor, Tensor]:
+        pool, clean = stratified_partition(y, (self.pool_fraction,),
+                                           stream_generator(seed, "corruption_pool"))
+        return pool, clean
+
+    def splits(self, seed: int) -> Splits:
+        """The :class:`DomainSuite` convention with the parts of :meth:`domain_parts`."""
         seed = resolve_seed(seed, self.data_seed)
         names = self.domain_names()
         self._check_held_out(names)
-        domains = self.domains(seed)
-        clean_rows = stratified_partition(domains[0].y, (self.test_fraction, self.val_fraction),
-                                          stream_generator(seed, "split@clean"))
-        pool_rows = stratified_partition(domains[1].y,
-                                         (self.pool_test_fraction, self.val_fraction),
-                                         stream_generator(seed, "split@corrupted"))
-        parts = [[_rows(domain, rows, index) for rows in (clean_rows if index == 0
-                                                           else pool_rows)]
-                 for index, domain in enumerate(domains)]  # (test, val, train) per domain
+        parts = [[_rows(domain, rows, index) for rows in domain_rows]  # (test, val, train)
+                 for index, (domain, domain_rows)
+                 in enumerate(zip(self.domains(seed), self.domain_parts(seed), strict=True))]
         training = [i for i in range(len(names)) if i not in self.held_out]
         extra = {}
         for index, name in enumerate(names):
@@ -194,6 +209,11 @@ class _CorruptionSuite(DomainSuite):
             num_classes=self.num_classes,
             extra=extra,
         )
+
+
+def _parts(rows: tuple[Tensor, ...]) -> tuple[Tensor, Tensor, Tensor]:
+    test, val, train = rows
+    return test, val, train
 
 
 def _rows(domain: DomainData, rows: Tensor, index: int) -> Split:
