@@ -16,7 +16,8 @@ Calls are interleaved one by one (the order rotates each call); each round avera
 ``--steps`` calls per side. Ratio = side time / eval time, median (min, max) over rounds.
 Goal (issue 10): α-BN ≤ 1.1x a forward pass.
 
-Run: ``PYTHONPATH=src .venv/bin/python bench/adapt_alpha_bn.py [--rounds 7 --steps 40]``
+Run: ``PYTHONPATH=src .venv/bin/python bench/adapt_alpha_bn.py [--rounds 7 --steps 40
+--steps-big 5]``
 """
 
 from __future__ import annotations
@@ -76,18 +77,20 @@ def bench_setting(label: str, model: nn.Module, shape: tuple[int, ...], batch: i
 
 def main() -> None:
     parser = make_parser(__doc__, rounds=7)
-    parser.add_argument("--steps", type=int, default=40, help="calls per side per round")
+    parser.add_argument("--steps", type=int, default=40, help="calls per side per round, (a)")
+    parser.add_argument("--steps-big", type=int, default=5, help="calls per side per round, (b)")
     args = parse(parser)
     print(torch_setting())
-    settings = [("a: cnn2d (16, 32), 1x8x8", (16, 32), 0, (64,)),
-                ("b: cnn2d (32, 64, 128) pooled, 3x32x32", (32, 64, 128), 1, (3, 32, 32))]
+    settings = [("a: cnn2d (16, 32), 1x8x8", (16, 32), 0, (64,), args.steps),
+                ("b: cnn2d (32, 64, 128) pooled, 3x32x32", (32, 64, 128), 1, (3, 32, 32),
+                 args.steps_big)]
     medians = {}
-    for label, channels, pool_every, shape in settings:
+    for label, channels, pool_every, shape, steps in settings:
         torch.manual_seed(0)
         model = source_model(channels, pool_every, shape)
         for batch in (16, 256):
-            medians[f"{label[0]}{batch}"] = bench_setting(label, model, shape, batch,
-                                                          args.steps, args.rounds)
+            medians[f"{label[0]}{batch}"] = bench_setting(label, model, shape, batch, steps,
+                                                          args.rounds)
     print("\nRESULT alpha_bn / eval medians: "
           + ", ".join(f"{k} {v:.3f}" for k, v in medians.items()))
 
