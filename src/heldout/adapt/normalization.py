@@ -43,7 +43,10 @@ def mixed_batch_norm(x: Tensor, norm: nn.modules.batchnorm._BatchNorm, alpha: fl
     γ, β. Gradients flow through the batch statistics, as in training-mode BatchNorm.
 
     ``alpha = 0`` reads the running statistics only (bit for bit the layer in eval mode);
-    ``alpha = 1`` the batch statistics only (training-mode BatchNorm to rounding).
+    ``alpha = 1`` the batch statistics only (training-mode BatchNorm to rounding, without
+    touching the running statistics). The batch statistics take two reductions (mean, then
+    mean square of the centred batch) and, when no gradient has to flow through them, the
+    normalization is one eval-mode ``batch_norm`` call with the mixed statistics.
 
     Example:
         >>> norm = nn.BatchNorm1d(2).eval()
@@ -60,12 +63,21 @@ def mixed_batch_norm(x: Tensor, norm: nn.modules.batchnorm._BatchNorm, alpha: fl
         return F.batch_norm(x, norm.running_mean, norm.running_var, norm.weight, norm.bias,
                             False, 0.0, norm.eps)
     dims = [0, *range(2, x.dim())]
-    mean = x.mean(dim=dims)
-    var = x.var(dim=dims, unbiased=False)
-    if alpha != 1.0:
-        mean = (1 - alpha) * norm.running_mean + alpha * mean
-        var = (1 - alpha) * norm.running_var + alpha * var
     shape = [1, -1, *([1] * (x.dim() - 2))]
+    mean = x.mean(dim=dims, keepdim=True)
+    tracked = torch.is_grad_enabled() and x.requires_grad
+    centered = x - mean
+    # two passes (mean, then the mean square of the centred batch): stable, and on CPU several
+    # times faster than torch.var_mean over the non-contiguous batch and spatial axes
+    var = (centered * centered if tracked else centered.square_()).mean(dim=dims)
+    mean = mean.reshape(-1)
+    if alpha != 1.0:
+        mean = torch.lerp(norm.running_mean, mean, alpha)
+        var = torch.lerp(norm.running_var, var, alpha)
+    if not tracked:
+        # one fused pass; eval-mode batch_norm gives γ, β their gradients but would treat the
+        # statistics as constants, right only while they do not depend on a graph input
+        return F.batch_norm(x, mean, var, norm.weight, norm.bias, False, 0.0, norm.eps)
     out = (x - mean.reshape(shape)) * torch.rsqrt(var.reshape(shape) + norm.eps)
     if norm.weight is not None:
         out = out * norm.weight.reshape(shape)
