@@ -85,3 +85,19 @@ def test_a_spec_without_adapt_keeps_its_id():
     # the id this spec had before sweeps could adapt (computed with that code)
     assert sweep_from_dict(without).identity == "5607f78e6c0d"
     assert sweep_from_dict(SPEC).identity != "5607f78e6c0d"
+
+
+def test_adaptation_table_has_a_row_per_domain_and_their_average():
+    selections = [Selection("last", "t", "erm", ("d1", "d2"), seed, f"r{seed}", 0,
+                            float("nan"), 1, None) for seed in (0, 1)]
+    results = {(f"r{seed}", "tent"): {
+        "before": {"test@d1/accuracy": 0.5, "test@d2/accuracy": 0.3 + seed * 0.1},
+        "after": {"test@d1/accuracy": 0.7, "test@d2/accuracy": 0.3}} for seed in (0, 1)}
+    table = adaptation_table(selections, results, ["tent"])
+    rows = {row["held_out"]: row for row in table.rows}
+    assert list(rows) == ["d1", "d2", "average"]
+    assert rows["d1"]["change"].mean == pytest.approx(0.2)
+    assert rows["d2"]["change"].mean == pytest.approx(-0.05)
+    # the average row averages each seed's two domains first: changes 0.1 and 0.05
+    assert rows["average"]["change"].mean == pytest.approx(0.075)
+    assert rows["average"]["seeds"] == 2

@@ -358,12 +358,13 @@ def adaptation_table(selections: Iterable[Selection],
                      results: Mapping[tuple[str, str], Mapping[str, Mapping[str, float]]],
                      adapters: Sequence[str], metric: str = "accuracy",
                      confidence: float = 0.95) -> Table:
-    """Before/after test-time adaptation, per selection rule × technique × adapter × held-out
-    set, mean ± interval over seeds; ``average`` rows average over the held-out sets.
+    """Before/after test-time adaptation, per selection rule × technique × adapter ×
+    held-out domain, mean ± interval over seeds; an ``average`` row per rule × technique ×
+    adapter averages each seed's domains first (when there are several).
 
     ``results[(run_id, adapter)]`` is an adaptation's ``{"before": ..., "after": ...}``
-    metrics; a cell's value per seed is the mean of ``test@<domain>/<metric>`` over the
-    held-out domains. ``change`` is after − before, paired per seed."""
+    metrics, read at ``test@<domain>/<metric>``. ``change`` is after − before, paired per
+    seed."""
     cells: dict[tuple[str, str, str, str, str], list[tuple[int, float, float]]] = {}
     for s in selections:
         if s.run_id is None or not s.held_out:
@@ -372,26 +373,23 @@ def adaptation_table(selections: Iterable[Selection],
             metrics = results.get((s.run_id, adapter))
             if not metrics:
                 continue
-            keys = [f"test@{d}/{metric}" for d in s.held_out]
-            if not all(k in metrics["before"] and k in metrics["after"] for k in keys):
-                continue
-            before = math.fsum(metrics["before"][k] for k in keys) / len(keys)
-            after = math.fsum(metrics["after"][k] for k in keys) / len(keys)
-            key = (s.rule, s.task, s.technique, adapter, _held_out_label(s.held_out))
-            cells.setdefault(key, []).append((s.seed, before, after))
+            for domain in s.held_out:
+                key = f"test@{domain}/{metric}"
+                if key in metrics["before"] and key in metrics["after"]:
+                    cells.setdefault((s.rule, s.task, s.technique, adapter, domain), []).append(
+                        (s.seed, metrics["before"][key], metrics["after"][key]))
     table = Table(ADAPTATION_COLUMNS, confidence=confidence)
-    averages: dict[tuple[str, str, str, str], dict[int, list[tuple[float, float]]]] = {}
+    averages: dict[tuple[str, ...], dict[int, list[tuple[float, float]]]] = {}
     for key, values in cells.items():
         table.rows.append(_adaptation_row(key, values, confidence))
         for seed, before, after in values:
             averages.setdefault(key[:4], {}).setdefault(seed, []).append((before, after))
     for key4, by_seed in averages.items():
-        held_sets = {k[4] for k in cells if k[:4] == key4}
-        if len(held_sets) < 2:
+        if len({k[4] for k in cells if k[:4] == key4}) < 2:
             continue
         values = [(seed, math.fsum(b for b, _ in v) / len(v), math.fsum(a for _, a in v) / len(v))
                   for seed, v in sorted(by_seed.items())]
-        table.rows.append(_adaptation_row((*key4, "average"), values, confidence))
+        table.rows.append(_adaptation_row((*key4, AVERAGE), values, confidence))
     return table
 
 
