@@ -83,7 +83,7 @@ class Core(Adapter):
     changes: ClassVar[frozenset[str]] = frozenset({"bn_statistics", "parameters"})
 
     alpha: Annotated[float, Interval(0.0, 1.0)] = 0.1  # weight of the test-batch statistics
-    lr: Annotated[float, Ge(0.0)] = 1e-3  # Adam learning rate (Tent's CIFAR setting)
+    lr: Annotated[float, Ge(0)] = 1e-3  # Adam learning rate (Tent's CIFAR setting)
     steps: Annotated[int, Ge(0)] = 1  # gradient steps per test batch; 0: α-BN
     temperature: Annotated[float, Gt(0.0)] = 1.0  # divides the logits inside the loss
 

@@ -170,23 +170,18 @@ class _CorruptionSuite(DomainSuite):
         domains all by one split of the corruption pool (``pool_test_fraction``,
         ``val_fraction``, the rest), so provenance stays clean whichever are held out."""
         seed = resolve_seed(seed, self.data_seed)
-        labels = self._pool_labels(seed)
-        clean = stratified_partition(labels[0], (self.test_fraction, self.val_fraction),
+        _, y = self._source_data()
+        pool_rows, clean_rows = self._pools(y, seed)
+        clean = stratified_partition(y[clean_rows], (self.test_fraction, self.val_fraction),
                                      stream_generator(seed, "split@clean"))
-        pool = stratified_partition(labels[1], (self.pool_test_fraction, self.val_fraction),
+        pool = stratified_partition(y[pool_rows], (self.pool_test_fraction, self.val_fraction),
                                     stream_generator(seed, "split@corrupted"))
         return [_parts(clean), *(_parts(pool) for _ in self.domain_names()[1:])]
 
-    def _pool_labels(self, seed: int) -> tuple[Tensor, Tensor]:
-        """The labels of the clean pool and of the corruption pool."""
-        _, y = self._source_data()
-        pool, clean = self._pools(y, seed)
-        return y[clean], y[pool]
-
-    def _pools(self, y: Tensor, seed: int) -> tuple[Tensor, Tensor]:
-        pool, clean = stratified_partition(y, (self.pool_fraction,),
-                                           stream_generator(seed, "corruption_pool"))
-        return pool, clean
+    def _pools(self, y: Tensor, seed: int) -> tuple[Tensor, ...]:
+        """The source rows of the corruption pool and of the clean pool (stratified)."""
+        return stratified_partition(y, (self.pool_fraction,),
+                                    stream_generator(seed, "corruption_pool"))
 
     def splits(self, seed: int) -> Splits:
         """The :class:`DomainSuite` convention with the parts of :meth:`domain_parts`."""
