@@ -101,3 +101,19 @@ def test_adaptation_table_has_a_row_per_domain_and_their_average():
     # the average row averages each seed's two domains first: changes 0.1 and 0.05
     assert rows["average"]["change"].mean == pytest.approx(0.075)
     assert rows["average"]["seeds"] == 2
+
+
+def test_the_shipped_corruption_spec_adapts_with_every_domain_adapter():
+    from pathlib import Path
+
+    from heldout.experiments.sweep import expand, load_sweep
+    from heldout.registry import ADAPTERS
+
+    spec = load_sweep(Path(__file__).parents[2] / "configs/sweeps/corruption-adapt.yaml")
+    runs = expand(spec)
+    assert len(runs) == 3 and all(len(r.held_out) == 8 for r in runs)
+    listed = {a if isinstance(a, str) else a["name"] for a in spec.adapt}
+    # every adapter that adapts a run's domains (no supports, no new classes) is listed
+    domain_adapters = {n for n in ADAPTERS.names() if not ADAPTERS.get(n).cls.needs_support
+                       and "num_new" not in ADAPTERS.get(n).defaults()}
+    assert listed == domain_adapters

@@ -87,8 +87,12 @@ def _adaptation_section(store: Store, info: dict[str, Any], selections: Sequence
 
 
 def _adapter_label(component: Any) -> str:
+    """The adapter's name with the hyper-parameters that differ from its defaults."""
+    from heldout.registry import ADAPTERS
+
+    defaults = ADAPTERS.get(component.name).defaults()
     params = ", ".join(f"{k}={v}" for k, v in sorted(component.params.items())
-                       if k != "episodic" or v)
+                       if defaults.get(k, object()) != v)
     return f"{component.name}({params})" if params else component.name
 
 
