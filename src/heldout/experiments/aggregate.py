@@ -374,10 +374,10 @@ def adaptation_table(selections: Iterable[Selection],
             if not metrics:
                 continue
             for domain in s.held_out:
-                key = f"test@{domain}/{metric}"
-                if key in metrics["before"] and key in metrics["after"]:
+                name = f"test@{domain}/{metric}"
+                if name in metrics["before"] and name in metrics["after"]:
                     cells.setdefault((s.rule, s.task, s.technique, adapter, domain), []).append(
-                        (s.seed, metrics["before"][key], metrics["after"][key]))
+                        (s.seed, metrics["before"][name], metrics["after"][name]))
     table = Table(ADAPTATION_COLUMNS, confidence=confidence)
     averages: dict[tuple[str, ...], dict[int, list[tuple[float, float]]]] = {}
     for key, values in cells.items():
