@@ -71,7 +71,7 @@ AVERAGE = "average"
 """The ``held_out`` label of the row averaged over held-out sets."""
 
 _DECIMALS = {"accuracy": 1, "worst_group_accuracy": 1, "ece": 2}  # after multiplying by 100
-_KEY_COLUMNS = ("rule", "task", "technique", "adapter", "held_out", "seeds", "missing")
+_KEY_COLUMNS = ("rule", "task", "technique", "held_out", "seeds", "missing")
 _HEADERS = {
     "held_out": "held-out", "accuracy": "accuracy (%)",
     "worst_group_accuracy": "worst-group accuracy (%)", "ece": "ECE (×100)",
@@ -193,7 +193,7 @@ class Table:
 
     @property
     def metrics(self) -> tuple[str, ...]:
-        return tuple(c for c in self.columns if c not in _KEY_COLUMNS)
+        return tuple(c for c in self.columns if c not in _KEY_COLUMNS and c != "adapter")
 
 
 def _held_out_label(held_out: Sequence[str]) -> str:
