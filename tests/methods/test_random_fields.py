@@ -20,6 +20,7 @@ from heldout.methods.augment.random_fields import (
     embedding_size,
     field_from_white_noise,
     gaussian_random_field,
+    noise_shape,
     random_field_augment,
     recolour_by_fields,
     sample_fields,
@@ -55,7 +56,8 @@ def test_exact_covariance_of_the_synthesis_is_the_kernel(height, width, length_s
     """The synthesis is linear in the noise: feeding it the unit vectors gives the matrix A
     with fields = noise · A, so Cov = AᵀA exactly, which must be the kernel up to the
     wrap-around bound e^{-8} (ℓ ≤ n)."""
-    rows, cols = embedding_size(height, length_scale), embedding_size(width, length_scale)
+    rows, cols = noise_shape(height, width, length_scale)
+    assert rows <= embedding_size(height, length_scale)
     basis = torch.eye(rows * cols, dtype=torch.float64).reshape(-1, rows, cols)
     a = field_from_white_noise(basis, height, width, length_scale).reshape(rows * cols, -1)
     covariance = a.T @ a
