@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -102,7 +103,9 @@ class RandomFieldsBeatGlobalAffine(Claim):
     def run(self, seeds: Sequence[int], store: Store, *, scale: str = "full",
             progress: bool = False) -> Verdict:
         suites = dict(SUITES) if scale == "ci" else {**SUITES, "corruption": CORRUPTION}
-        passed, numbers, run_ids = [], {}, []
+        passed: list[bool] = []
+        numbers: dict[str, Any] = {}
+        run_ids: list[str] = []
         for seed in seeds:
             accuracy: dict[str, dict[str, float]] = {}
             for suite, task in suites.items():
