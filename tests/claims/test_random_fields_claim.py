@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+from heldout.claims.random_fields import MULTIPLIERS
 from heldout.registry import CLAIMS
 
 
@@ -22,6 +23,15 @@ def test_ci_scale_verdict_follows_the_rule(store):
         assert seed["wins"][suite] == (row["random_fields"] > row["global_affine"])
     assert seed["pass"] == all(seed["wins"].values())
     assert verdict.verdict == ("holds" if seed["pass"] else "does not hold")
-    assert len(verdict.run_ids) == 6 and len(set(verdict.run_ids)) == 6  # all stored runs
+    chosen = seed["selected"]
+    for suite in ("rotation", "noise"):
+        for method in ("global_affine", "random_fields"):
+            assert chosen[suite][method]["multiplier"] in MULTIPLIERS
+        assert chosen["wins"][suite] == (chosen[suite]["random_fields"]["accuracy"]
+                                         > chosen[suite]["global_affine"]["accuracy"])
+    assert verdict.numbers["selected_verdict"] == (
+        "holds" if all(chosen["wins"].values()) else "does not hold")
+    # 6 runs at the fixed budget, 8 more at the other two multipliers: all stored, no repeat
+    assert len(verdict.run_ids) == 14 and len(set(verdict.run_ids)) == 14
     assert store.claim_results("random-fields-beat-global-affine")[0]["verdict"] \
         == verdict.verdict

@@ -29,6 +29,9 @@ CORRUPTION = Component("digits_corruption", {})
 AMPLITUDES = {"translation": 0.5, "rotation": 10.0, "scale": 0.1, "brightness": 0.05,
               "contrast": 0.1}
 LENGTH_SCALE = 2.0  # pixels, on the 8x8 digits
+# Reported outside the rule: the amplitudes times the multiplier of this grid with the best
+# final accuracy on the training domains' val parts, per method, suite and seed
+MULTIPLIERS = (0.25, 0.5, 1.0)
 
 
 def held_out_accuracy(run: str, store: Store, cfg: RunConfig) -> float:
@@ -71,6 +74,23 @@ class RandomFieldsBeatGlobalAffine(Claim):
     clean digits, ``test/accuracy`` over the test parts of all 20 corrupted domains). The
     ``ci`` scale trains 60 steps instead of 400 and leaves the corruption suite out: a smoke
     test of the protocol, not evidence.
+
+    First full run (2026-12-03, seeds 0-2, ``heldout claims run
+    random-fields-beat-global-affine``): DOES NOT HOLD, 1/3 seeds (fields then synthesized
+    by FFT; the synthesis was rewritten for speed right after, same distribution, other
+    draws). Rerun with the current synthesis: DOES NOT HOLD, 0/3 seeds. Held-out accuracy,
+    random_fields vs global_affine (ERM): rot90 14.7/15.4/18.5 vs 9.8/6.9/15.8
+    (23.6/25.8/31.8): random fields win 3/3; noise 0.4 35.6/34.1/39.0 vs 35.9/34.7/41.2
+    (52.3/45.0/45.0): they lose 3/3; corruption 79.2/78.0/77.4 vs 81.8/85.8/81.5
+    (67.6/64.7/71.6). Both augmentations fall below ERM on the two rule suites: the fixed
+    budget is strong for 8x8 images (ERM's own val accuracy drops from 93% to 55-58% on
+    augmented val images; the augmented runs end at 79-86% training accuracy against 97%).
+
+    Added after that run, outside the rule (the verdict stays the fixed-budget one): the
+    same comparison with the amplitudes selected per method, suite and seed from
+    ``MULTIPLIERS`` × the budget by the final accuracy on the training domains' val parts
+    (``numbers["seed<i>"]["selected"]``, with its own seed vote
+    ``numbers["selected_verdict"]``).
     """
 
     statement = ("Random-field augmentations, which let affine and colour transformation "
@@ -92,18 +112,39 @@ class RandomFieldsBeatGlobalAffine(Claim):
         )
 
     @staticmethod
-    def variants(cfg: RunConfig) -> dict[str, RunConfig]:
-        augmented = {"global_affine": Component("global_affine", AMPLITUDES),
+    def variants(cfg: RunConfig, multiplier: float = 1.0) -> dict[str, RunConfig]:
+        """ERM and the two augmentations at ``multiplier`` times the shared amplitudes."""
+        amplitudes = {k: multiplier * v for k, v in AMPLITUDES.items()}
+        augmented = {"global_affine": Component("global_affine", amplitudes),
                      "random_fields": Component("random_fields",
-                                                {**AMPLITUDES, "length_scale": LENGTH_SCALE})}
+                                                {**amplitudes, "length_scale": LENGTH_SCALE})}
         return {"erm": cfg, **{name: dataclasses.replace(
             cfg, techniques=(*cfg.techniques, technique))
             for name, technique in augmented.items()}}
+
+    def selected(self, task: Component, seed: int, scale: str, store: Store,
+                 run_ids: list[str]) -> dict[str, dict[str, float]]:
+        """Per augmentation, the multiplier of :data:`MULTIPLIERS` with the best final
+        training-domain val accuracy and that run's held-out accuracy."""
+        out: dict[str, dict[str, float]] = {}
+        for method in ("global_affine", "random_fields"):
+            scores = {}
+            for multiplier in MULTIPLIERS:
+                cfg = self.variants(self.config(task, seed, scale), multiplier)[method]
+                history = self.execute(cfg, store)
+                run_ids.append(cfg.identity)
+                scores[multiplier] = (history[max(history)]["val/accuracy"], cfg)
+            best = max(MULTIPLIERS, key=lambda m: scores[m][0])
+            cfg = scores[best][1]
+            out[method] = {"multiplier": best, "val_accuracy": scores[best][0],
+                           "accuracy": held_out_accuracy(cfg.identity, store, cfg)}
+        return out
 
     def run(self, seeds: Sequence[int], store: Store, *, scale: str = "full",
             progress: bool = False) -> Verdict:
         suites = dict(SUITES) if scale == "ci" else {**SUITES, "corruption": CORRUPTION}
         passed: list[bool] = []
+        selected_passed: list[bool] = []
         numbers: dict[str, Any] = {}
         run_ids: list[str] = []
         for seed in seeds:
@@ -118,8 +159,15 @@ class RandomFieldsBeatGlobalAffine(Claim):
             wins = {s: accuracy[s]["random_fields"] > accuracy[s]["global_affine"]
                     for s in SUITES}
             passed.append(all(wins.values()))
-            numbers[f"seed{seed}"] = {"accuracy": accuracy, "wins": wins,
-                                      "pass": passed[-1]}
+            chosen = {suite: self.selected(task, seed, scale, store, run_ids)
+                      for suite, task in SUITES.items()}
+            chosen_wins = {s: chosen[s]["random_fields"]["accuracy"]
+                           > chosen[s]["global_affine"]["accuracy"] for s in SUITES}
+            selected_passed.append(all(chosen_wins.values()))
+            numbers[f"seed{seed}"] = {"accuracy": accuracy, "wins": wins, "pass": passed[-1],
+                                      "selected": {**chosen, "wins": chosen_wins,
+                                                   "pass": selected_passed[-1]}}
+        numbers["selected_verdict"] = seed_vote(selected_passed)
         rows = [numbers[f"seed{s}"]["accuracy"] for s in seeds]
 
         def column(suite: str, method: str) -> str:
@@ -128,6 +176,8 @@ class RandomFieldsBeatGlobalAffine(Claim):
         summary = "; ".join(
             f"{suite}: random_fields {column(suite, 'random_fields')} vs global_affine "
             f"{column(suite, 'global_affine')} (erm {column(suite, 'erm')})"
-            for suite in suites) + f"; {sum(passed)}/{len(seeds)} seeds pass"
+            for suite in suites)
+        summary += (f"; {sum(passed)}/{len(seeds)} seeds pass (amplitudes selected on val: "
+                    f"{sum(selected_passed)}/{len(seeds)}, {numbers['selected_verdict']})")
         return record(store, self.verdict(seed_vote(passed), summary, numbers, seeds,
-                                          run_ids, scale))
+                                          tuple(dict.fromkeys(run_ids)), scale))
