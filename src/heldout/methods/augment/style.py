@@ -114,7 +114,7 @@ def grad_reverse(x: Tensor, weight: float = 1.0) -> Tensor:
         >>> a.grad.tolist()
         [-30.0, -30.0]
     """
-    return _GradReverse.apply(x, weight)  # type: ignore[no-any-return]
+    return _GradReverse.apply(x, weight)
 
 
 def _sample_gamma(shape: float, size: tuple[int, ...], generator: torch.Generator,
@@ -195,6 +195,10 @@ class AdvStyleLayer(_StyleLayer):
         >>> layer(torch.randn(8, 4, 5, 5)).shape
         torch.Size([8, 4, 5, 5])
     """
+
+    bound_mu: Tensor
+    bound_sigma: Tensor
+    initialized: Tensor
 
     def __init__(self, channels: int, adv_weight: float = 10.0, max_intensity: float = 3.0,
                  p_identity: float = 1 / 3, p_random: float = 1 / 3, eps: float = 1e-6) -> None:
@@ -340,7 +344,7 @@ class _StyleTechnique(Technique):
 
     def transform_model(self, model: nn.Module) -> nn.Module:
         model, self._inserted = insert_after(model, self.layers, self._make,
-                                            self.registry_name)  # type: ignore[attr-defined]
+                                            self.registry_name)
         return model
 
     def on_batch_start(self, state: State) -> None:
