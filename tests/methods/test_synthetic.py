@@ -114,6 +114,8 @@ def test_conditioned_synthesis_is_rebuilt_from_its_conditioning():
     # a plugged-in synthesizer sees the conditioning images and vectors
     negated, _, _ = conditioned_synthesis(x, y, gen(1), 7, synthesizer=lambda im, c: -im)
     assert torch.equal(negated, -samples)
+    with pytest.raises(ValueError, match="float inputs"):
+        conditioned_synthesis(torch.zeros(3, 2, dtype=torch.long), y[:3], gen(), 2)
     with pytest.raises(ValueError, match="mix_range"):
         conditioned_synthesis(x, y, gen(), 2, mix_range=(1.0, 0.5))
 

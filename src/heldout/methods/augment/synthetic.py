@@ -275,6 +275,8 @@ def conditioned_synthesis(
     """
     if count < 0:
         raise ValueError(f"count must be >= 0, got {count}")
+    if not x.is_floating_point():
+        raise ValueError(f"conditioned_synthesis mixes float inputs, got {x.dtype} (tokens?)")
     for name, (low, high) in (("mix_range", mix_range), ("scale_range", scale_range),
                               ("shift_range", shift_range)):
         if low > high:
