@@ -29,6 +29,14 @@ TECHNIQUE_SETTING = {
     "gbnn": ["task=moons", "task.n_train=40", "task.n_val=10", "task.n_test=20",
              "model=gbnn_units", "model.max_units=12"],
     "raw_pipeline": ["task=digits_color", "model.hidden=[16]"],
+    "random_fields": ["task=digits_shift"],
+    "global_affine": ["task=digits_shift"],
+    "adv_style": ["task=digits_shift", "model=cnn2d", "model.channels=[4,4]"],
+    "mixstyle": ["task=digits_shift", "model=cnn2d", "model.channels=[4,4]"],
+    "random_conv": ["task=digits_shift"],
+    "adain_mix": ["task=digits_shift"],
+    "conditioned_synthesis": ["task=digits_shift"],
+    "rare_compositions": ["task=compositional", "task.samples_per_domain=200"],
 }
 TASK_PARAMS = {
     "modular": {"p": 11},
