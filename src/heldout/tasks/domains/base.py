@@ -203,16 +203,24 @@ class DomainSuite(Task):
                 raise ValueError(f"domain {name} has no examples")
         return data
 
+    def domain_parts(self, seed: int, domains: Sequence[DomainData] | None = None
+                     ) -> list[tuple[Tensor, ...]]:
+        """Per domain, the rows of its test, val and train parts: by default each domain
+        split on its own, stratified by label and seeded per domain name (a suite whose
+        domains share source examples overrides it to keep provenance clean)."""
+        domains = self.domains(seed) if domains is None else domains
+        return [stratified_partition(domain.y, (self.test_fraction, self.val_fraction),
+                                     stream_generator(seed, f"split@{name}"))
+                for name, domain in zip(self.domain_names(), domains, strict=True)]
+
     def splits(self, seed: int) -> Splits:
         seed = resolve_seed(seed, self.data_seed)
         names = self.domain_names()
         self._check_held_out(names)
         train, val, test, held_out_test = [], [], [], {}
-        for index, (name, domain) in enumerate(zip(names, self.domains(seed), strict=True)):
-            test_rows, val_rows, train_rows = stratified_partition(
-                domain.y, (self.test_fraction, self.val_fraction),
-                stream_generator(seed, f"split@{name}"),
-            )
+        domains = self.domains(seed)
+        for index, (domain, (test_rows, val_rows, train_rows)) in enumerate(
+                zip(domains, self.domain_parts(seed, domains), strict=True)):
             train.append(_subset(domain, train_rows, index))
             val.append(_subset(domain, val_rows, index))
             test.append(_subset(domain, test_rows, index))

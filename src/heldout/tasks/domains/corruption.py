@@ -18,6 +18,7 @@ References:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -29,7 +30,6 @@ from heldout.core.bounds import Annotated, Interval
 from heldout.core.inputs import InputSpec
 from heldout.core.sampling import stream_generator
 from heldout.registry import TASKS
-from heldout.tasks.base import Split, Splits
 from heldout.tasks.domains.base import DomainData, DomainSuite, source_arrays
 from heldout.tasks.splitting import check_range, resolve_seed, stratified_partition
 
@@ -164,7 +164,8 @@ class _CorruptionSuite(DomainSuite):
                 out.append(DomainData(corrupted, y[pool], index=pool))
         return out
 
-    def domain_parts(self, seed: int) -> list[tuple[Tensor, Tensor, Tensor]]:
+    def domain_parts(self, seed: int, domains: Sequence[DomainData] | None = None
+                     ) -> list[tuple[Tensor, ...]]:
         """Per domain, the rows (into its :class:`DomainData`) of its test, val and train
         parts: the clean domain split by the :class:`DomainSuite` fractions, the corrupted
         domains all by one split of the corruption pool (``pool_test_fraction``,
@@ -176,49 +177,12 @@ class _CorruptionSuite(DomainSuite):
                                      stream_generator(seed, "split@clean"))
         pool = stratified_partition(y[pool_rows], (self.pool_test_fraction, self.val_fraction),
                                     stream_generator(seed, "split@corrupted"))
-        return [_parts(clean), *(_parts(pool) for _ in self.domain_names()[1:])]
+        return [tuple(clean), *(tuple(pool) for _ in self.domain_names()[1:])]
 
     def _pools(self, y: Tensor, seed: int) -> tuple[Tensor, ...]:
         """The source rows of the corruption pool and of the clean pool (stratified)."""
         return stratified_partition(y, (self.pool_fraction,),
                                     stream_generator(seed, "corruption_pool"))
-
-    def splits(self, seed: int) -> Splits:
-        """The :class:`DomainSuite` convention with the parts of :meth:`domain_parts`."""
-        seed = resolve_seed(seed, self.data_seed)
-        names = self.domain_names()
-        self._check_held_out(names)
-        parts = [[_rows(domain, rows, index) for rows in domain_rows]  # (test, val, train)
-                 for index, (domain, domain_rows)
-                 in enumerate(zip(self.domains(seed), self.domain_parts(seed), strict=True))]
-        training = [i for i in range(len(names)) if i not in self.held_out]
-        extra = {}
-        for index, name in enumerate(names):
-            extra[f"val@{name}"] = parts[index][1]
-            extra[f"test@{name}"] = parts[index][0]
-        return Splits(
-            train=_join([parts[i][2] for i in training]),
-            val=_join([parts[i][1] for i in training]),
-            test=_join([parts[i][0] for i in sorted(self.held_out)]),
-            input=self.input,
-            num_classes=self.num_classes,
-            extra=extra,
-        )
-
-
-def _parts(rows: tuple[Tensor, ...]) -> tuple[Tensor, Tensor, Tensor]:
-    test, val, train = rows
-    return test, val, train
-
-
-def _rows(domain: DomainData, rows: Tensor, index: int) -> Split:
-    return Split(domain.x[rows], domain.y[rows], None, torch.full((len(rows),), index))
-
-
-def _join(parts: list[Split]) -> Split:
-    groups = [p.groups for p in parts if p.groups is not None]
-    return Split(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]), None,
-                 torch.cat(groups))
 
 
 @TASKS.register(
