@@ -37,6 +37,7 @@ TECHNIQUE_SETTING = {
     "adain_mix": ["task=digits_shift"],
     "conditioned_synthesis": ["task=digits_shift"],
     "rare_compositions": ["task=compositional", "task.samples_per_domain=200"],
+    "hard_kd": ["task=digits_shift"],
 }
 TASK_PARAMS = {
     "modular": {"p": 11},
@@ -74,18 +75,18 @@ def task_params(name: str) -> dict:
 
 
 @functools.cache
-def _teacher() -> dict:
-    """A finished tiny run to distil from (one per test process)."""
+def _teacher(*setting: str) -> dict:
+    """A finished tiny run (on the technique's task) to distil from, one per test process."""
     home = tempfile.mkdtemp(prefix="heldout-teacher-")
-    cfg = tiny_config("steps=6")
+    cfg = tiny_config("steps=6", *setting)
     execute(cfg, Store(home))
     return {"teacher_run": cfg.identity, "home": home}
 
 
 def technique_config(name, *extra):
     params = dict(TECHNIQUE_PARAMS.get(name, {}))
-    if name == "knowledge_distillation":
-        params.update(_teacher())
+    if name in ("knowledge_distillation", "hard_kd"):
+        params.update(_teacher(*TECHNIQUE_SETTING.get(name, [])))
     cfg = tiny_config("model.batch_norm=true", "batch_size=16", f"techniques={name}",
                       *TECHNIQUE_SETTING.get(name, []), *extra)
     return parse_overrides(cfg, [f"techniques.{name}.{k}={v}" for k, v in params.items()])
