@@ -115,11 +115,12 @@ def test_two_view_model_encodes_each_view_with_one_shared_encoder():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Flatten(), nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3))
     model = TwoViewModel(net)
-    x = torch.randn(5, 2, 3)
+    x = torch.randn(5, 6)  # view 0 in features 0-2, view 1 in 3-5
     z = model(x)
     # view k is encoded as the pair (x_k, x_k); swapping the views swaps the features
-    assert torch.allclose(z[:, 0], net[:-1](torch.cat([x[:, 0], x[:, 0]], dim=1)))
-    assert torch.allclose(model(x.flip(1)), z.flip(1))
+    assert torch.allclose(z[:, 0], net[:-1](torch.cat([x[:, :3], x[:, :3]], dim=1)))
+    assert torch.allclose(z[:, 1], net[:-1](torch.cat([x[:, 3:], x[:, 3:]], dim=1)))
+    assert torch.allclose(model(torch.cat([x[:, 3:], x[:, :3]], dim=1)), z.flip(1))
     model.eval()
     assert torch.allclose(model(x), net[-1](z.mean(1)))
 

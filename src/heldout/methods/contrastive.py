@@ -2,14 +2,14 @@
 Hopfield retrieval and CLOOB, plus :class:`TwoViewModel`, which lets the Trainer train any
 heldout model on pairs.
 
-**How the Trainer consumes pairs.** A paired task (``paired_views``) gives inputs of shape
-``(N, 2, *S)``: two views of each example. The model is built for that pair shape; the
-techniques here wrap it (``transform_model``) in a :class:`TwoViewModel`, which encodes each
-view on its own with the model's featurizer (``split_head``) and, in training mode, returns
-the embeddings ``(N, 2, E)`` that the replacement loss reads (the "logits" the loss hook
-receives). In eval mode it returns the linear head's logits of the view-averaged features,
-so the usual measures still run; the head is not trained by a contrastive loss, so judge the
-representation with the ``linear_probe`` measure.
+**How the Trainer consumes pairs.** A paired task (``paired_views``) gives flat inputs of
+shape ``(N, 2·D)``: view 0 in the first D features, view 1 in the next D. The model is built
+for that input; the techniques here wrap it (``transform_model``) in a :class:`TwoViewModel`,
+which encodes each view on its own with the model's featurizer (``split_head``) and, in
+training mode, returns the embeddings ``(N, 2, E)`` that the replacement loss reads (the
+"logits" the loss hook receives). In eval mode it returns the linear head's logits of the
+view-averaged features, so the usual measures still run; the head is not trained by a
+contrastive loss, so judge the representation with the ``linear_probe`` measure.
 
 A featurizer built for a pair encodes one view ``v`` by reading the pair ``(v, v)``: a
 function of ``v`` alone and the same for both views, so the encoder is shared (for a first
@@ -172,29 +172,29 @@ def cloob_loss(u: Tensor, v: Tensor, tau: float = 1 / 30, beta: float = 14.3) ->
 
 
 class SharedViewEncoder(nn.Module):
-    """Encode each view of a ``(N, V, *S)`` batch with one featurizer built for the whole
-    ``(V, *S)`` input: view ``x_v`` is read as the input ``(x_v, ..., x_v)``.
-    ``encode`` gives ``(N, V, E)``; calling the module gives the view-averaged ``(N, E)``."""
+    """Encode each of the ``views`` views of a flat ``(N, views·D)`` batch with one featurizer
+    built for the whole input: view ``x_v`` is read as the input ``(x_v, ..., x_v)``.
+    ``encode`` gives ``(N, views, E)``; calling the module gives the view-averaged ``(N, E)``."""
 
-    def __init__(self, pair_features: nn.Module) -> None:
+    def __init__(self, pair_features: nn.Module, views: int = 2) -> None:
         super().__init__()
         self.pair_features = pair_features
+        self.views = views
 
     def encode(self, x: Tensor) -> Tensor:
-        if x.dim() < 3:
-            raise ValueError(f"SharedViewEncoder: inputs must be (N, views, ...), got "
+        if x.dim() != 2 or x.shape[1] % self.views:
+            raise ValueError(f"SharedViewEncoder: inputs must be (N, {self.views}·D), got "
                              f"{tuple(x.shape)}")
-        n, views = x.shape[:2]
-        single = x.flatten(0, 1).unsqueeze(1)  # (N·V, 1, *S)
-        repeated = single.expand(-1, views, *single.shape[2:])
-        return self.pair_features(repeated).reshape(n, views, -1)
+        n = len(x)
+        single = x.reshape(n * self.views, -1)  # (N·V, D), view by view
+        return self.pair_features(single.repeat(1, self.views)).reshape(n, self.views, -1)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.encode(x).mean(dim=1)
 
 
 class TwoViewModel(nn.Module):
-    """A model of pair inputs ``(N, 2, *S)`` with a shared per-view encoder.
+    """A model of flat pair inputs ``(N, 2·D)`` with a shared per-view encoder.
 
     ``features`` is a :class:`SharedViewEncoder` of the model's featurizer and ``head`` its
     linear head (so ``split_head`` splits this model as well). Training mode returns the
@@ -204,7 +204,7 @@ class TwoViewModel(nn.Module):
     Example:
         >>> net = nn.Sequential(nn.Flatten(), nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3))
         >>> model = TwoViewModel(net)
-        >>> model(torch.zeros(5, 2, 3)).shape, model.eval()(torch.zeros(5, 2, 3)).shape
+        >>> model(torch.zeros(5, 6)).shape, model.eval()(torch.zeros(5, 6)).shape
         (torch.Size([5, 2, 4]), torch.Size([5, 3]))
     """
 

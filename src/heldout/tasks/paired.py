@@ -45,20 +45,20 @@ def random_crops(images: Tensor, max_shift: int, noise: float,
 
 @TASKS.register(
     "paired_views",
-    summary="Two random noisy crops of each 8x8 digit, inputs (2, 64), for contrastive "
-    "training (labels for probing).",
+    summary="Two random noisy crops of each 8x8 digit, side by side (128 features), for "
+    "contrastive training (labels for probing).",
     papers=(69,),
 )
 @dataclass(frozen=True)
 class PairedViews(Task):
     """scikit-learn's 8x8 digits, each example given as two views: independent random crops
     (shift up to ``max_shift`` pixels, zero-filled) with Gaussian pixel noise ``noise``
-    (pixels in [0, 1]). Inputs are ``(N, 2, 64)``: view 0 and view 1, each flattened. The
+    (pixels in [0, 1]). Inputs are ``(N, 128)``: view 0's 64 pixels, then view 1's. The
     class labels ride along for the linear probe and are not used by contrastive losses.
     Split as ``digits`` (stratified); the views are drawn once from the data seed.
 
     How models consume pairs: a supervised model reads the pair as one input (an MLP
-    flattens it to 128 features); the contrastive techniques (``cloob``, ``infonce``) wrap
+    reads 128 features); the contrastive techniques (``cloob``, ``infonce``) wrap
     the model in :class:`heldout.methods.contrastive.TwoViewModel`, a shared per-view encoder.
 
     References:
@@ -68,7 +68,7 @@ class PairedViews(Task):
     Example:
         >>> splits = PairedViews().splits(seed=0)
         >>> tuple(splits.train.x.shape[1:]), splits.num_classes
-        ((2, 64), 10)
+        ((128,), 10)
     """
 
     max_shift: Annotated[int, Ge(0)] = 1  # largest crop offset in pixels
@@ -87,15 +87,15 @@ class PairedViews(Task):
 
     @property
     def input(self) -> InputSpec:
-        return InputSpec("continuous", (2, 64))
+        return InputSpec("continuous", (128,))
 
     def splits(self, seed: int) -> Splits:
         seed = resolve_seed(seed, self.data_seed)
         features, labels = digits_arrays()
         images, y = torch.tensor(features).reshape(-1, 8, 8), torch.tensor(labels)
         views = stream_generator(seed, "views")
-        x = torch.stack([random_crops(images, self.max_shift, self.noise, views).flatten(1)
-                         for _ in range(2)], dim=1)
+        x = torch.cat([random_crops(images, self.max_shift, self.noise, views).flatten(1)
+                       for _ in range(2)], dim=1)
         test, val, train = stratified_partition(
             y, (self.test_fraction, self.val_fraction), stream_generator(seed, "split"))
         return Splits(train=Split(x[train], y[train]), val=Split(x[val], y[val]),
