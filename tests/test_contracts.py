@@ -38,6 +38,9 @@ TECHNIQUE_SETTING = {
     "conditioned_synthesis": ["task=digits_shift"],
     "rare_compositions": ["task=compositional", "task.samples_per_domain=200"],
     "hard_kd": ["task=digits_shift"],
+    "cloob": ["task=paired_views"],
+    "infonce": ["task=paired_views"],
+    "density_normalized": ["task=scene_graph"],
 }
 TASK_PARAMS = {
     "modular": {"p": 11},
