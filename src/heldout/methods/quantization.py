@@ -172,9 +172,10 @@ def quantization_error(x: Tensor, low: float | Tensor, high: float | Tensor, bit
 
 
 def _kth(values: Tensor, fraction: float) -> Tensor:
-    """The ``fraction``-quantile of ``values`` by order statistic (no size limit)."""
-    k = min(values.numel(), max(1, round(fraction * values.numel())))
-    return values.kthvalue(k).values
+    """The ``fraction``-quantile of ``values``: the order statistic at 0-based index
+    round(fraction · (n − 1)) (numpy's ``method="nearest"``; no size limit, unlike
+    ``torch.quantile``)."""
+    return values.kthvalue(round(fraction * (values.numel() - 1)) + 1).values
 
 
 def activation_range(values: Tensor, bits: int, method: RangeMethod = "minmax",
@@ -394,11 +395,13 @@ def learn_step_sizes(quantized: nn.Module, model: nn.Module, data: Tensor, steps
     """Tune the step sizes (:func:`step_sizes`) of a calibrated ``quantized`` copy of ``model``
     so that its outputs match the float model's on ``data``: Adam on the log step sizes, the
     loss :func:`output_distance`, ``steps`` minibatches of ``batch_size`` drawn with
-    ``generator``; weights and zero points stay fixed. Returns ``quantized`` (eval mode)."""
+    ``generator``; weights and zero points stay fixed. ``model`` runs in eval mode (its mode
+    is restored after). Returns ``quantized`` (eval mode)."""
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
     quantized.eval()
-    model.eval()
+    was_training = model.training
+    model.eval()  # restored at the end: the float model may be a run's training model
     log_scales = {k: v.detach().log().clone().requires_grad_() for k, v in
                   step_sizes(quantized).items()}
     if not log_scales:
@@ -419,6 +422,7 @@ def learn_step_sizes(quantized: nn.Module, model: nn.Module, data: Tensor, steps
     with torch.no_grad():
         for k, v in log_scales.items():
             buffers[k].copy_(v.exp())
+    model.train(was_training)
     return quantized
 
 
