@@ -34,7 +34,7 @@ import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -96,9 +96,11 @@ def bns_loss(model: nn.Module, x: Tensor) -> Tensor:
     for layer, h in zip(layers, inputs, strict=True):
         dims = [d for d in range(h.dim()) if d != 1]
         std, mean = torch.std_mean(h, dim=dims)
-        target_std = torch.sqrt(layer.running_var + layer.eps)  # type: ignore[operator]
+        running_mean, running_var = cast(Tensor, layer.running_mean), cast(Tensor,
+                                                                          layer.running_var)
+        target_std = torch.sqrt(running_var + cast(float, layer.eps))
         channels = mean.numel()
-        loss = loss + ((mean - layer.running_mean).pow(2).sum()
+        loss = loss + ((mean - running_mean).pow(2).sum()
                        + (std - target_std).pow(2).sum()) / channels
     return loss
 

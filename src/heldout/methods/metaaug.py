@@ -71,10 +71,9 @@ class ResidualTransform(nn.Module):
                  generator: torch.Generator | None = None) -> None:
         super().__init__()
         features = math.prod(input_shape)
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(features, hidden), nn.ReLU(),
-                                 nn.Linear(hidden, features))
+        first, last = nn.Linear(features, hidden), nn.Linear(hidden, features)
+        self.net = nn.Sequential(nn.Flatten(), first, nn.ReLU(), last)
         with torch.no_grad():
-            first, last = self.net[1], self.net[3]
             bound = 1 / math.sqrt(features)
             for p in (first.weight, first.bias):
                 p.copy_(torch.rand(p.shape, generator=generator) * 2 * bound - bound)

@@ -40,7 +40,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -120,10 +120,8 @@ def fake_quantize(x: Tensor, scale: Tensor | float, zero_point: Tensor | float =
     s = _along(scale, work, axis)
     z = _along(zero_point, work, axis).detach()
     v = work / s
-    if v.requires_grad:  # round with a straight-through gradient
-        rounded = v + (torch.round(v) - v).detach()
-    else:
-        rounded = torch.round(v)
+    # round with a straight-through gradient (plain rounding when no gradient is needed)
+    rounded = v + (torch.round(v) - v).detach() if v.requires_grad else torch.round(v)
     q = torch.clamp(rounded + z, q_min, q_max)
     return ((q - z) * s).to(dtype)
 
@@ -256,7 +254,7 @@ class QuantizedLayer(nn.Module):
         w = self.layer.weight
         if self.weight_bits is None:
             return w
-        return fake_quantize(w, self.weight_scale, 0, self.weight_bits, signed=True,
+        return fake_quantize(w, cast(Tensor, self.weight_scale), 0, self.weight_bits, signed=True,
                              axis=0 if self.per_channel else None)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -265,7 +263,7 @@ class QuantizedLayer(nn.Module):
         layer, weight = self.layer, self.quantized_weight()
         if isinstance(layer, nn.Linear):
             return F.linear(x, weight, layer.bias)
-        return layer._conv_forward(x, weight, layer.bias)  # type: ignore[operator]
+        return layer._conv_forward(x, weight, layer.bias)
 
 
 def quantized_layers(model: nn.Module) -> Iterator[tuple[str, QuantizedLayer]]:
@@ -373,13 +371,13 @@ def post_training_quantize(model: nn.Module, calibration: Tensor, weight_bits: i
 def step_sizes(quantized: nn.Module) -> dict[str, Tensor]:
     """The learnable step sizes of ``quantized``: each quantized weight's and calibrated input's
     scale buffer, by its name in ``quantized.named_buffers()``."""
-    out = {}
+    out: dict[str, Tensor] = {}
     for name, layer in quantized_layers(quantized):
         prefix = f"{name}." if name else ""
         if layer.weight_bits is not None:
-            out[prefix + "weight_scale"] = layer.weight_scale
+            out[prefix + "weight_scale"] = cast(Tensor, layer.weight_scale)
         if layer.act_bits is not None and layer.act_scale is not None:
-            out[prefix + "act_scale"] = layer.act_scale
+            out[prefix + "act_scale"] = cast(Tensor, layer.act_scale)
     return out
 
 
