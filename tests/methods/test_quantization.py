@@ -35,6 +35,8 @@ def test_round_to_nearest_matches_hand_computation():
     # -6 -> q = -4 clipped to 0 -> -1.0, 5.2 -> q = 7 -> 2.5, clipped to 2.5
     expected = torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0, 0.0, -1.0, -1.0, 2.5, 2.5])
     assert torch.equal(fake_quantize(x, 0.5, 2, bits=3), expected)
+    # the autograd path (straight-through rounding) gives the same values
+    assert torch.equal(fake_quantize(x.clone().requires_grad_(), 0.5, 2, bits=3), expected)
     # signed 3-bit grid [-4, 3], zero point 0
     assert torch.equal(fake_quantize(torch.tensor([-5.0, -1.75, 1.6, 9.0]), 1.0, 0, 3,
                                      signed=True), torch.tensor([-4.0, -2.0, 2.0, 3.0]))
@@ -179,3 +181,18 @@ def test_fake_quant_technique_needs_training_tensors():
         FakeQuant().eval_model(_State())
     with pytest.raises(ValueError, match="act_bits"):
         FakeQuant(act_bits=1)
+
+
+def test_cached_quantized_weight_follows_weight_changes():
+    layer = QuantizedLayer(nn.Linear(4, 3), weight_bits=4, act_bits=None)
+    x = torch.randn(2, 4)
+    with torch.no_grad():
+        first = layer(x)
+        layer.layer.weight.mul_(2.0)  # in place: the cached weight must not be reused
+        layer.weight_scale.mul_(2.0)
+        second = layer(x)
+    expected = nn.functional.linear(
+        x, fake_quantize(layer.layer.weight, layer.weight_scale, 0, 4, signed=True, axis=0),
+        layer.layer.bias)
+    torch.testing.assert_close(second, expected, rtol=0, atol=0)
+    assert not torch.equal(first, second)

@@ -120,8 +120,9 @@ def fake_quantize(x: Tensor, scale: Tensor | float, zero_point: Tensor | float =
     s = _along(scale, work, axis)
     z = _along(zero_point, work, axis).detach()
     v = work / s
-    # round with a straight-through gradient (plain rounding when no gradient is needed)
-    rounded = v + (torch.round(v) - v).detach() if v.requires_grad else torch.round(v)
+    if not v.requires_grad:  # the same ops in place: one buffer (inference speed)
+        return v.round_().add_(z).clamp_(q_min, q_max).sub_(z).mul_(s).to(dtype)
+    rounded = v + (torch.round(v) - v).detach()  # round, with a straight-through gradient
     q = torch.clamp(rounded + z, q_min, q_max)
     return ((q - z) * s).to(dtype)
 
@@ -241,6 +242,7 @@ class QuantizedLayer(nn.Module):
         self.register_buffer("weight_scale", scale.to(layer.weight.device))
         self.register_buffer("act_scale", None)
         self.register_buffer("act_zero_point", None)
+        self._cache: tuple[tuple[int, ...], Tensor] | None = None  # see quantized_weight
 
     def set_activation_range(self, low: float, high: float) -> None:
         """Set the input's affine grid from the clipping range [low, high]."""
@@ -251,11 +253,19 @@ class QuantizedLayer(nn.Module):
         self.act_scale, self.act_zero_point = scale.to(device), zero_point.to(device)
 
     def quantized_weight(self) -> Tensor:
-        w = self.layer.weight
+        """The fake-quantized weight; without gradients it is computed once and reused until
+        the weight or its scale changes (in place or replaced)."""
+        w, scale = self.layer.weight, cast(Tensor, self.weight_scale)
         if self.weight_bits is None:
             return w
-        return fake_quantize(w, cast(Tensor, self.weight_scale), 0, self.weight_bits, signed=True,
-                             axis=0 if self.per_channel else None)
+        tracked = torch.is_grad_enabled() and (w.requires_grad or scale.requires_grad)
+        key = (w.data_ptr(), w._version, scale.data_ptr(), scale._version)
+        if not tracked and self._cache is not None and self._cache[0] == key:
+            return self._cache[1]
+        out = fake_quantize(w, scale, 0, self.weight_bits, signed=True,
+                            axis=0 if self.per_channel else None)
+        self._cache = None if tracked else (key, out)
+        return out
 
     def forward(self, x: Tensor) -> Tensor:
         if self.act_bits is not None and self.act_scale is not None:
