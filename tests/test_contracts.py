@@ -21,6 +21,8 @@ from tests.conftest import assert_resume_is_exact, tiny_config
 TECHNIQUE_PARAMS = {
     "ghost_bn": {"ghost_batch_size": 4},
     "gbnn": {"lbfgs_iterations": 5},
+    "genie": {"steps": 20, "num_samples": 32, "batch_size": 32},
+    "metaaug": {"steps": 5, "calibration_size": 64},
 }
 # Techniques that need another task or model than the tiny modular MLP
 TECHNIQUE_SETTING = {
@@ -41,6 +43,8 @@ TECHNIQUE_SETTING = {
     "cloob": ["task=paired_views"],
     "infonce": ["task=paired_views"],
     "density_normalized": ["task=scene_graph"],
+    "genie": ["task=digits"],
+    "metaaug": ["task=digits"],
 }
 TASK_PARAMS = {
     "modular": {"p": 11},
