@@ -76,6 +76,13 @@ class KernelSelfDistillationWeighting(Claim):
     ξ* = 1 at every round (the optimum was plain KRR). The greedy optimum is interior only
     when the teacher-only path over-regularizes within the rounds, so the protocol now starts
     under-regularized (λ_tuned / 10) and runs 30 rounds, and (a) is judged at the last round.
+
+    Measured (2026-12-03, full scale, seeds 0-2, n = 60, 4,000 draws): round-30 closed-form
+    risk optimal / ground truth / teacher = 0.0271 / 0.0386 / 0.0466, 0.0263 / 0.0370 /
+    0.0457, 0.0258 / 0.0370 / 0.0444 (simulated within 1.4 standard errors everywhere): HOLDS,
+    3/3 seeds. ξ* is 0 for the first ~8 rounds and then settles near 0.08 (the limit λ/ξ is
+    about λ_tuned); the optimal schedule lands within 1% of KRR at λ_tuned (0.0269, 0.0261,
+    0.0256), which the claim does not test.
     """
 
     statement = ("With the closed-form optimal weighting of ground-truth targets and teacher "
