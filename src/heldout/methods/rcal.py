@@ -18,8 +18,8 @@ train a classifier that neither the noise nor the imbalance biases:
    covariance then gets ``shrinkage · I`` added (the distribution-calibration rule of Yang et
    al., which RCAL follows).
 3. **Sampling and retraining.** ``samples_per_class`` features are drawn from each
-   ``N(μ_c, Σ_c)`` and a linear classifier is trained on them together with the real
-   (noisy-labeled) features.
+   ``N(μ_c, Σ_c)`` and a linear classifier is trained on them, together with the real
+   features deemed clean when ``use_real``.
 
 The paper also trains the representation with a regularizer that keeps it near the
 contrastive one; heldout applies steps 1-3 to the penultimate features of the trained model
@@ -224,7 +224,7 @@ def rcal_head(features: Tensor, labels: Tensor, num_classes: int, generator: tor
               ) -> nn.Linear:
     """RCAL's classifier on given features with noisy, long-tailed labels: robust per-class
     Gaussians (from the examples in ``keep``, if given), tail calibration, sampling, and a
-    linear classifier trained on the samples (and on the real features, all of them, when
+    linear classifier trained on the samples (and on the real features in ``keep`` when
     ``use_real``). See the module docstring.
 
     Example:
@@ -242,8 +242,10 @@ def rcal_head(features: Tensor, labels: Tensor, num_classes: int, generator: tor
     sampled, sampled_labels = sample_class_gaussians(gaussians, samples_per_class, generator)
     sampled, sampled_labels = sampled.to(features.device), sampled_labels.to(labels.device)
     if use_real:
-        sampled = torch.cat([features.detach().double(), sampled])
-        sampled_labels = torch.cat([labels, sampled_labels])
+        real, real_labels = (features, labels) if keep is None else (features[keep],
+                                                                      labels[keep])
+        sampled = torch.cat([real.detach().double(), sampled])
+        sampled_labels = torch.cat([real_labels, sampled_labels])
     return fit_linear_classifier(sampled, sampled_labels, num_classes, steps=steps, lr=lr,
                                  weight_decay=weight_decay)
 
@@ -269,6 +271,11 @@ class RCAL(Technique):
     stream of the run's seed, so a resumed run evaluates identically. Training itself is
     unchanged.
 
+    Observed (2026-12-03, not a claim): ``digits_long_tail`` (ρ = 10, η = 0.2), MLP (128),
+    Adam 1e-3, batch 64, 1,500 steps, seeds 0-2: test accuracy 0.762 / 0.793 / 0.822 without
+    RCAL, 0.822 / 0.851 / 0.873 with the defaults, 0.887 / 0.889 / 0.907 with
+    ``use_real=False`` (the classifier trained on the samples alone).
+
     References:
         When Noisy Labels Meet Long Tail Dilemmas: A Representation Calibration Method
         (arXiv:2211.10955).
@@ -282,7 +289,7 @@ class RCAL(Technique):
     neighbors: Annotated[int, Ge(1)] = 2  # head classes a tail class borrows covariance from
     shrinkage: Annotated[float, Ge(0)] = 0.01  # added to every covariance's diagonal
     samples_per_class: Annotated[int, Ge(0)] = 100  # draws from each class's Gaussian
-    use_real: bool = True  # train the classifier on the real features too
+    use_real: bool = True  # train the classifier on the real features deemed clean too
     agreement: bool = True  # estimate from the examples the model assigns to their label
     steps: Annotated[int, Ge(1)] = 300  # full-batch Adam steps of the classifier
     lr: Annotated[float, Gt(0)] = 0.05  # the classifier's learning rate
