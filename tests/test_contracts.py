@@ -57,6 +57,7 @@ TASK_PARAMS = {
     "mnist1d_shift": {"num_samples": 800},
     "mnist1d_base_novel": {"num_samples": 400},
     "gcd_mnist1d": {"num_samples": 400},
+    "mnist1d_long_tail": {"num_samples": 400},
 }
 
 
