@@ -95,7 +95,7 @@ def look_loss(features: Tensor, labels: Tensor, k: int, temperature: float | Non
 
     Example:
         >>> z = torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [0.1, 1.0]])
-        >>> round(float(look_loss(z, torch.tensor([0, 0, 1, 1]), k=1)), 4)  # all agree
+        >>> round(float(look_loss(z, torch.tensor([0, 0, 1, 1]), k=1)), 4) + 0.0  # all agree
         0.0
     """
     if features.dim() != 2:
