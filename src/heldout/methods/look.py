@@ -31,7 +31,7 @@ References:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -87,6 +87,20 @@ def neighbour_votes(similarities: Tensor, k: int, temperature: float | None = 0.
     return (values / temperature).softmax(dim=1), neighbours
 
 
+class _Gram(torch.autograd.Function):
+    """``z @ z.T`` whose backward is one matmul, ``(G + Gᵀ) z``, instead of autograd's two."""
+
+    @staticmethod
+    def forward(ctx: Any, z: Tensor) -> Tensor:
+        ctx.save_for_backward(z)
+        return z @ z.T
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        (z,) = ctx.saved_tensors
+        return (grad + grad.T) @ z
+
+
 def look_loss(features: Tensor, labels: Tensor, k: int, temperature: float | None = 0.1, *,
               normalize: bool = True, eps: float = 1e-6) -> Tensor:
     """LOOK's loss: mean over the batch of −log(p_i + ε), p_i the leave-one-out k-NN vote
@@ -107,10 +121,19 @@ def look_loss(features: Tensor, labels: Tensor, k: int, temperature: float | Non
                          f"batch), got k={k}")
     if not eps >= 0:
         raise ValueError(f"eps must be >= 0, got {eps!r}")
-    similarities = _similarities(features.float(), features.float(), normalize)
-    similarities = similarities.masked_fill(
-        torch.eye(len(features), dtype=torch.bool, device=features.device), float("-inf"))
-    weights, neighbours = neighbour_votes(similarities, k, temperature)
+    z = features.float()
+    if normalize:
+        z = F.normalize(z, dim=1)
+    all_pairs = cast(Tensor, _Gram.apply(z))
+    # Who the neighbours are needs no gradient: search a detached copy with the diagonal masked
+    # (leave one out: an example never votes for itself), then gather the k that vote.
+    with torch.no_grad():
+        _check_vote(k, temperature)
+        search = all_pairs.detach().clone().fill_diagonal_(float("-inf"))
+        neighbours = search.topk(k, dim=1, sorted=False).indices
+    similarities = all_pairs.gather(1, neighbours)  # (B, k)
+    weights = (similarities / temperature).softmax(dim=1) if temperature is not None else (
+        torch.full_like(similarities, 1.0 / k))
     agree = (labels[neighbours] == labels[:, None]).to(weights.dtype)
     own_label = (weights * agree).sum(dim=1)
     return -torch.log(own_label + eps).mean()
