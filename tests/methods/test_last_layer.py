@@ -132,3 +132,27 @@ def test_bad_parameters_are_named():
     with pytest.raises(ValueError, match="num_subsets"):
         retrain_last_layer(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)), torch.randn(4, 2),
                            torch.tensor([0, 1, 0, 1]), num_subsets=0)
+
+
+def test_technique_retrains_on_a_named_split_of_a_task():
+    from heldout.config import parse_overrides
+    from heldout.registry import TASKS
+    from heldout.run.assembly import build
+    from tests.conftest import tiny_config
+
+    cfg = parse_overrides(tiny_config(), [
+        "task=spurious", "steps=20", "batch_size=64", "techniques=last_layer_retraining",
+        "techniques.last_layer_retraining.task=spurious",
+        "techniques.last_layer_retraining.split=val@agree10",
+        "techniques.last_layer_retraining.num_subsets=2"])
+    trainer = build(cfg)
+    trainer.fit()
+    split = TASKS.build("spurious").splits(cfg.seed)["val@agree10"]
+    expected = retrain_last_layer(copy.deepcopy(trainer.model), split.x, split.y, split.groups,
+                                  num_subsets=2,
+                                  generator=stream_generator(cfg.seed, "last_layer_retraining"))
+    retrained = trainer.techniques[0].eval_model(trainer.state)
+    x = split.x[:50]
+    with torch.no_grad():
+        assert torch.equal(retrained(x), expected(x))
+        assert not torch.equal(retrained(x), trainer.model(x))
