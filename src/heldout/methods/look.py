@@ -116,6 +116,7 @@ def look_loss(features: Tensor, labels: Tensor, k: int, temperature: float | Non
         raise ValueError(f"features must be (B, D), got shape {tuple(features.shape)}")
     if labels.shape != (len(features),):
         raise ValueError(f"labels must be (B,) = ({len(features)},), got {tuple(labels.shape)}")
+    _check_vote(k, temperature)
     if not k <= len(features) - 1:
         raise ValueError(f"k must be <= B - 1 = {len(features) - 1} (the other examples of the "
                          f"batch), got k={k}")
@@ -128,7 +129,6 @@ def look_loss(features: Tensor, labels: Tensor, k: int, temperature: float | Non
     # Who the neighbours are needs no gradient: search a detached copy with the diagonal masked
     # (leave one out: an example never votes for itself), then gather the k that vote.
     with torch.no_grad():
-        _check_vote(k, temperature)
         search = all_pairs.detach().clone().fill_diagonal_(float("-inf"))
         neighbours = search.topk(k, dim=1, sorted=False).indices
     similarities = all_pairs.gather(1, neighbours)  # (B, k)
