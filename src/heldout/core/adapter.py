@@ -99,9 +99,23 @@ def split_head(model: nn.Module) -> tuple[nn.Module, nn.Linear]:
     features = getattr(model, "features", None)
     if isinstance(head, nn.Linear) and isinstance(features, nn.Module):
         return features, head
+    if isinstance(head, nn.Linear) and callable(features):  # a ``features(x)`` method
+        return _FeaturesOf(model), head
     raise ValueError(f"cannot split {type(model).__name__} into features and a linear head: "
                      "give an nn.Sequential whose last layer is nn.Linear, or a module with "
-                     "`features` and a linear `head`")
+                     "`features` (a module or method) and a linear `head`")
+
+
+class _FeaturesOf(nn.Module):
+    """The featurizer of a model with a ``features(x)`` method (it shares the model's
+    modules)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model.features(x)  # type: ignore[operator,no-any-return]
 
 
 @dataclass(eq=False)
