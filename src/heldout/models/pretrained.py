@@ -81,7 +81,9 @@ def tokenize(texts: list[str], max_length: int = 32) -> Tensor:
 class PretrainedTextClassifier(nn.Module):
     """A BERT-style encoder, mean pooling over the unpadded tokens, a linear ``head``."""
 
-    def __init__(self, encoder: nn.Module, num_classes: int, dropout: float = 0.1) -> None:
+    encoder: Any  # a transformers BertModel
+
+    def __init__(self, encoder: Any, num_classes: int, dropout: float = 0.1) -> None:
         super().__init__()
         self.encoder = encoder
         hidden = int(encoder.config.hidden_size)
@@ -95,7 +97,8 @@ class PretrainedTextClassifier(nn.Module):
     def embed(self, input_ids: Tensor) -> Tensor:
         """The encoder's input embeddings of ``input_ids`` (word embeddings only; position
         and token-type embeddings are added inside :meth:`encode`)."""
-        return self.encoder.get_input_embeddings()(input_ids)
+        embeddings: nn.Module = self.encoder.get_input_embeddings()
+        return embeddings(input_ids)  # type: ignore[no-any-return]
 
     def encode(self, inputs_embeds: Tensor, mask: Tensor) -> Tensor:
         """Mean-pooled last hidden states of the embedded sequence over ``mask`` (1 = token)."""
