@@ -98,7 +98,7 @@ class PretrainedTextClassifier(nn.Module):
         """The encoder's input embeddings of ``input_ids`` (word embeddings only; position
         and token-type embeddings are added inside :meth:`encode`)."""
         embeddings: nn.Module = self.encoder.get_input_embeddings()
-        return embeddings(input_ids)  # type: ignore[no-any-return]
+        return embeddings(input_ids)
 
     def encode(self, inputs_embeds: Tensor, mask: Tensor) -> Tensor:
         """Mean-pooled last hidden states of the embedded sequence over ``mask`` (1 = token)."""
