@@ -43,6 +43,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ import torch
 from torch import Tensor, nn
 
 from heldout.adapt.in_context import sample_context
+from heldout.config import config_from_dict
 from heldout.core.adapter import Adapter
 from heldout.core.measure import Measure, evaluate
 from heldout.experiments.aggregate import Table, aggregate
@@ -157,6 +159,11 @@ def _measures(measures: Sequence[str | Measure]) -> list[Measure]:
     return [MEASURES.build(m) if isinstance(m, str) else m for m in measures]
 
 
+def _call(predict: Callable[[Tensor, Split, int], Tensor], x: Tensor, *, train: Split,
+          seed: int) -> Tensor:
+    return predict(x, train, seed)
+
+
 class _AsModule(nn.Module):
     """A predictor seen as a module, for measures that run the model themselves."""
 
@@ -201,8 +208,9 @@ def harness_selections(
                              "objects or {'name': ..., params} mappings); only a run id "
                              "brings its own")
         record = (store if store is not None else Store()).get_run(str(predictor))
-        task = _task(record.config["task"])
-        plans.append((task.registry_name, task, int(record.config["seed"]), trainer.eval_data))
+        cfg = config_from_dict(record.config)
+        task = cfg.task.take(TASKS)
+        plans.append((task.registry_name, task, cfg.seed, trainer.eval_data))
     else:
         if isinstance(suites, str | Task):
             suites = [suites]
@@ -223,7 +231,8 @@ def harness_selections(
             if logits.shape[0] != len(split):
                 raise ValueError(f"predictor {label} gave {logits.shape[0]} rows of scores for "
                                  f"{len(split)} inputs of {suite_label}:{domain}")
-            module = _AsModule(lambda x, s=seed, d=data: resolved.predict(x, d["train"], s))
+            module = _AsModule(functools.partial(_call, resolved.predict, train=data["train"],
+                                                 seed=seed))
             metrics = evaluate(module, {"test": split}, built,
                                outputs={"test": (logits.detach().cpu(), split.y)})
             selections.append(Selection(
