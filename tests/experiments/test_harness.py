@@ -134,6 +134,16 @@ def test_adapters_online_and_in_context():
         assert row["accuracy"].mean == pytest.approx(expected)
     assert evaluate_predictor(learner, [SUITE], seeds=(seed,), shots=shots).rows == table.rows
 
+    # in-context examples of the target domain itself: drawn from its val@ split
+    target = evaluate_predictor(learner, [SUITE], seeds=(seed,), shots=shots, context="target")
+    for row in target.rows[:2]:
+        domain = row["held_out"]
+        support, test = splits[f"val@{domain}"], splits[f"test@{domain}"]
+        rows = sample_context(support.y, shots, torch.Generator().manual_seed(seed))
+        knn.fit(support.x[rows].numpy(), support.y[rows].numpy())
+        expected = float((knn.predict(test.x.numpy()) == test.y.numpy()).mean())
+        assert row["accuracy"].mean == pytest.approx(expected)
+
 
 @pytest.mark.parametrize("kwargs, error, match", [
     ({"predictor": KNNInContext()}, ValueError, "not bound"),
@@ -144,6 +154,8 @@ def test_adapters_online_and_in_context():
     ({"measures": "accuracy"}, ValueError, "measures"),
     ({"seeds": ()}, ValueError, "seeds"),
     ({"domains": "train"}, ValueError, "domains"),
+    ({"context": "test"}, ValueError, "context"),
+    ({"shots": 0}, ValueError, "shots"),
 ])
 def test_bad_input_names_the_parameter(kwargs, error, match):
     args = {"predictor": lambda x: torch.zeros(len(x), 10), "suites": ["digits_shift"],

@@ -15,8 +15,11 @@ A predictor is any of
   see each domain in batches (an ``episodic`` one is reset at each domain); transductive ones
   see the whole domain at once; the few-shot ones (``needs_support``, e.g. the k-NN
   in-context learner :class:`~heldout.adapt.in_context.KNNInContext`) get a context of
-  ``shots`` labelled examples per class drawn from the suite's training split by a generator
-  seeded by the seed (:func:`~heldout.adapt.in_context.sample_context`);
+  ``shots`` labelled examples per class drawn by a generator seeded by the seed
+  (:func:`~heldout.adapt.in_context.sample_context`) from the suite's training split
+  (``context="train"``: source-domain examples) or from the scored domain's own ``val@``
+  split (``context="target"``: labelled examples of the target domain, disjoint from its
+  test part, as GPT-4V's in-context examples were);
 * an ``nn.Module`` (evaluated in eval mode) or any callable ``x -> logits``.
 
 The measures are the registered ones (:data:`~heldout.registry.MEASURES`: ``accuracy``,
@@ -75,7 +78,7 @@ _PREFIX = "test@"
 
 @dataclass
 class _Resolved:
-    """A predictor made uniform: ``predict(x, train_split, seed) -> logits``."""
+    """A predictor made uniform: ``predict(x, context_split, seed) -> logits``."""
 
     name: str
     predict: Callable[[Tensor, Split, int], Tensor]
@@ -114,7 +117,7 @@ def _adapter_predict(adapter: Adapter, shots: int,
         raise ValueError(f"predictor: adapter {adapter.name} is not bound to a model; bind it "
                          "first (adapter.bind(model) or build it as Adapter(model, ...))")
 
-    def predict(x: Tensor, train: Split, seed: int) -> Tensor:
+    def predict(x: Tensor, context: Split, seed: int) -> Tensor:
         if adapter.mode == "online":
             if adapter.episodic:
                 adapter.reset()
@@ -122,8 +125,8 @@ def _adapter_predict(adapter: Adapter, shots: int,
         with torch.no_grad():
             if not adapter.needs_support:
                 return adapter(x)
-            rows = sample_context(train.y, shots, torch.Generator().manual_seed(seed))
-            return adapter(x, support_x=train.x[rows], support_y=train.y[rows])
+            rows = sample_context(context.y, shots, torch.Generator().manual_seed(seed))
+            return adapter(x, support_x=context.x[rows], support_y=context.y[rows])
 
     return predict
 
@@ -159,9 +162,9 @@ def _measures(measures: Sequence[str | Measure]) -> list[Measure]:
     return [MEASURES.build(m) if isinstance(m, str) else m for m in measures]
 
 
-def _call(predict: Callable[[Tensor, Split, int], Tensor], x: Tensor, *, train: Split,
+def _call(predict: Callable[[Tensor, Split, int], Tensor], x: Tensor, *, context: Split,
           seed: int) -> Tensor:
-    return predict(x, train, seed)
+    return predict(x, context, seed)
 
 
 class _AsModule(nn.Module):
@@ -185,11 +188,14 @@ def harness_selections(
     name: str | None = None,
     domains: Literal["held_out", "all"] = "held_out",
     shots: int = 8,
+    context: Literal["train", "target"] = "train",
     batch_size: int = 1024,
 ) -> list[Selection]:
     """One :class:`~heldout.experiments.model_selection.Selection` (rule ``harness``) per
     suite × seed × domain, its ``test`` holding the measures' ``test/<metric>`` values on that
     domain's ``test@<domain>`` split. See :func:`evaluate_predictor` for the arguments."""
+    if context not in ("train", "target"):
+        raise ValueError(f"context must be 'train' or 'target', got {context!r}")
     if domains not in ("held_out", "all"):
         raise ValueError(f"domains must be 'held_out' or 'all', got {domains!r}")
     if int(shots) != shots or shots < 1 or int(batch_size) != batch_size or batch_size < 1:
@@ -227,11 +233,15 @@ def harness_selections(
                              "harness scores multi-domain tasks (shift suites)")
         for domain in chosen:
             split = data[_PREFIX + domain]
-            logits = resolved.predict(split.x, data["train"], seed)
+            support = data["train"] if context == "train" else data.get(f"val@{domain}")
+            if support is None or not len(support):
+                raise ValueError(f"context='target': {suite_label} has no labelled val@{domain}"
+                                 " split to draw the context from")
+            logits = resolved.predict(split.x, support, seed)
             if logits.shape[0] != len(split):
                 raise ValueError(f"predictor {label} gave {logits.shape[0]} rows of scores for "
                                  f"{len(split)} inputs of {suite_label}:{domain}")
-            module = _AsModule(functools.partial(_call, resolved.predict, train=data["train"],
+            module = _AsModule(functools.partial(_call, resolved.predict, context=support,
                                                  seed=seed))
             metrics = evaluate(module, {"test": split}, built,
                                outputs={"test": (logits.detach().cpu(), split.y)})
@@ -252,6 +262,7 @@ def evaluate_predictor(
     name: str | None = None,
     domains: Literal["held_out", "all"] = "held_out",
     shots: int = 8,
+    context: Literal["train", "target"] = "train",
     batch_size: int = 1024,
     confidence: float = 0.95,
 ) -> Table:
@@ -268,6 +279,8 @@ def evaluate_predictor(
         name: the ``technique`` column (default: the run id, adapter or class name).
         domains: ``held_out`` (the suite's test domains) or ``all`` (every ``test@`` split).
         shots: context examples per class for adapters that need supports.
+        context: where the context comes from: ``train`` (the training split) or ``target``
+            (the scored domain's ``val@<domain>`` split).
         batch_size: inputs per call of batched predictors.
         confidence: of the intervals over seeds.
 
@@ -276,7 +289,7 @@ def evaluate_predictor(
         ``held_out`` (one domain or ``average``), ``seeds``, ``missing``, then the metrics.
     """
     selections = harness_selections(predictor, suites, measures, seeds, store=store,
-                                    name=name, domains=domains, shots=shots,
+                                    name=name, domains=domains, shots=shots, context=context,
                                     batch_size=batch_size)
     keys = dict.fromkeys(k for s in selections for k in s.test if k.startswith("test/"))
     return aggregate(selections, {k.split("/", 1)[1]: k for k in keys}, confidence)
