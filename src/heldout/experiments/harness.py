@@ -10,7 +10,10 @@ A predictor is any of
 * a **run id** (a finished heldout run in ``store``): its evaluation model, through
   :func:`heldout.run.assembly.finished_trainer`. Without ``suites`` the harness reads the
   run's own evaluation data (its task at its seed), so no training example leaks into the
-  test; with ``suites`` it scores the model on those, at ``seeds``;
+  test; with ``suites`` it scores the model on those, at ``seeds`` (a suite's split depends
+  on its seed: at a seed other than the run's, or another suite built from the same source
+  data, the test parts may hold the run's training examples; fix ``data_seed`` or keep
+  ``suites=None``);
 * an **adapter** bound to a model (:class:`~heldout.core.adapter.Adapter`): online adapters
   see each domain in batches (an ``episodic`` one is reset at each domain); transductive ones
   see the whole domain at once; the few-shot ones (``needs_support``, e.g. the k-NN
