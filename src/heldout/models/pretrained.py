@@ -80,8 +80,8 @@ def tokenize(texts: list[str], max_length: int = 32) -> Tensor:
 
     Example:
         >>> ids = tokenize(["a formal report on rainfall", "lol"], max_length=8)
-        >>> ids.shape, int(ids[1, 3])  # "lol" is [CLS] lol [SEP] then padding
-        (torch.Size([2, 8]), 0)
+        >>> ids.shape, ids[1].tolist()  # "lol" is [CLS] lo ##l [SEP], then padding
+        (torch.Size([2, 8]), [101, 8840, 2140, 102, 0, 0, 0, 0])
     """
     out = tokenizer()(list(texts), padding="max_length", truncation=True,
                       max_length=max_length, return_tensors="pt")
