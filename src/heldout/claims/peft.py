@@ -88,9 +88,13 @@ class PEFTProtocol(Claim):
                 history = self.execute(cfg, store, progress)
                 final = history[max(history)] if history else {}
                 run_ids.append(cfg.identity)
-                in_domain = [final.get(f"test@{d}/accuracy", 0.0) for d in self.train_domains]
-                out[seed][method] = {"held_out": final.get("test/accuracy", 0.0),
-                                     "in_domain": mean(in_domain)}
+                keys = ["test/accuracy", *(f"test@{d}/accuracy" for d in self.train_domains)]
+                missing = [k for k in keys if k not in final]
+                if missing:  # a renamed domain must not read as 0 accuracy
+                    raise KeyError(f"run {cfg.identity} ({method}) has no {missing} at its "
+                                   f"last step; check train_domains {self.train_domains}")
+                out[seed][method] = {"held_out": final[keys[0]],
+                                     "in_domain": mean(final[k] for k in keys[1:])}
         return out, run_ids
 
     @staticmethod
