@@ -45,6 +45,8 @@ TECHNIQUE_SETTING = {
     "density_normalized": ["task=scene_graph"],
     "genie": ["task=digits"],
     "metaaug": ["task=digits"],
+    **{name: ["model=tiny_bert", "model.hidden=8", "model.layers=1", "task.p=11"]
+       for name in ("prompt_tuning", "promptsrc", "gram", "soft_prompt_generation")},
 }
 TASK_PARAMS = {
     "modular": {"p": 11},
