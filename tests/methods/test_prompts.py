@@ -179,6 +179,17 @@ def test_gram_meta_step_is_first_order_maml_with_the_regulator():
     assert torch.allclose(regulator.grad, -0.5 * alpha * g_s * g_q, atol=1e-7)
 
 
+def test_gram_regulates_the_prompt_gradient_after_backward():
+    from types import SimpleNamespace
+
+    gram = GRAM(num_prompts=2)
+    model = gram.transform_model(_base())
+    model.get_buffer("regulator").fill_(math.log(3.0))  # gate 2·σ(log 3) = 1.5
+    model.prompt.grad = torch.ones_like(model.prompt)
+    gram.on_after_backward(SimpleNamespace(model=model))
+    assert torch.allclose(model.prompt.grad, torch.full_like(model.prompt, 1.5))
+
+
 def test_gram_with_zero_meta_steps_equals_prompt_tuning():
     plain = _final_metrics("techniques=prompt_tuning")
     assert _final_metrics("techniques=gram", "techniques.gram.meta_steps=0") == plain
@@ -197,7 +208,7 @@ def test_gram_meta_learning_moves_the_init_and_sets_the_regulator(monkeypatch):
     assert bool(trainer.model.get_buffer("meta_done"))
     assert trainer.model.get_buffer("regulator").abs().sum() > 0
     assert not torch.equal(trainer.model.prompt, start)
-    assert GRAM().touches == {"model"}
+    assert GRAM().touches == {"model", "gradients"}
 
 
 # --- Soft Prompt Generation ---------------------------------------------------------------

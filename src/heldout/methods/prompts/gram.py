@@ -88,7 +88,7 @@ class GRAM(Technique):
     inner_lr: Annotated[float, Gt(0)] = 0.1  # α of the inner (support) step
     meta_lr: Annotated[float, Gt(0)] = 1e-3  # Adam step of the meta update
 
-    touches = frozenset({"model"})
+    touches = frozenset({"model", "gradients"})  # prompt gradients regulated after backward
 
     def transform_model(self, model: nn.Module) -> nn.Module:
         base = check_text_classifier(model, self.name)
@@ -96,9 +96,13 @@ class GRAM(Technique):
                                                             self.init_words))
         prompted.register_buffer("regulator", torch.zeros_like(prompted.prompt))
         prompted.register_buffer("meta_done", torch.zeros((), dtype=torch.bool))
-        prompted.prompt.register_hook(
-            lambda g: regulated_gradient(g, prompted.get_buffer("regulator")))
         return prompted
+
+    def on_after_backward(self, state: Any) -> None:
+        model: PromptedClassifier = state.model
+        if model.prompt.grad is not None:
+            model.prompt.grad.copy_(regulated_gradient(model.prompt.grad,
+                                                       model.get_buffer("regulator")))
 
     def on_fit_start(self, state: Any) -> None:
         model: PromptedClassifier = state.model
