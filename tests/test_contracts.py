@@ -45,9 +45,13 @@ TECHNIQUE_SETTING = {
     "density_normalized": ["task=scene_graph"],
     "genie": ["task=digits"],
     "metaaug": ["task=digits"],
-    # the PEFT techniques adapt a pre-trained text classifier; modular's token inputs suffice
-    # here (text_topics is their real setting: tests/methods/test_peft_contracts.py)
+    # the PEFT and prompt techniques adapt a pre-trained text classifier; modular's token
+    # inputs suffice here (text_topics is their real setting: their own test files)
     **{name: ["model=tiny_bert"] for name in ("lora", "pego", "soma", "sara", "levi")},
+    **{name: ["model=tiny_bert", "model.hidden=8", "model.layers=1", "task.p=11"]
+       for name in ("prompt_tuning", "promptsrc", "gram", "soft_prompt_generation")},
+    "ogen": ["task=text_topics", "task.examples_per_domain=30", "model=tiny_bert",
+             "model.hidden=8", "model.layers=1"],
 }
 TASK_PARAMS = {
     "modular": {"p": 11},
