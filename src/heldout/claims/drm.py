@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from heldout.adapt.drm import DRMAdapter
-from heldout.claims.adanpc import stream_domains
-from heldout.claims.base import Claim, Verdict, named, record, seed_vote
-from heldout.config import Component, OptimizerConfig, RunConfig
+from heldout.claims.adanpc import rotation_config, stream_domains
+from heldout.claims.base import Claim, Verdict, record, seed_vote
+from heldout.config import Component, RunConfig
 from heldout.core.sampling import stream_generator
 from heldout.registry import CLAIMS
 from heldout.run.assembly import finished_trainer
@@ -66,14 +66,7 @@ class DRMBeatsERM(Claim):
     default_seeds = 3
 
     def config(self, seed: int, scale: str) -> RunConfig:
-        steps = 150 if scale == "ci" else self.steps
-        return RunConfig(
-            task=Component("digits_shift", {"shift": "rotation", "held_out": (HELD_OUT,)}),
-            model=Component("mlp", {"hidden": (256, 128), "batch_norm": True}),
-            optimizer=OptimizerConfig(name="adam", lr=1e-3),
-            measures=named("accuracy"),
-            batch_size=64, steps=steps, eval_every=steps, checkpoint_every=steps, seed=seed,
-        )
+        return rotation_config(seed, 150 if scale == "ci" else self.steps, (HELD_OUT,))
 
     def run(self, seeds: Sequence[int], store: Store, *, scale: str = "full",
             progress: bool = False) -> Verdict:

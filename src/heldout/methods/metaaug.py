@@ -50,6 +50,7 @@ from heldout.methods.quantization import (
     output_distance,
     post_training_quantize,
     step_sizes,
+    store_scales,
 )
 from heldout.registry import TECHNIQUES
 
@@ -158,10 +159,7 @@ def metaaug_quantize(quantized: nn.Module, model: nn.Module, data: Tensor,
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    buffers = dict(quantized.named_buffers())
-    with torch.no_grad():
-        for k, v in log_scales.items():
-            buffers[k].copy_(v.exp())
+    store_scales(quantized, log_scales)
     model.train(was_training)
     return quantized, transform
 

@@ -426,12 +426,17 @@ def learn_step_sizes(quantized: nn.Module, model: nn.Module, data: Tensor, steps
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+    store_scales(quantized, log_scales)
+    model.train(was_training)
+    return quantized
+
+
+def store_scales(quantized: nn.Module, log_scales: dict[str, Tensor]) -> None:
+    """Write learned step sizes (their logs, keyed by buffer name) into ``quantized``."""
     buffers = dict(quantized.named_buffers())
     with torch.no_grad():
         for k, v in log_scales.items():
             buffers[k].copy_(v.exp())
-    model.train(was_training)
-    return quantized
 
 
 @TECHNIQUES.register(
