@@ -97,6 +97,15 @@ class PEFTProtocol(Claim):
                                      "in_domain": mean(final[k] for k in keys[1:])}
         return out, run_ids
 
+    def tabulate(self, seeds: Sequence[int], rows: dict[int, dict[str, dict[str, float]]],
+                 passed: Sequence[bool]) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
+        """The verdict's numbers (each seed's accuracies and pass, their means) and the
+        means."""
+        numbers: dict[str, Any] = {f"seed{s}": {**rows[s], "pass": p}
+                                   for s, p in zip(seeds, passed, strict=True)}
+        means = numbers["mean"] = self.means(rows)
+        return numbers, means
+
     @staticmethod
     def means(rows: dict[int, dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
         methods = next(iter(rows.values()))
@@ -132,9 +141,7 @@ class PEGOHeldOut(PEFTProtocol):
         rows, run_ids = self.measure(seeds, store, scale, progress)
         passed = [r["pego"]["held_out"] > max(r["lora"]["held_out"], r["full"]["held_out"])
                   for r in rows.values()]
-        numbers: dict[str, Any] = {f"seed{s}": {**rows[s], "pass": p}
-                                   for s, p in zip(seeds, passed, strict=True)}
-        means = numbers["mean"] = self.means(rows)
+        numbers, means = self.tabulate(seeds, rows, passed)
         summary = (f"held-out accuracy, mean over {len(seeds)} seeds: PEGO "
                    f"{means['pego']['held_out']:.3f}, LoRA {means['lora']['held_out']:.3f}, "
                    f"full {means['full']['held_out']:.3f}; PEGO best on {sum(passed)}/"
@@ -181,9 +188,7 @@ class SaRAMatchesLoRA(PEFTProtocol):
         fewer = counts["sara"] < counts["lora"]
         passed = [fewer and r["sara"]["in_domain"] >= r["lora"]["in_domain"] - self.tolerance
                   and r["sara"]["held_out"] > r["full"]["held_out"] for r in rows.values()]
-        numbers: dict[str, Any] = {f"seed{s}": {**rows[s], "pass": p}
-                                   for s, p in zip(seeds, passed, strict=True)}
-        means = numbers["mean"] = self.means(rows)
+        numbers, means = self.tabulate(seeds, rows, passed)
         numbers["trainable_parameters"] = counts
         frozen = max(means["frozen"]["held_out"], 1e-12)
         numbers["retained"] = {m: means[m]["held_out"] / frozen for m in ("sara", "full")}
@@ -231,9 +236,7 @@ class SoMAKeepsHeldOut(PEFTProtocol):
         passed = [loss(r["soma"]) < loss(r["full"])
                   and r["soma"]["in_domain"] >= r["full"]["in_domain"] - self.tolerance
                   for r in rows.values()]
-        numbers: dict[str, Any] = {f"seed{s}": {**rows[s], "pass": p}
-                                   for s, p in zip(seeds, passed, strict=True)}
-        means = numbers["mean"] = self.means(rows)
+        numbers, means = self.tabulate(seeds, rows, passed)
         summary = (f"in-domain / held-out, mean over {len(seeds)} seeds: SoMA "
                    f"{means['soma']['in_domain']:.3f} / {means['soma']['held_out']:.3f}, full "
                    f"{means['full']['in_domain']:.3f} / {means['full']['held_out']:.3f}; "
